@@ -1,0 +1,109 @@
+"""The data path: move one byte stream from one fd to many, and the one place
+that chooses how.
+
+Contract shared by every backend (tests/test_relay.py holds them all to it):
+
+- ``relay(src_fd, sink_fds, ...)`` reads ``src_fd`` (a socket or pipe) until EOF and
+  writes every byte, in order, to each fd of ``sink_fds`` (sockets, pipes, files).
+- All fds are switched to non-blocking; the relay waits with poll, never spins.
+- A sink that fails (EPIPE, ECONNRESET, ENOSPC...) is retired with its error and the
+  others go on; when none is left the relay returns with ``ended == NO_SINKS``.
+- A readable ``stop_fd`` ends the relay at once with ``ended == STOPPED``.
+- ``counters`` (optional, ``array('Q')`` of ``1 + len(sink_fds)``) is updated as
+  bytes move: ``[bytes_in, sink0_bytes, ...]``; the control plane reads it for progress.
+- The relay never closes nor shuts down an fd: its caller owns them, and signals EOF
+  downstream (close a pipe, ``shutdown(SHUT_WR)`` a socket) after it returns.
+
+Backends, fastest first where they build: ``cython`` (the compiled splice/tee loop,
+no GIL), ``cffi`` (the same loop in Python over cffi's libc bindings), ``python``
+(``os.splice`` plus tee), ``copy`` (recv/write with one buffer: the oracle).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Dict, Optional, Sequence
+
+from .result import EOF, NO_SINKS, SOURCE_ERROR, STOPPED, RelayResult, SpliceUnsupported
+
+ENV_BACKEND = "KADEPLOY_RELAY"
+# Set when a run must use the compiled core (CI): a missing backend is then an error
+# instead of a silent fallback.
+ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"
+BACKENDS = ("cython", "cffi", "python", "copy")
+# The order `auto` tries them in.
+AUTO_ORDER = ("cython", "cffi", "python", "copy")
+DEFAULT_BUFFER_SIZE = 1 << 20
+
+_MODULES = {
+    "cython": "kadeploy.relay.cython_backend",
+    "cffi": "kadeploy.relay.cffi_backend",
+    "python": "kadeploy.relay.python_backend",
+    "copy": "kadeploy.relay.copy",
+}
+_import_errors: Dict[str, BaseException] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def _load(name: str):
+    if name not in _MODULES:
+        raise BackendUnavailable(
+            f"unknown relay backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError as e:
+        _import_errors[name] = e
+        raise BackendUnavailable(f"relay backend {name!r} is not available: {e}") from e
+
+
+def available() -> Dict[str, Optional[str]]:
+    """Every backend with None if it loads, else why not."""
+    out = {}
+    for name in BACKENDS:
+        try:
+            _load(name)
+            out[name] = None
+        except BackendUnavailable as e:
+            out[name] = str(e)
+    return out
+
+
+def resolve(name: Optional[str] = None) -> str:
+    """The backend to use: the name asked for, else $KADEPLOY_RELAY, else `auto`."""
+    name = (name or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    required = os.environ.get(ENV_REQUIRE, "").strip().lower()
+    if required:
+        _load(required)  # raises BackendUnavailable when it did not build
+    if name != "auto":
+        _load(name)
+        return name
+    for candidate in AUTO_ORDER:
+        try:
+            _load(candidate)
+            return candidate
+        except BackendUnavailable:
+            continue
+    raise BackendUnavailable("no relay backend loads")  # copy always does
+
+
+def relay(src_fd: int, sink_fds: Sequence[int], *, backend: Optional[str] = None,
+          buffer_size: int = DEFAULT_BUFFER_SIZE, stop_fd: int = -1,
+          counters=None) -> RelayResult:
+    """Run the relay; fall back to `copy` when splice is refused before any byte moved."""
+    name = resolve(backend)
+    try:
+        return _load(name).run(src_fd, list(sink_fds), buffer_size=buffer_size,
+                               stop_fd=stop_fd, counters=counters)
+    except SpliceUnsupported:
+        res = _load("copy").run(src_fd, list(sink_fds), buffer_size=buffer_size,
+                                stop_fd=stop_fd, counters=counters)
+        res.backend = f"copy (fallback from {name})"
+        return res
+
+
+__all__ = ["relay", "resolve", "available", "BACKENDS", "AUTO_ORDER", "RelayResult",
+           "SpliceUnsupported", "BackendUnavailable", "EOF", "NO_SINKS", "SOURCE_ERROR",
+           "STOPPED", "DEFAULT_BUFFER_SIZE", "ENV_BACKEND", "ENV_REQUIRE"]

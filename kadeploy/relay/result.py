@@ -1,0 +1,40 @@
+"""What a relay run reports back to the control plane."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+EOF = "eof"
+SOURCE_ERROR = "source-error"
+STOPPED = "stopped"
+NO_SINKS = "no-sinks"
+
+
+class SpliceUnsupported(OSError):
+    """splice/tee refused for these fds (EINVAL/ENOSYS) before any byte moved.
+
+    Raised only when no byte was consumed from the source, so the caller can run
+    the same transfer again on a copying backend.
+    """
+
+
+@dataclass
+class RelayResult:
+    backend: str
+    bytes_in: int = 0
+    # Per sink, in the order given: bytes written and the error that retired it.
+    sink_bytes: List[int] = field(default_factory=list)
+    sink_errors: List[Optional[OSError]] = field(default_factory=list)
+    # Why the loop ended: EOF (source read to its clean end), SOURCE_ERROR (reading
+    # failed, e.g. a reset connection), STOPPED (the stop fd became readable) or
+    # NO_SINKS (every sink failed, so nobody wanted the rest).
+    ended: str = ""
+    source_error: Optional[OSError] = None
+
+    @property
+    def eof(self) -> bool:
+        return self.ended == EOF
+
+    def sink_ok(self, i: int) -> bool:
+        return self.sink_errors[i] is None and self.sink_bytes[i] == self.bytes_in
