@@ -1,0 +1,3 @@
+from .cli import kadeploy_main
+
+kadeploy_main()

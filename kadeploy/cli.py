@@ -1,0 +1,308 @@
+"""Command line: ka-d-server, ka-d-client (the original's flags and ports) and kadeploy.
+
+Option lists are declared once here; `kadeploy server`/`kadeploy client` are the same
+commands as ka-d-server/ka-d-client. Every failure ends in one line on stderr and a
+documented exit status (kadeploy.errors), never a traceback.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+from typing import Callable, List, Optional
+
+import click
+
+from . import relay as relay_mod
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from .netio import CONTROL_PORT, DATA_PORT
+from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+RELAY_CHOICES = ["auto", *relay_mod.BACKENDS]
+
+
+# ------------------------------------------------------------------ helpers
+
+def parse_size(text: str) -> int:
+    """'1M', '64k', '1048576' -> bytes (binary multiples)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*", str(text))
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 65536, 64K, 1M)")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            n = parse_size(value)
+        except click.BadParameter as e:
+            self.fail(str(e), param, ctx)
+        if n <= 0:
+            self.fail("must be greater than 0", param, ctx)
+        return n
+
+
+PORT = click.IntRange(1, 65535)
+POSITIVE = click.IntRange(min=1)
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def version_text(prog: str) -> str:
+    try:
+        backend = relay_mod.resolve()
+    except relay_mod.BackendUnavailable as e:
+        backend = f"unavailable ({e})"
+    avail = relay_mod.available()
+    have = ", ".join(name for name, why in avail.items() if why is None)
+    return (f"{prog} (kadeploy) {__version__}\n"
+            f"protocol {PROTOCOL_NAME}/{PROTOCOL_VERSION}\n"
+            f"relay backend {backend} (available: {have})")
+
+
+def _print_version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text(ctx.find_root().info_name or "kadeploy"))
+        ctx.exit(0)
+
+
+def version_option(f):
+    # -v prints the version, as in the original; verbosity is --verbose / -q.
+    return click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_print_version, help="Print the version, protocol and relay backend, and exit.")(f)
+
+
+def common_options(f):
+    """Options both commands share, in the order --help lists them."""
+    decorators = [
+        click.option("-p", "--control-port", type=PORT, default=CONTROL_PORT, show_default=True,
+                     help="TCP port of the control connections."),
+        click.option("-P", "--data-port", type=PORT, default=DATA_PORT, show_default=True,
+                     help="TCP port of the data connections."),
+        click.option("--bind", metavar="ADDRESS", help="Listen on this address only (default: every address, IPv4 and IPv6)."),
+        click.option("--relay", "relay_backend", type=click.Choice(RELAY_CHOICES), default=None,
+                     help=f"Relay backend (default: ${relay_mod.ENV_BACKEND}, else auto: the fastest that loads)."),
+        click.option("--buffer-size", type=Size(), default=relay_mod.DEFAULT_BUFFER_SIZE, show_default=True,
+                     help="Relay pipe/buffer size in bytes (suffixes K, M); pipes are capped at the system's pipe-max-size."),
+        click.option("--sockbuf", type=Size(), default=None,
+                     help="Fix SO_SNDBUF/SO_RCVBUF of data connections (default: kernel autotuning)."),
+        click.option("--connect-timeout", type=SECONDS, default=30.0, show_default=True,
+                     help="Seconds to wait for a data connection to be made."),
+        click.option("--discovery-port", type=PORT, default=4957, show_default=True,
+                     help="UDP port of discovery by session name."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors."),
+        click.option("--verbose", is_flag=True, help="Print debugging detail."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("kadeploy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) -> None:
+    """Run a click command with the project's exit statuses and one-line errors."""
+    try:
+        rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        hint = f" (see {prog} --help)"
+        click.echo(f"{prog}: error: {e.format_message()}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KadeployError as e:
+        click.echo(f"{prog}: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        click.echo(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+        sys.exit(1)
+    sys.exit(rv or 0)
+
+
+def check_backend(name: Optional[str]) -> None:
+    try:
+        relay_mod.resolve(name)
+    except relay_mod.BackendUnavailable as e:
+        raise KadeployError(str(e), exit_code=EXIT_USAGE)
+
+
+# ------------------------------------------------------------------- server
+
+def read_hosts_file(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+    except OSError as e:
+        raise KadeployError(f"cannot read hosts file {path}: {e.strerror}", exit_code=EXIT_USAGE)
+    hosts = [h for h in lines if h]
+    if not hosts:
+        raise KadeployError(f"hosts file {path} names no host", exit_code=EXIT_USAGE)
+    return hosts
+
+
+@click.command("server", context_settings=CONTEXT)
+@click.option("-n", "--clients", "n_clients", type=POSITIVE, default=None,
+              help="Number of clients to wait for before the tree is built (default 1, or the number of --hosts).")
+@click.option("-a", "--arity", type=POSITIVE, default=1, show_default=True,
+              help="Children per node: 1 is a chain, the fastest on a switched full-duplex network.")
+@click.option("-s", "--session", metavar="NAME", help="Session name; clients may find the server by UDP broadcast of it.")
+@click.option("-e", "--command", "producer", metavar="CMD", default=None,
+              help="Producer command, run by /bin/sh; its stdout is the stream. [default: (cd /; tar --create --one-file-system --sparse /)]")
+@click.option("-d", "--delay", type=click.IntRange(min=0), default=0,
+              help="Release clients waiting with -w one by one, this many tenths of a second apart.")
+@click.option("-l", "--last-reports", is_flag=True,
+              help="Accepted for compatibility: every node always reports its position.")
+@click.option("--wait-timeout", type=SECONDS, default=None,
+              help="Start after this many seconds with the clients registered so far.")
+@click.option("--hosts", "hosts_file", type=click.Path(dir_okay=False), default=None,
+              help="File of host names or addresses, one a line: the deployment order, and the only hosts accepted.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the final report to this file as JSON.")
+@common_options
+@version_option
+def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
+                   hosts_file, report_file, control_port, data_port, bind, relay_backend,
+                   buffer_size, sockbuf, connect_timeout, discovery_port, quiet, verbose):
+    """Send a stream (by default a tar of this machine's root) to clients
+    arranged in a chain or tree, and report how every node fared."""
+    from .commands import DEFAULT_PRODUCER
+    from .discovery import check_session_name
+    from .server import ServerConfig, exit_status, serve
+
+    setup_logging("ka-d-server", quiet, verbose)
+    if session is not None:
+        check_session_name(session)
+    check_backend(relay_backend)
+    hosts = read_hosts_file(hosts_file) if hosts_file else None
+    if n_clients is None:
+        n_clients = len(hosts) if hosts else 1
+    cfg = ServerConfig(
+        n_clients=n_clients, arity=arity, session=session, producer=producer or DEFAULT_PRODUCER,
+        finish_delay=delay / 10, control_port=control_port, data_port=data_port, bind=bind,
+        wait_timeout=wait_timeout, hosts=hosts, relay_backend=relay_backend,
+        buffer_size=buffer_size, sockbuf=sockbuf, connect_timeout=connect_timeout,
+        report_file=report_file, discovery_port=discovery_port)
+    report = asyncio.run(serve(cfg))
+    click.echo(report.table())
+    if report_file:
+        report.write_json(report_file)
+    return exit_status(report)
+
+
+# ------------------------------------------------------------------- client
+
+@click.command("client", context_settings=CONTEXT)
+@click.option("-h", "--host", metavar="HOST", help="Server address or name.")
+@click.option("-s", "--session", metavar="NAME", help="Find the server by UDP broadcast of this session name.")
+@click.option("-e", "--command", "consumer", metavar="CMD", default=None,
+              help="Consumer command, run by /bin/sh; the stream arrives on its stdin. [default: tar --extract ... --directory TARGET]")
+@click.option("-t", "--target", type=click.Path(file_okay=False), default=None,
+              help="Directory the default consumer extracts into (and where -e runs). [default: /tmp/disk]")
+@click.option("-w", "--wait", "wait_finish", is_flag=True,
+              help="After the data is written, wait for the server's finish (see server -d).")
+@click.option("-g", "--go", is_flag=True,
+              help="Tell the server to start now with the clients it has, then exit.")
+@click.option("--advertise", metavar="ADDRESS",
+              help="Address this node's children connect to (default: the one the server sees).")
+@common_options
+@version_option
+def client_command(host, session, consumer, target, wait_finish, go, advertise, control_port,
+                   data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,
+                   discovery_port, quiet, verbose):
+    """Receive the stream into a local consumer (by default tar extracting into
+    --target) and forward it to this node's children."""
+    from .client import Client, ClientConfig, exit_status, go_now
+    from .discovery import check_session_name
+
+    setup_logging("ka-d-client", quiet, verbose)
+    if not host and not session:
+        raise click.UsageError("give the server with -h HOST or find it with -s SESSION")
+    if session is not None:
+        check_session_name(session)
+    check_backend(relay_backend)
+    cfg = ClientConfig(
+        host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,
+        control_port=control_port, data_port=data_port, bind=bind, advertise=advertise,
+        relay_backend=relay_backend, buffer_size=buffer_size, sockbuf=sockbuf,
+        connect_timeout=connect_timeout, discovery_port=discovery_port)
+    if go:
+        logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
+        return 0
+    started = time.monotonic()
+    outcome = asyncio.run(Client(cfg).run())
+    elapsed = time.monotonic() - started
+    print_client_summary(outcome, elapsed)
+    return exit_status(outcome)
+
+
+def print_client_summary(outcome, elapsed: float) -> None:
+    """The original's closing lines, which users' scripts grep for."""
+    megs = outcome.bytes / (1 << 20)
+    rate = megs / outcome.seconds if outcome.seconds > 0 else 0.0
+    click.echo(f"Total data received = {megs:.2f} Megs ({rate:.2f} Mbytes/sec)", err=True)
+    overall = megs / elapsed if elapsed > 0 else 0.0
+    click.echo(f"Elapsed time = {elapsed:.2f} s, throughput = {overall:.2f} Mbytes/second", err=True)
+
+
+# --------------------------------------------------------------- kadeploy
+
+@click.group("kadeploy", context_settings=CONTEXT)
+@version_option
+def kadeploy_group():
+    """Clone one machine onto many, or broadcast any stream to many nodes,
+    through a chain or tree of TCP connections."""
+
+
+kadeploy_group.add_command(server_command, "server")
+kadeploy_group.add_command(client_command, "client")
+
+
+@kadeploy_group.command("backends", context_settings=CONTEXT)
+def backends_command():
+    """List the relay backends, which ones load here, and which auto picks."""
+    for name, why in relay_mod.available().items():
+        click.echo(f"{name:8} {'available' if why is None else why}")
+    click.echo(f"auto     -> {relay_mod.resolve('auto')}")
+
+
+@kadeploy_group.command("digest", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def digest_command(directory):
+    """Print a digest of a directory tree's content and metadata, to compare a
+    clone with its source."""
+    from .treedigest import tree_digest
+    click.echo(f"{tree_digest(directory)}  {directory}")
+
+
+def _entry(cmd: click.Command, prog: str) -> Callable[[], None]:
+    return lambda: run_main(cmd, prog)
+
+
+server_main = _entry(server_command, "ka-d-server")
+client_main = _entry(client_command, "ka-d-client")
+kadeploy_main = _entry(kadeploy_group, "kadeploy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    kadeploy_main()

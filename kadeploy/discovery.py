@@ -1,0 +1,145 @@
+"""Finding the server by session name over UDP broadcast, as the original did.
+
+The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times; a server
+of that session answers the sender. The original answered its version string to
+port 4958; we answer to the request's source port instead (so several clients on one
+host all get their answer), with the version and the control port:
+``kadeploy <version> <control port>\\0``. The answer's source address is the server.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import socket
+import struct
+import time
+from typing import List, Optional, Tuple
+
+from .errors import NotJoined, UsageError
+from .version import __version__
+
+DISCOVERY_PORT = 4957
+ANSWER_PORT = 4958  # the original's; kept for reference, see the module docstring
+MAX_SESSION_NAME = 255
+_SIOCGIFBRDADDR = 0x8919
+_SIOCGIFFLAGS = 0x8913
+_IFF_BROADCAST = 0x2
+_IFF_UP = 0x1
+
+
+def check_session_name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not raw or len(raw) > MAX_SESSION_NAME or b"\0" in raw:
+        raise UsageError(f"session name must be 1 to {MAX_SESSION_NAME} bytes without NUL")
+    return raw
+
+
+def request(name: str) -> bytes:
+    return check_session_name(name) + b"\0"
+
+
+def parse_request(data: bytes) -> Optional[str]:
+    """The session name a datagram asks for, or None if it is not a request."""
+    name = data[:-1] if data.endswith(b"\0") else data
+    if not name or len(name) > MAX_SESSION_NAME or b"\0" in name:
+        return None
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def answer(control_port: int) -> bytes:
+    return f"kadeploy {__version__} {control_port}".encode() + b"\0"
+
+
+def parse_answer(data: bytes) -> Optional[Tuple[str, int]]:
+    """(version, control port) from an answer, or None if it is not one of ours."""
+    parts = data.rstrip(b"\0").split()
+    if len(parts) != 3 or parts[0] != b"kadeploy":
+        return None
+    try:
+        port = int(parts[2])
+    except ValueError:
+        return None
+    return (parts[1].decode("ascii", "replace"), port) if 0 < port < 65536 else None
+
+
+def broadcast_addresses() -> List[str]:
+    """255.255.255.255 plus the broadcast address of every interface that has one.
+
+    The limited broadcast needs a route; an interface's own broadcast address works
+    even on a node booted with no default route."""
+    out = ["255.255.255.255"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, ifname in socket.if_nameindex():
+            req = struct.pack("16s16x", ifname.encode()[:15])
+            try:
+                flags = struct.unpack("16xH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[0]
+                if not (flags & _IFF_UP and flags & _IFF_BROADCAST):
+                    continue
+                res = fcntl.ioctl(s.fileno(), _SIOCGIFBRDADDR, req)
+            except OSError:
+                continue
+            addr = socket.inet_ntoa(res[20:24])
+            if addr not in out and addr != "0.0.0.0":
+                out.append(addr)
+    return out
+
+
+class Responder(asyncio.DatagramProtocol):
+    """Server side: answer requests for our session name."""
+
+    def __init__(self, session: str, control_port: int, log) -> None:
+        self.session, self.control_port, self.log = session, control_port, log
+        self.transport = None
+        self.ignored = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if parse_request(data) == self.session:
+            self.transport.sendto(answer(self.control_port), addr)
+        else:
+            self.ignored += 1
+
+
+async def start_responder(session: str, control_port: int, log, port: int = DISCOVERY_PORT):
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.bind(("0.0.0.0", port))
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: Responder(session, control_port, log), sock=sock)
+    return transport
+
+
+def discover(session: str, *, tries: int = 10, interval: float = 1.0,
+             port: int = DISCOVERY_PORT) -> Tuple[str, int]:
+    """(server address, control port) for a session, or NotJoined after `tries` seconds."""
+    req = request(session)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.bind(("0.0.0.0", 0))
+        sent_any = False
+        for _ in range(tries):
+            for dest in broadcast_addresses():
+                try:
+                    s.sendto(req, (dest, port))
+                    sent_any = True
+                except OSError:
+                    continue  # no route for this one; the others may work
+            deadline = time.monotonic() + interval
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    data, (host, _) = s.recvfrom(512)
+                except socket.timeout:
+                    break
+                parsed = parse_answer(data)
+                if parsed:
+                    return host, parsed[1]
+        where = "" if sent_any else " (no interface could broadcast)"
+        raise NotJoined(f"no server answered for session {session!r} after {tries} tries{where}")

@@ -1,0 +1,28 @@
+"""Errors that end a command with one clear line and a documented exit status."""
+
+# Exit statuses, the same for both commands (see the man pages' EXIT STATUS).
+EXIT_OK = 0
+EXIT_FAILED = 1        # server: every node failed, or the server itself did; client: this node failed
+EXIT_SOME_FAILED = 2   # server only: some nodes failed, the others are good
+EXIT_NOT_JOINED = 3    # client: could not join (server unreachable, refused, went away early)
+EXIT_USAGE = 64        # bad arguments (sysexits EX_USAGE; click's own 2 would clash with 2 above)
+EXIT_INTERRUPTED = 130
+
+
+class KadeployError(Exception):
+    """A failure explained in one line; `exit_code` is what the command exits with."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, exit_code: int = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class NotJoined(KadeployError):
+    exit_code = EXIT_NOT_JOINED
+
+
+class UsageError(KadeployError):
+    exit_code = EXIT_USAGE

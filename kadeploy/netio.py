@@ -1,0 +1,171 @@
+"""Thin socket helpers shared by the server and the client (asyncio, raw sockets)."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+from typing import Optional, Tuple
+
+from . import protocol
+from .errors import NotJoined
+
+CONTROL_PORT = 30765
+DATA_PORT = 30764
+
+
+def normalize_address(address: str) -> str:
+    """'::ffff:1.2.3.4' -> '1.2.3.4'; other addresses as they are, without scope."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return address
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,
+           fallback_to_any_port: bool = False) -> socket.socket:
+    """A listening TCP socket: dual-stack on every address unless `bind` is given.
+
+    With fallback_to_any_port, a port already in use (another client on this host)
+    is replaced by one the kernel picks."""
+    family, addr = _bind_target(bind)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and bind is None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind((addr, port))
+        except OSError as e:
+            if not (fallback_to_any_port and e.errno == errno.EADDRINUSE):
+                raise
+            sock.bind((addr, 0))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _bind_target(bind: Optional[str]) -> Tuple[int, str]:
+    if bind is None:
+        return (socket.AF_INET6, "::") if socket.has_ipv6 and _ipv6_works() else (socket.AF_INET, "0.0.0.0")
+    try:
+        ip = ipaddress.ip_address(bind.split("%", 1)[0])
+    except ValueError:
+        infos = socket.getaddrinfo(bind, None, type=socket.SOCK_STREAM)
+        return infos[0][0], infos[0][4][0]
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), bind
+
+
+def _ipv6_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+def set_sockbuf(sock: socket.socket, size: Optional[int]) -> None:
+    """Fixed socket buffers, only when asked: setting them turns off kernel autotuning."""
+    if size:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+async def connect(host: str, port: int, timeout: float, what: str) -> socket.socket:
+    """A connected non-blocking TCP socket, or NotJoined with a one-line reason."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise NotJoined(f"cannot resolve {what} {host!r}: {e.strerror}") from None
+    last: Optional[OSError] = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except asyncio.TimeoutError:
+            sock.close()
+            last = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+        except OSError as e:
+            sock.close()
+            last = e
+    reason = last.strerror if last and last.strerror else str(last)
+    raise NotJoined(f"cannot connect to {what} at {format_hostport(host, port)}: {reason}")
+
+
+async def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Exactly n bytes (no more: raw stream bytes may follow); EOF -> ConnectionError."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by peer")
+        buf += chunk
+    return bytes(buf)
+
+
+async def recv_frame(sock: socket.socket) -> protocol.Message:
+    """One frame read byte-exact from a raw socket (used on data connections)."""
+    code, length = protocol.parse_header(await recv_exactly(sock, protocol.HEADER_SIZE))
+    return protocol.parse_body(code, await recv_exactly(sock, length))
+
+
+async def send_frame(sock: socket.socket, msg: protocol.Message) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, protocol.encode(msg))
+
+
+class ControlChannel:
+    """A control connection: asyncio streams plus the protocol state machine."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str):
+        self.reader, self.writer = reader, writer
+        self.conn = protocol.ControlConnection(role)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        local = writer.get_extra_info("sockname") or ("?", 0)
+        self.peer_address = normalize_address(peer[0])
+        self.local_address = normalize_address(local[0])
+
+    async def recv(self) -> protocol.Message:
+        """The next message; ConnectionError on EOF, ProtocolError on garbage."""
+        while True:
+            msg = self.conn.next_event()
+            if msg is not None:
+                return msg
+            if self.conn.peer_closed:
+                raise ConnectionError("connection closed by peer")
+            data = await self.reader.read(65536)
+            self.conn.receive_data(data)
+
+    async def send(self, msg: protocol.Message) -> None:
+        self.writer.write(self.conn.send(msg))
+        await self.writer.drain()
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # the transport may already be gone
+            pass
+
+
+def shutdown_close(sock: socket.socket) -> None:
+    """Send EOF after what is queued, then close (a child reads to the end)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()

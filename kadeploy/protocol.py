@@ -1,0 +1,371 @@
+"""The control protocol, without I/O.
+
+Rules of this file:
+- A frame is an 8-byte header and a JSON body: magic ``b"KD"``, protocol version (u8),
+  message type (u8), body length (u32, big-endian), then the body, a JSON object.
+  The header layout never changes between versions, so a peer of another version is
+  always recognised and named, not taken for garbage.
+- A body is at most MAX_BODY bytes; a longer one is refused before it is buffered.
+- Each message type has a fixed set of typed fields; anything else is a protocol error.
+- The legal order of messages is the table TRANSITIONS: (state, sender, message type)
+  -> next state. An illegal message is a lookup miss, raised as LocalProtocolError
+  (we tried to send it) or RemoteProtocolError (the peer sent it).
+- Image bytes never pass through here: the data connection carries one DataHello
+  and DataWelcome, then raw stream bytes handed to the relay.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple, Type, Union
+
+from .version import PROTOCOL_VERSION
+
+MAGIC = b"KD"
+HEADER = struct.Struct(">2sBBI")
+HEADER_SIZE = HEADER.size
+MAX_BODY = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """A broken rule of the protocol; the message is one line fit for a user."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to break the protocol (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol, speaks another version, or is not kadeploy."""
+
+
+# ---------------------------------------------------------------- messages
+
+@dataclass
+class Message:
+    CODE = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Hello(Message):
+    """Client -> server: register as a node of the session."""
+    CODE = 1
+    software: str
+    hostname: str
+    data_port: int
+    session: Optional[str] = None
+    # Address the node's children should connect to; None: the address the server
+    # sees this connection come from.
+    advertise: Optional[str] = None
+
+
+@dataclass
+class Go(Message):
+    """Client -> server: start now with the nodes registered so far (ka-d-client -g)."""
+    CODE = 2
+    software: str
+    session: Optional[str] = None
+
+
+@dataclass
+class Welcome(Message):
+    CODE = 3
+    node_id: int
+    software: str
+
+
+@dataclass
+class Refuse(Message):
+    """Either side, then close: why the connection is not wanted."""
+    CODE = 4
+    reason: str
+
+
+@dataclass
+class GoAck(Message):
+    CODE = 5
+    started: bool
+    nodes: int
+    message: str
+
+
+@dataclass
+class Place(Message):
+    """Server -> client: the node's place in the tree, sent once the tree is built."""
+    CODE = 6
+    position: int          # 1-based index in the deployment order; the server is 0
+    depth: int
+    n_nodes: int
+    arity: int
+    parent_host: str       # the server's data address for the first level
+    parent_port: int
+    children: List[int] = field(default_factory=list)   # node ids expected to connect
+    token: str = ""        # secret of this deployment, proves membership on data links
+
+
+@dataclass
+class Progress(Message):
+    CODE = 7
+    bytes: int
+
+
+@dataclass
+class End(Message):
+    """Server -> client: the producer finished; what a complete stream is."""
+    CODE = 8
+    bytes: int
+    ok: bool
+    error: Optional[str] = None
+
+
+@dataclass
+class Done(Message):
+    """Client -> server: the node's completion report."""
+    CODE = 9
+    ok: bool
+    bytes: int
+    seconds: float
+    consumer_status: Optional[int] = None
+    error: Optional[str] = None
+    backend: str = ""
+
+
+@dataclass
+class Finish(Message):
+    """Server -> client: release a client waiting with -w."""
+    CODE = 10
+
+
+@dataclass
+class Abort(Message):
+    CODE = 11
+    reason: str
+
+
+@dataclass
+class DataHello(Message):
+    """Child -> parent, first frame on a data connection."""
+    CODE = 12
+    node_id: int
+    token: str
+
+
+@dataclass
+class DataWelcome(Message):
+    """Parent -> child: accepted; raw stream bytes follow this frame."""
+    CODE = 13
+
+
+MESSAGE_TYPES: Dict[int, Type[Message]] = {
+    cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
+                              Done, Finish, Abort, DataHello, DataWelcome)
+}
+
+# JSON has one number type; these say which Python types a field accepts.
+_ACCEPT = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _field_types(cls: Type[Message]) -> Dict[str, tuple]:
+    """field name -> (accepted types, may be null, required, list item type)."""
+    spec = {}
+    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    for f in fields(cls):
+        t = str(f.type)
+        optional = t.startswith("Optional[")
+        base = t[len("Optional["):-1] if optional else t
+        required = f.default is MISSING and f.default_factory is MISSING
+        if base.startswith("List["):
+            spec[f.name] = ((list,), optional, required, hints[base[5:-1]])
+        else:
+            spec[f.name] = (_ACCEPT[hints[base]], optional, required, None)
+    return spec
+
+
+_SPECS = {code: _field_types(cls) for code, cls in MESSAGE_TYPES.items()}
+
+
+def _build(code: int, body: dict) -> Message:
+    cls = MESSAGE_TYPES[code]
+    spec = _SPECS[code]
+    unknown = set(body) - set(spec)
+    if unknown:
+        raise RemoteProtocolError(f"{cls.__name__} has unknown fields: {', '.join(sorted(unknown))}")
+    for name, (accept, optional, required, item) in spec.items():
+        if name not in body:
+            if required:
+                raise RemoteProtocolError(f"{cls.__name__} lacks field {name!r}")
+            continue
+        value = body[name]
+        if value is None and optional:
+            continue
+        # bool is an int in Python; do not let True pass for a byte count.
+        if not isinstance(value, accept) or (isinstance(value, bool) and bool not in accept):
+            raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
+        if item is not None and not all(isinstance(v, _ACCEPT[item]) and not isinstance(v, bool)
+                                        for v in value):
+            raise RemoteProtocolError(f"{cls.__name__}.{name} has items of the wrong type")
+    return cls(**body)
+
+
+# ----------------------------------------------------------------- framing
+
+def encode(msg: Message) -> bytes:
+    body = json.dumps(msg.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > MAX_BODY:
+        raise LocalProtocolError(f"{type(msg).__name__} is {len(body)} bytes, over the {MAX_BODY} limit")
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, msg.CODE, len(body)) + body
+
+
+def parse_header(header: bytes) -> Tuple[int, int]:
+    """Check a frame header; return (message code, body length)."""
+    magic, version, code, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise RemoteProtocolError(
+            "peer does not speak the kadeploy protocol (an original Ka-deploy, or not kadeploy at all)")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"peer speaks kadeploy protocol version {version}, this is version {PROTOCOL_VERSION}: "
+            "run the same kadeploy release on server and clients")
+    if code not in MESSAGE_TYPES:
+        raise RemoteProtocolError(f"unknown message type {code}")
+    if length > MAX_BODY:
+        raise RemoteProtocolError(f"message of {length} bytes is over the {MAX_BODY}-byte limit")
+    return code, length
+
+
+def parse_body(code: int, body: bytes) -> Message:
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RemoteProtocolError("message body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("message body is not a JSON object")
+    return _build(code, obj)
+
+
+class FrameReader:
+    """Bytes in, messages out; framing does not depend on how the bytes arrive."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        if self._closed and data:
+            raise LocalProtocolError("data fed after EOF")
+        if not data:
+            self._closed = True
+        self._buf += data
+
+    def next_message(self) -> Optional[Message]:
+        """The next whole message, or None when more bytes are needed."""
+        if len(self._buf) < HEADER_SIZE:
+            # Check the magic as soon as it is there: garbage is refused early.
+            if len(self._buf) >= 2 and bytes(self._buf[:2]) != MAGIC:
+                parse_header(bytes(self._buf[:2]) + bytes(HEADER_SIZE - 2))
+            if self._closed and self._buf:
+                raise RemoteProtocolError("connection closed in the middle of a message")
+            return None
+        code, length = parse_header(bytes(self._buf[:HEADER_SIZE]))
+        if len(self._buf) < HEADER_SIZE + length:
+            if self._closed:
+                raise RemoteProtocolError("connection closed in the middle of a message")
+            return None
+        body = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
+        del self._buf[:HEADER_SIZE + length]
+        return parse_body(code, body)
+
+    @property
+    def at_eof(self) -> bool:
+        return self._closed and not self._buf
+
+
+# ----------------------------------------------------------- state machine
+
+# States of a control connection, the same on both ends.
+START = "START"            # nothing said yet
+HELLO_SENT = "HELLO_SENT"  # the client asked to join
+GO_SENT = "GO_SENT"        # the client asked the server to start now
+REGISTERED = "REGISTERED"  # welcomed; waiting for the tree
+PLACED = "PLACED"          # knows its place; data flows
+ENDED = "ENDED"            # the server said how long the stream was
+REPORTED = "REPORTED"      # the client sent its completion report
+FINISHED = "FINISHED"      # released (-w); nothing more to say
+CLOSED = "CLOSED"          # refused, aborted or done with
+
+CLIENT, SERVER = "client", "server"
+
+TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
+    (START, CLIENT, Hello): HELLO_SENT,
+    (START, CLIENT, Go): GO_SENT,
+    (GO_SENT, SERVER, GoAck): CLOSED,
+    (GO_SENT, SERVER, Refuse): CLOSED,
+    (HELLO_SENT, SERVER, Welcome): REGISTERED,
+    (HELLO_SENT, SERVER, Refuse): CLOSED,
+    (REGISTERED, SERVER, Place): PLACED,
+    (REGISTERED, SERVER, Refuse): CLOSED,
+    (REGISTERED, SERVER, Abort): CLOSED,
+    (PLACED, CLIENT, Progress): PLACED,
+    (PLACED, SERVER, End): ENDED,
+    (PLACED, CLIENT, Done): REPORTED,
+    (PLACED, SERVER, Abort): CLOSED,
+    (ENDED, CLIENT, Progress): ENDED,
+    (ENDED, CLIENT, Done): REPORTED,
+    (ENDED, SERVER, Abort): CLOSED,
+    # A node that failed early reports before the server's End reaches it.
+    (REPORTED, SERVER, End): REPORTED,
+    (REPORTED, SERVER, Finish): FINISHED,
+    (REPORTED, SERVER, Abort): CLOSED,
+}
+
+
+class ControlConnection:
+    """One end of a control connection: feed bytes, get messages; send messages, get bytes."""
+
+    def __init__(self, our_role: str) -> None:
+        if our_role not in (CLIENT, SERVER):
+            raise ValueError(our_role)
+        self.our_role = our_role
+        self.their_role = SERVER if our_role == CLIENT else CLIENT
+        self.state = START
+        self._reader = FrameReader()
+
+    def _advance(self, sender: str, msg: Message, error: Type[ProtocolError]) -> None:
+        key = (self.state, sender, type(msg))
+        if key not in TRANSITIONS:
+            raise error(f"{sender} may not send {type(msg).__name__} in state {self.state}")
+        self.state = TRANSITIONS[key]
+
+    def send(self, msg: Message) -> bytes:
+        self._advance(self.our_role, msg, LocalProtocolError)
+        return encode(msg)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; b"" means the peer closed."""
+        self._reader.feed(data)
+
+    def next_event(self) -> Optional[Message]:
+        msg = self._reader.next_message()
+        if msg is not None:
+            self._advance(self.their_role, msg, RemoteProtocolError)
+        return msg
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._reader.at_eof
+
+
+# Data connections carry just two frames before raw bytes: no table needed.
+def expect(msg: Message, *types: Type[Message]) -> Message:
+    if not isinstance(msg, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise RemoteProtocolError(f"expected {names}, got {type(msg).__name__}")
+    return msg
+
+
+AnyMessage = Union[Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End, Done, Finish,
+                   Abort, DataHello, DataWelcome]

@@ -1,0 +1,102 @@
+"""The deployment's final report: a table for people, JSON for programs."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+from .netio import format_hostport
+
+REPORT_FORMAT = 1
+
+
+@dataclass
+class NodeReport:
+    position: int
+    address: str
+    hostname: str
+    data_port: int
+    parent: Optional[int]
+    bytes: int
+    seconds: Optional[float]
+    status: str                    # "ok" or "failed"
+    error: Optional[str] = None
+    consumer_status: Optional[int] = None
+    backend: str = ""
+
+    @property
+    def throughput(self) -> Optional[float]:
+        """Bytes per second, as the node measured it."""
+        if self.seconds and self.seconds > 0:
+            return self.bytes / self.seconds
+        return None
+
+
+@dataclass
+class Report:
+    software: str
+    session: Optional[str]
+    arity: int
+    stream_bytes: int
+    seconds: float
+    producer_status: Optional[int]
+    stream_error: Optional[str]
+    backend: str
+    refused: int
+    nodes: List[NodeReport] = field(default_factory=list)
+
+    @property
+    def failed(self) -> List[NodeReport]:
+        return [n for n in self.nodes if n.status != "ok"]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["format"] = REPORT_FORMAT
+        for row, node in zip(d["nodes"], self.nodes):
+            row["throughput"] = node.throughput
+        d["totals"] = {"nodes": len(self.nodes), "ok": len(self.nodes) - len(self.failed),
+                       "failed": len(self.failed)}
+        return d
+
+    def write_json(self, path: str) -> None:
+        """Written to a temporary file and renamed, so a reader never sees half a report."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".kadeploy-report-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def table(self) -> str:
+        head = ("POS", "PARENT", "NODE", "BYTES", "SECONDS", "MB/S", "STATUS")
+        rows = [head]
+        for n in self.nodes:
+            rate = n.throughput
+            rows.append((
+                str(n.position) if n.position else "-",
+                "-" if n.parent is None else ("server" if n.parent == 0 else str(n.parent)),
+                (n.hostname + " " if n.hostname else "") + format_hostport(n.address, n.data_port),
+                str(n.bytes),
+                f"{n.seconds:.2f}" if n.seconds is not None else "-",
+                f"{rate / 1e6:.1f}" if rate else "-",
+                n.status if n.status == "ok" else f"FAILED: {n.error or 'unknown'}",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+        ok = len(self.nodes) - len(self.failed)
+        rate = self.stream_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        lines.append(f"{ok} of {len(self.nodes)} node(s) ok; {self.stream_bytes} bytes in "
+                     f"{self.seconds:.2f} s ({rate:.1f} MB/s); relay backend {self.backend or '-'}")
+        if self.stream_error:
+            lines.append(f"stream failed: {self.stream_error}")
+        if self.failed:
+            lines.append("failed: " + ", ".join(
+                (n.hostname or n.address) + f" ({format_hostport(n.address, n.data_port)})"
+                for n in self.failed))
+        return "\n".join(lines)

@@ -1,0 +1,411 @@
+"""ka-d-server: registration, the tree, the producer, the stream, the verdicts.
+
+The control plane runs on asyncio; the stream itself runs in the relay, in a thread
+that holds no lock the loop needs. Life of a deployment:
+  register  -> clients say Hello until -n are in, a client says Go, or --wait-timeout;
+  place     -> registration closes, nodes are ordered and each is told its place;
+  connect   -> the server's children open data connections to it;
+  stream    -> the producer's stdout is relayed to them; nodes send Progress;
+  end       -> the server tells every node the stream's length and whether the producer
+               succeeded; nodes answer Done with their verdict;
+  finish    -> waiting clients (-w) are released, spaced by -d tenths of a second.
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from . import protocol as P
+from . import relay as relay_mod
+from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
+from .datalink import accept_children
+from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, listen, shutdown_close
+from .report import NodeReport, Report
+from .topology import NodeInfo, Tree, build_tree, host_matches, order_nodes, render
+from .version import __version__
+
+log = logging.getLogger("kadeploy.server")
+SOFTWARE = f"kadeploy {__version__}"
+
+
+@dataclass
+class ServerConfig:
+    n_clients: int = 1
+    arity: int = 1
+    session: Optional[str] = None
+    producer: str = DEFAULT_PRODUCER
+    finish_delay: float = 0.0          # seconds between Finish messages (-d is tenths)
+    control_port: int = CONTROL_PORT
+    data_port: int = DATA_PORT
+    bind: Optional[str] = None
+    wait_timeout: Optional[float] = None
+    hosts: Optional[List[str]] = None
+    relay_backend: Optional[str] = None
+    buffer_size: int = relay_mod.DEFAULT_BUFFER_SIZE
+    sockbuf: Optional[int] = None
+    connect_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    report_file: Optional[str] = None
+    discovery_port: int = 4957
+
+
+@dataclass
+class Node:
+    info: NodeInfo
+    channel: ControlChannel
+    position: int = 0
+    bytes: int = 0
+    done: Optional[P.Done] = None
+    error: Optional[str] = None
+    finished: bool = False
+    reported: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        host = self.info.hostname or self.info.address
+        return f"{host} ({format_hostport(self.info.address, self.info.data_port)})"
+
+    def fail(self, reason: str) -> None:
+        if self.done is None and self.error is None:
+            self.error = reason
+            log.error("node %s failed: %s", self.name, reason)
+        self.reported.set()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.done is not None and self.done.ok
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.cfg = config
+        self.nodes: Dict[int, Node] = {}
+        self.registration_open = True
+        self.start_now = asyncio.Event()
+        self.token = secrets.token_hex(16)
+        self.tree: Optional[Tree] = None
+        self.refused = 0
+        self.stream_bytes = 0
+        self.producer_status: Optional[int] = None
+        self.relay_result: Optional[relay_mod.RelayResult] = None
+        self.stream_error: Optional[str] = None
+        self._next_id = 1
+        self._sink_ids: List[int] = []
+        self.by_pos: Dict[int, Node] = {}
+
+    # ------------------------------------------------------------ registration
+
+    async def handle_control(self, reader, writer) -> None:
+        ch = ControlChannel(reader, writer, P.SERVER)
+        node: Optional[Node] = None
+        try:
+            try:
+                msg = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
+            except asyncio.TimeoutError:
+                raise ConnectionError(f"said nothing within {self.cfg.handshake_timeout:g} s")
+            if isinstance(msg, P.Go):
+                await self._handle_go(ch, msg)
+                return
+            node = await self._register(ch, msg)
+            if node is None:
+                return
+            await self._follow(node)
+        except P.ProtocolError as e:
+            self.refused += 1
+            log.warning("refused %s: %s", ch.peer_address, e)
+            await _try_send(ch, P.Refuse(reason=str(e)))
+        except (ConnectionError, OSError) as e:
+            if node is None:
+                self.refused += 1
+                log.warning("dropped connection from %s: %s", ch.peer_address, e)
+            elif self.registration_open:
+                # Left before the start: it no longer counts towards -n.
+                del self.nodes[node.info.node_id]
+                log.warning("node %s left before the start", node.name)
+            else:
+                node.fail(f"lost the control connection: {e}")
+        finally:
+            if node is None:
+                ch.close()
+
+    async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
+        if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
+            await ch.send(P.Refuse(reason=f"this server runs session {self.cfg.session!r}"))
+            return
+        started = self.registration_open
+        if started:
+            log.info("go-now from %s with %d node(s) registered", ch.peer_address, len(self.nodes))
+            self.start_now.set()
+        await ch.send(P.GoAck(started=started, nodes=len(self.nodes),
+                              message="starting" if started else "already started"))
+
+    async def _register(self, ch: ControlChannel, msg: P.Hello) -> Optional[Node]:
+        reason = self._refusal(ch, msg)
+        if reason:
+            self.refused += 1
+            log.warning("refused %s: %s", ch.peer_address, reason)
+            await ch.send(P.Refuse(reason=reason))
+            return None
+        node_id, self._next_id = self._next_id, self._next_id + 1
+        info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
+                        data_port=msg.data_port, hostname=msg.hostname)
+        node = Node(info=info, channel=ch)
+        self.nodes[node_id] = node
+        await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
+        log.info("registered %s (%d of %d)", node.name, len(self.nodes), self.cfg.n_clients)
+        if len(self.nodes) >= self.cfg.n_clients:
+            self.start_now.set()
+        return node
+
+    def _refusal(self, ch: ControlChannel, msg: P.Hello) -> Optional[str]:
+        if not self.registration_open:
+            return "registration is closed: the deployment has already started"
+        if self.cfg.session and msg.session not in (None, self.cfg.session):
+            return f"this server runs session {self.cfg.session!r}, not {msg.session!r}"
+        if not 0 < msg.data_port < 65536:
+            return f"invalid data port {msg.data_port}"
+        if self.cfg.hosts is not None:
+            probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
+            if not any(host_matches(h, probe) for h in self.cfg.hosts):
+                return "this host is not in the server's --hosts list"
+        return None
+
+    async def _follow(self, node: Node) -> None:
+        """Read what a registered node says until its report (and release, with -w)."""
+        while True:
+            msg = await node.channel.recv()
+            if isinstance(msg, P.Progress):
+                node.bytes = msg.bytes
+            elif isinstance(msg, P.Done):
+                node.done, node.bytes = msg, msg.bytes
+                if msg.ok:
+                    log.info("node %s done: %d bytes in %.1f s", node.name, msg.bytes, msg.seconds)
+                else:
+                    log.error("node %s failed: %s", node.name, msg.error)
+                node.reported.set()
+                return
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self) -> Report:
+        cfg = self.cfg
+        ctrl_sock = listen(cfg.control_port, cfg.bind)
+        data_sock = listen(cfg.data_port, cfg.bind)
+        srv = await asyncio.start_server(self.handle_control, sock=ctrl_sock)
+        responder = None
+        try:
+            if cfg.session:
+                responder = await _start_discovery(cfg)
+            log.info("kadeploy server %s: control port %d, data port %d, waiting for %d client(s)%s",
+                     __version__, cfg.control_port, cfg.data_port, cfg.n_clients,
+                     f", session {cfg.session!r}" if cfg.session else "")
+            await self._wait_for_start()
+            self.registration_open = False
+            ordered = self._place_order()
+            if not ordered:
+                raise KadeployError("no client registered" + (
+                    f" within {cfg.wait_timeout:g} s" if cfg.wait_timeout else ""))
+            started = time.monotonic()
+            await self._place(ordered)
+            sinks = await self._accept_children(data_sock)
+            await self._stream(sinks)
+            await self._collect()
+            await self._finish()
+            return self._report(time.monotonic() - started)
+        finally:
+            if responder is not None:
+                responder.close()
+            srv.close()
+            data_sock.close()
+            for node in self.nodes.values():
+                node.channel.close()
+
+    async def _wait_for_start(self) -> None:
+        try:
+            await asyncio.wait_for(self.start_now.wait(), self.cfg.wait_timeout)
+        except asyncio.TimeoutError:
+            log.warning("wait timeout: starting with %d of %d client(s)",
+                        len(self.nodes), self.cfg.n_clients)
+
+    def _place_order(self) -> List[Node]:
+        # Nodes that hung up while waiting are not placed.
+        alive = [n for n in self.nodes.values() if n.error is None]
+        for n in self.nodes.values():
+            if n.error is not None:
+                n.reported.set()
+        order = order_nodes([n.info for n in alive], self.cfg.hosts)
+        return [self.nodes[i.node_id] for i in order]
+
+    async def _place(self, ordered: List[Node]) -> None:
+        self.tree = build_tree(len(ordered), self.cfg.arity)
+        by_pos = {i + 1: n for i, n in enumerate(ordered)}
+        for pos, node in by_pos.items():
+            node.position = pos
+        names = {0: "server"} | {p: n.name for p, n in by_pos.items()}
+        log.info("tree (arity %d, %d node(s)):\n%s", self.cfg.arity, len(ordered),
+                 "\n".join(render(self.tree, names)))
+        self.by_pos = by_pos
+        for pos, node in by_pos.items():
+            parent_pos = self.tree.parent(pos)
+            if parent_pos == 0:
+                host, port = node.channel.local_address, self.cfg.data_port
+            else:
+                parent = by_pos[parent_pos]
+                host, port = parent.info.address, parent.info.data_port
+            msg = P.Place(position=pos, depth=self.tree.depth(pos), n_nodes=len(ordered),
+                          arity=self.cfg.arity, parent_host=host, parent_port=port,
+                          children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
+                          token=self.token)
+            try:
+                await node.channel.send(msg)
+            except (ConnectionError, OSError) as e:
+                node.fail(f"lost before it was placed: {e}")
+
+    async def _accept_children(self, data_sock: socket.socket) -> List[socket.socket]:
+        """Data connections from the server's own children, checked against the token."""
+        child_ids = [self.by_pos[p].info.node_id for p in self.tree.children(0)]
+
+        def refused(addr: str, why: str) -> None:
+            self.refused += 1
+            log.warning("refused data connection from %s: %s", addr, why)
+
+        conns = await accept_children(
+            data_sock, child_ids, self.token, timeout=self.cfg.connect_timeout,
+            handshake_timeout=self.cfg.handshake_timeout, sockbuf=self.cfg.sockbuf,
+            on_refused=refused)
+        for node_id in child_ids:
+            if node_id not in conns:
+                self.nodes[node_id].fail(
+                    f"did not open its data connection within {self.cfg.connect_timeout:g} s")
+        self._sink_ids = list(conns)
+        return list(conns.values())
+
+    async def _stream(self, sinks: List[socket.socket]) -> None:
+        cfg = self.cfg
+        producer = spawn_producer(cfg.producer)
+        counters = array.array("Q", [0] * (1 + len(sinks)))
+        stop_r, stop_w = os.pipe()
+        loop = asyncio.get_running_loop()
+        res: Optional[relay_mod.RelayResult] = None
+        try:
+            job = loop.run_in_executor(None, lambda: relay_mod.relay(
+                producer.stdout.fileno(), [s.fileno() for s in sinks],
+                backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
+                stop_fd=stop_r, counters=counters))
+            try:
+                res = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                os.write(stop_w, b"x")
+                await job
+                raise
+        finally:
+            os.close(stop_r)
+            os.close(stop_w)
+            for s in sinks:
+                shutdown_close(s)
+            producer.stdout.close()
+            if res is None or not res.eof:
+                kill_group(producer)  # nobody wants the rest of its output
+        self.producer_status = await loop.run_in_executor(None, producer.wait)
+        self.relay_result = res
+        self.stream_bytes = res.bytes_in
+        for node_id, err in zip(self._sink_ids, res.sink_errors):
+            if err is not None:
+                # The node's own report (or its lost connection) gives the verdict.
+                log.warning("data connection to %s broke: %s", self.nodes[node_id].name,
+                            err.strerror or err)
+        ok = res.eof and self.producer_status == 0
+        error = None
+        if self.producer_status != 0:
+            error = f"producer failed ({describe_status(self.producer_status)})"
+        elif res.ended == relay_mod.NO_SINKS:
+            error = "every child of the server failed; stream abandoned"
+        elif not res.eof:
+            error = f"reading the producer failed: {res.source_error}"
+        if error:
+            log.error("%s", error)
+        log.info("stream ended: %d bytes, backend %s", res.bytes_in, res.backend)
+        end = P.End(bytes=res.bytes_in, ok=ok, error=error)
+        for node in self.nodes.values():
+            if node.position and not node.reported.is_set():
+                try:
+                    await node.channel.send(end)
+                except (ConnectionError, OSError) as e:
+                    node.fail(f"lost the control connection: {e}")
+        self.stream_error = error
+
+    async def _collect(self) -> None:
+        waits = [n.reported.wait() for n in self.nodes.values()]
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _finish(self) -> None:
+        """Release clients waiting with -w, one by one, -d apart."""
+        for node in sorted(self.nodes.values(), key=lambda n: n.position):
+            if node.done is None:
+                continue
+            try:
+                await node.channel.send(P.Finish())
+                node.finished = True
+            except (ConnectionError, OSError, P.ProtocolError):
+                pass  # a client without -w has already gone
+            if self.cfg.finish_delay:
+                await asyncio.sleep(self.cfg.finish_delay)
+
+    def _report(self, seconds: float) -> Report:
+        rows = []
+        for node in sorted(self.nodes.values(), key=lambda n: (n.position or 1 << 30, n.info.node_id)):
+            d = node.done
+            rows.append(NodeReport(
+                position=node.position, address=node.info.address, hostname=node.info.hostname,
+                data_port=node.info.data_port,
+                parent=self.tree.parent(node.position) if node.position and self.tree else None,
+                bytes=node.bytes, seconds=d.seconds if d else None,
+                status="ok" if node.ok else "failed",
+                error=node.error or (d.error if d and not d.ok else None),
+                consumer_status=d.consumer_status if d else None,
+                backend=d.backend if d else ""))
+        return Report(
+            software=SOFTWARE, session=self.cfg.session, arity=self.cfg.arity,
+            stream_bytes=self.stream_bytes, seconds=seconds,
+            producer_status=self.producer_status, stream_error=self.stream_error,
+            backend=self.relay_result.backend if self.relay_result else "",
+            refused=self.refused, nodes=rows)
+
+
+async def _try_send(ch: ControlChannel, msg: P.Message) -> None:
+    try:
+        await ch.send(msg)
+    except Exception:  # the peer may be gone or in a state where nothing more is legal
+        pass
+
+
+async def _start_discovery(cfg: ServerConfig):
+    from .discovery import start_responder
+    try:
+        return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port)
+    except OSError as e:
+        raise KadeployError(f"cannot listen for discovery on UDP port {cfg.discovery_port}: {e.strerror}")
+
+
+
+
+def exit_status(report: Report) -> int:
+    if report.stream_error or not report.nodes:
+        return EXIT_FAILED
+    failed = sum(1 for n in report.nodes if n.status != "ok")
+    if failed == 0:
+        return EXIT_OK
+    return EXIT_FAILED if failed == len(report.nodes) else EXIT_SOME_FAILED
+
+
+async def serve(config: ServerConfig) -> Report:
+    return await Server(config).run()
