@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 import click
 
 from . import relay as relay_mod
+from .demo import demo_command
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from .netio import CONTROL_PORT, DATA_PORT
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
@@ -276,6 +277,7 @@ def kadeploy_group():
 
 kadeploy_group.add_command(server_command, "server")
 kadeploy_group.add_command(client_command, "client")
+kadeploy_group.add_command(demo_command, "demo")
 
 
 @kadeploy_group.command("backends", context_settings=CONTEXT)

@@ -92,7 +92,7 @@ async def go_now(cfg: ClientConfig) -> str:
 
 
 async def _open_control(host: str, port: int, cfg: ClientConfig) -> ControlChannel:
-    sock = await connect(host, port, cfg.connect_timeout, "server")
+    sock = await connect(host, port, cfg.connect_timeout, "server", retry_refused=True)
     reader, writer = await asyncio.open_connection(sock=sock)
     return ControlChannel(reader, writer, P.CLIENT)
 

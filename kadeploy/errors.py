@@ -22,6 +22,7 @@ class KadeployError(Exception):
 
 class NotJoined(KadeployError):
     exit_code = EXIT_NOT_JOINED
+    refused = False  # the peer actively refused the connection (nobody listening yet)
 
 
 class UsageError(KadeployError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 from typing import Optional, Tuple
 
@@ -82,8 +83,24 @@ def set_sockbuf(sock: socket.socket, size: Optional[int]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-async def connect(host: str, port: int, timeout: float, what: str) -> socket.socket:
-    """A connected non-blocking TCP socket, or NotJoined with a one-line reason."""
+async def connect(host: str, port: int, timeout: float, what: str, *,
+                  retry_refused: bool = False) -> socket.socket:
+    """A connected non-blocking TCP socket, or NotJoined with a one-line reason.
+
+    With retry_refused, a refused connection is tried again until `timeout` has
+    passed: nodes often boot before the server is started."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await _connect_once(host, port, timeout, what)
+        except NotJoined as e:
+            if not (retry_refused and e.refused and loop.time() < deadline):
+                raise
+        await asyncio.sleep(0.25)
+
+
+async def _connect_once(host: str, port: int, timeout: float, what: str) -> socket.socket:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -103,8 +120,10 @@ async def connect(host: str, port: int, timeout: float, what: str) -> socket.soc
         except OSError as e:
             sock.close()
             last = e
-    reason = last.strerror if last and last.strerror else str(last)
-    raise NotJoined(f"cannot connect to {what} at {format_hostport(host, port)}: {reason}")
+    reason = os.strerror(last.errno) if last is not None and last.errno else str(last)
+    err = NotJoined(f"cannot connect to {what} at {format_hostport(host, port)}: {reason}")
+    err.refused = isinstance(last, ConnectionRefusedError)
+    raise err
 
 
 async def recv_exactly(sock: socket.socket, n: int) -> bytes:

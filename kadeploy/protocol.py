@@ -10,6 +10,7 @@ Rules of this file:
 - The legal order of messages is the table TRANSITIONS: (state, sender, message type)
   -> next state. An illegal message is a lookup miss, raised as LocalProtocolError
   (we tried to send it) or RemoteProtocolError (the peer sent it).
+- A Refuse may be sent by either side in any state; it ends the connection.
 - Image bytes never pass through here: the data connection carries one DataHello
   and DataWelcome, then raw stream bytes handed to the relay.
 """
@@ -335,6 +336,9 @@ class ControlConnection:
         self._reader = FrameReader()
 
     def _advance(self, sender: str, msg: Message, error: Type[ProtocolError]) -> None:
+        if isinstance(msg, Refuse) and self.state != CLOSED:
+            self.state = CLOSED  # either side may refuse at any point, then closes
+            return
         key = (self.state, sender, type(msg))
         if key not in TRANSITIONS:
             raise error(f"{sender} may not send {type(msg).__name__} in state {self.state}")

@@ -355,6 +355,7 @@ class Server:
             try:
                 await node.channel.send(P.Finish())
                 node.finished = True
+                log.debug("released %s", node.name)
             except (ConnectionError, OSError, P.ProtocolError):
                 pass  # a client without -w has already gone
             if self.cfg.finish_delay:

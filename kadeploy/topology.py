@@ -92,11 +92,6 @@ def build_tree(n_nodes: int, arity: int) -> Tree:
     return Tree(arity=arity, n_nodes=n_nodes)
 
 
-def layout(ordered: Sequence[NodeInfo], arity: int) -> Dict[int, int]:
-    """node_id -> position (1-based) for nodes already in deployment order."""
-    return {node.node_id: i + 1 for i, node in enumerate(ordered)}
-
-
 def render(tree: Tree, names: Dict[int, str]) -> List[str]:
     """The tree as indented lines (positions -> names), for logs and the report."""
     lines: List[str] = []

@@ -1,0 +1,230 @@
+"""Whole deployments on loopback through the real commands."""
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from deploy import KD, Deployment, assert_one_line_error, load_report, tar_producer
+from kadeploy.treedigest import diff_manifests, tree_manifest
+
+
+@pytest.fixture
+def dep(tmp_path):
+    d = Deployment(str(tmp_path))
+    yield d
+    d.close()
+
+
+def targets(root, n):
+    out = []
+    for i in range(n):
+        t = os.path.join(str(root), f"node{i + 1}")
+        os.makedirs(t)
+        out.append(t)
+    return out
+
+
+def assert_same_tree(src, dst):
+    diffs = diff_manifests(tree_manifest(str(src)), tree_manifest(str(dst)))
+    assert not diffs, f"{dst} differs from {src}:\n" + "\n".join(diffs[:20])
+
+
+@pytest.mark.parametrize("n,arity", [(3, 1), (5, 2), (7, 3)])
+def test_hard_tree_cloned_exactly(hard_tree, scratch, dep, tmp_path, n, arity):
+    report = str(tmp_path / "report.json")
+    dsts = targets(scratch, n)
+    server = dep.server("-n", str(n), "-a", str(arity), "-e", tar_producer(hard_tree),
+                        "--report", report)
+    clients = [dep.client("-h", "127.0.0.1", "-t", t) for t in dsts]
+    statuses = dep.wait_all(180)
+    assert statuses == [0] * (n + 1), server.err + "".join(c.err for c in clients)
+    for t in dsts:
+        assert_same_tree(hard_tree, t)
+    rep = load_report(report)
+    assert rep["totals"] == {"nodes": n, "ok": n, "failed": 0}
+    assert rep["arity"] == arity
+    # The tree in the report is the heap layout: position p's parent is (p-1)//arity.
+    assert sorted((r["position"], r["parent"]) for r in rep["nodes"]) == \
+        [(p, (p - 1) // arity) for p in range(1, n + 1)]
+    assert all(r["bytes"] == rep["stream_bytes"] > 0 for r in rep["nodes"])
+    assert "Total data received = " in clients[0].err
+    assert "Elapsed time = " in clients[0].err
+
+
+def test_failing_consumer_in_the_middle_of_a_chain(dep, tmp_path):
+    """Node 2 of 4 fails its consumer: it says so, the others still get everything."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data").write_bytes(os.urandom(8 << 20))
+    dsts = targets(tmp_path, 4)
+    report = str(tmp_path / "r.json")
+    dep.server("-n", "4", "-e", tar_producer(src), "--report", report)
+    # Data ports chosen so the chain order is known: ports sort the nodes on one host.
+    base = 41000 + os.getpid() % 1000 * 10
+    for i, t in enumerate(dsts):
+        cmd = ["-e", "head -c 1000 >/dev/null; exit 0"] if i == 1 else ["-t", t]
+        dep.client("-h", "127.0.0.1", "-P", str(base + i), *cmd)
+    statuses = dep.wait_all(120)
+    assert statuses == [2, 0, 1, 0, 0], [p.err for p in dep.procs]
+    assert "consumer stopped reading after" in dep.procs[2].err
+    for i in (0, 2, 3):
+        assert_same_tree(src, dsts[i])
+    rep = load_report(report)
+    bad = [r for r in rep["nodes"] if r["status"] != "ok"]
+    assert [r["position"] for r in bad] == [2]
+    assert "consumer stopped reading" in bad[0]["error"]
+    assert "failed: " in dep.procs[0].out
+
+
+def test_consumer_exit_status_is_the_verdict(dep, tmp_path):
+    dep.server("-n", "2", "-e", "head -c 100000 /dev/zero")
+    ok = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    bad = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null; exit 7")
+    assert dep.procs[0].wait(60) == 2
+    assert ok.wait(60) == 0
+    assert_one_line_error(bad, 1, "Elapsed time")
+    assert "consumer failed (exit status 7)" in bad.err
+
+
+def test_failing_producer_fails_everyone(dep):
+    server = dep.server("-n", "2", "-e", "echo partial; exit 4")
+    clients = [dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null") for _ in range(2)]
+    assert server.wait(60) == 1
+    for c in clients:
+        assert c.wait(60) == 1
+        assert "the server's stream failed: producer failed (exit status 4)" in c.err
+    assert "stream failed: producer failed" in server.out
+
+
+def test_late_client_is_refused(dep):
+    server = dep.server("-n", "1", "-e", "sleep 4; echo hi")
+    first = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    _wait_for(lambda: "position 1 of 1" in first.err)
+    late = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    assert_one_line_error(late, 3, "registration is closed")
+    assert first.wait(60) == 0 and server.wait(60) == 0
+
+
+def test_go_now_starts_with_the_clients_present(dep, tmp_path):
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "10", "-e", "seq 100000", "--report", report)
+    clients = [dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null") for _ in range(2)]
+    _wait_for(lambda: server.err.count("registered ") == 2)
+    go = dep.client("-h", "127.0.0.1", "-g")
+    assert go.wait(30) == 0
+    assert [c.wait(60) for c in clients] == [0, 0]
+    assert server.wait(60) == 0
+    assert load_report(report)["totals"]["nodes"] == 2
+
+
+def test_wait_timeout_starts_without_the_missing(dep):
+    server = dep.server("-n", "3", "--wait-timeout", "1.5", "-e", "echo hello")
+    c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    assert c.wait(60) == 0 and server.wait(60) == 0
+    assert "starting with 1 of 3" in server.err
+
+
+def test_wait_timeout_with_nobody_fails(dep):
+    assert_one_line_error(dep.server("--wait-timeout", "0.5", "-e", "true"), 1, "no client registered")
+
+
+def test_wait_and_delay_release_clients_in_order(dep):
+    server = dep.server("-n", "3", "-d", "3", "-e", "echo Hello", "--verbose")
+    clients = [dep.client("-h", "127.0.0.1", "-w", "-e", "cat", "-P", str(42000 + i + os.getpid() % 500 * 4))
+               for i in range(3)]
+    assert server.wait(60) == 0
+    assert [c.wait(30) for c in clients] == [0, 0, 0]
+    released = [line for line in server.err.splitlines() if "released" in line]
+    assert len(released) == 3
+    for c in clients:
+        assert "waiting for the server's finish" in c.err
+        assert "Hello" in c.err  # the consumer's stdout goes to the client's stderr
+
+
+def test_ipv6_loopback(dep, tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "2", "--bind", "::1", "-e", "seq 200000", "--report", report)
+    clients = [dep.client("-h", "::1", "--bind", "::1", "-e", "md5sum >&2") for _ in range(2)]
+    assert [server.wait(60)] + [c.wait(60) for c in clients] == [0, 0, 0], server.err
+    assert {r["address"] for r in load_report(report)["nodes"]} == {"::1"}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["server", "-a", "0"], "0 is not in the range x>=1"),
+    (["server", "-n", "0"], "0 is not in the range x>=1"),
+    (["server", "--buffer-size", "lots"], "is not a size"),
+    (["server", "--relay", "turbo"], "'turbo' is not one of"),
+    (["server", "--hosts", "/nonexistent/hosts"], "cannot read hosts file"),
+    (["client", "-e", "cat"], "give the server with -h HOST or find it with -s SESSION"),
+    (["client", "-h", "127.0.0.1", "-t", "/nonexistent/target"], "target directory /nonexistent/target does not exist"),
+    (["client", "-h", "127.0.0.1", "-p", "0"], "0 is not in the range"),
+])
+def test_bad_arguments(dep, args, fragment):
+    p = dep._start("bad", KD + list(args))
+    assert_one_line_error(p, 64, fragment)
+
+
+def test_unreachable_server(dep):
+    port = dep.ports[1]
+    p = dep.client("-h", "127.0.0.1", "-p", port, "--connect-timeout", "1", "-e", "cat")
+    assert_one_line_error(p, 3, "Connection refused")
+
+
+def test_garbage_to_the_server_is_refused_and_the_deployment_goes_on(dep):
+    server = dep.server("-n", "1", "-e", "seq 1000")
+    port = int(dep.ports[1])
+    _wait_for(lambda: _can_connect(port))
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = s.recv(4096)
+    assert b"does not speak the kadeploy protocol" in reply
+    with socket.create_connection(("127.0.0.1", port)) as s:  # another version
+        body = b'{"software":"x","hostname":"h","data_port":1}'
+        s.sendall(struct.pack(">2sBBI", b"KD", 2, 1, len(body)) + body)
+        assert b"version 2" in s.recv(4096)
+    c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    assert c.wait(60) == 0 and server.wait(60) == 0
+    assert "refused 127.0.0.1: peer does not speak" in server.err
+
+
+@pytest.mark.parametrize("reply,fragment", [
+    (b"HTTP/1.0 400 Bad Request\r\n\r\n", "does not speak the kadeploy protocol"),
+    (struct.pack(">2sBBI", b"KD", 9, 3, 2) + b"{}", "version 9"),
+])
+def test_client_against_a_garbage_server(dep, reply, fragment):
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+
+    def serve():
+        conn, _ = lsock.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(reply)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = dep.client("-h", "127.0.0.1", "-p", str(lsock.getsockname()[1]), "-e", "cat")
+    assert_one_line_error(p, 3, fragment)
+    lsock.close()
+
+
+def _can_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait_for(cond, timeout=30.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
