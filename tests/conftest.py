@@ -1,0 +1,61 @@
+"""Shared fixtures: tmpfs scratch dirs, the hard tree, virtual clusters.
+
+Tests marked ``@pytest.mark.netns`` are skipped, with the reason, when this
+process cannot create network namespaces (not root, no iproute2, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+from kadeploy import vcluster as vc
+from treegen import make_hard_tree
+
+
+def pytest_sessionstart(session):
+    # Remove namespaces and scratch mounts of dead runs; live runs are left alone.
+    if vc.netns_support() is None:
+        vc.cleanup_stale()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("netns") is not None:
+        reason = vc.netns_support()
+        if reason is not None:
+            pytest.skip(f"needs network namespaces: {reason}")
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A fresh empty directory on a private tmpfs (plain tmp_path when not root)."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    with vc.scratch_fs("4g") as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def hard_tree():
+    """The tree of tests/treegen.py (defaults: 64 MiB big file, 2000 small files),
+    built once per session on its own tmpfs.  Read-only for tests: copy it to mutate."""
+    if os.geteuid() != 0:
+        pytest.skip("hard_tree needs root (device nodes, foreign owners, tmpfs)")
+    with vc.scratch_fs("1g") as path:
+        yield make_hard_tree(path / "src")
+
+
+@pytest.fixture
+def vcluster():
+    """A factory: ``vcluster(n, **kw)`` makes an up-and-running VirtualCluster;
+    every cluster made is torn down at the end of the test, even on failure."""
+    reason = vc.netns_support()
+    if reason is not None:
+        pytest.skip(f"needs network namespaces: {reason}")
+    with contextlib.ExitStack() as stack:
+        def make(n_nodes: int, **kw) -> vc.VirtualCluster:
+            return stack.enter_context(vc.VirtualCluster(n_nodes, **kw))
+        yield make
