@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import sys
 import time
@@ -17,7 +16,10 @@ from typing import Callable, List, Optional
 import click
 
 from . import relay as relay_mod
+from .benchlib import synthetic
+from .bench import bench_command
 from .demo import demo_command
+from .auth import load_key
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from .netio import CONTROL_PORT, DATA_PORT
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
@@ -91,13 +93,18 @@ def common_options(f):
         click.option("--relay", "relay_backend", type=click.Choice(RELAY_CHOICES), default=None,
                      help=f"Relay backend (default: ${relay_mod.ENV_BACKEND}, else auto: the fastest that loads)."),
         click.option("--buffer-size", type=Size(), default=relay_mod.DEFAULT_BUFFER_SIZE, show_default=True,
-                     help="Relay pipe/buffer size in bytes (suffixes K, M); pipes are capped at the system's pipe-max-size."),
+                     help="Relay pipe/buffer size in bytes (suffixes K, M, G); pipes are capped at the system's pipe-max-size."),
         click.option("--sockbuf", type=Size(), default=None,
                      help="Fix SO_SNDBUF/SO_RCVBUF of data connections (default: kernel autotuning)."),
         click.option("--connect-timeout", type=SECONDS, default=30.0, show_default=True,
                      help="Seconds to wait for a data connection to be made."),
+        click.option("--handshake-timeout", type=SECONDS, default=10.0, show_default=True,
+                     help="Seconds a new connection may take to introduce itself (and authenticate) before it is dropped."),
         click.option("--discovery-port", type=PORT, default=4957, show_default=True,
                      help="UDP port of discovery by session name."),
+        click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",
+                     help="Shared secret: only peers with the same key take part (mutual HMAC "
+                          "challenge-response); also $KADEPLOY_KEY_FILE, or the key itself in $KADEPLOY_KEY."),
         click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors."),
         click.option("--verbose", is_flag=True, help="Print debugging detail."),
     ]
@@ -108,7 +115,8 @@ def common_options(f):
 
 def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    from .progress import StderrHandler
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("kadeploy")
     root.handlers[:] = [handler]
@@ -170,6 +178,8 @@ def read_hosts_file(path: str) -> List[str]:
 @click.option("-s", "--session", metavar="NAME", help="Session name; clients may find the server by UDP broadcast of it.")
 @click.option("-e", "--command", "producer", metavar="CMD", default=None,
               help="Producer command, run by /bin/sh; its stdout is the stream. [default: (cd /; tar --create --one-file-system --sparse /)]")
+@click.option("--synthetic", type=Size(), default=None, expose_value=False, callback=synthetic.remember,
+              help="Network check: stream SIZE zero bytes (suffixes K, M, G) instead of running a producer; not with -e.")
 @click.option("-d", "--delay", type=click.IntRange(min=0), default=0,
               help="Release clients waiting with -w one by one, this many tenths of a second apart.")
 @click.option("-l", "--last-reports", is_flag=True,
@@ -180,11 +190,18 @@ def read_hosts_file(path: str) -> List[str]:
               help="File of host names or addresses, one a line: the deployment order, and the only hosts accepted.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the final report to this file as JSON.")
+@click.option("--size", "expected_size", type=Size(), default=None,
+              help="Expected stream size (suffixes K, M, G), for the ETA of the progress display.")
+@click.option("--progress-interval", type=SECONDS, default=5.0, show_default=True,
+              help="Seconds between progress lines when stderr is not a terminal.")
+@click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
+              help="Control connections open at once; more are closed at once and counted (floods).")
 @common_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
-                   hosts_file, report_file, control_port, data_port, bind, relay_backend,
-                   buffer_size, sockbuf, connect_timeout, discovery_port, quiet, verbose):
+                   hosts_file, report_file, expected_size, progress_interval, max_connections,
+                   control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
+                   connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
     from .commands import DEFAULT_PRODUCER
@@ -195,6 +212,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
     if session is not None:
         check_session_name(session)
     check_backend(relay_backend)
+    producer = synthetic.server_producer(producer)
     hosts = read_hosts_file(hosts_file) if hosts_file else None
     if n_clients is None:
         n_clients = len(hosts) if hosts else 1
@@ -203,7 +221,11 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         finish_delay=delay / 10, control_port=control_port, data_port=data_port, bind=bind,
         wait_timeout=wait_timeout, hosts=hosts, relay_backend=relay_backend,
         buffer_size=buffer_size, sockbuf=sockbuf, connect_timeout=connect_timeout,
-        report_file=report_file, discovery_port=discovery_port)
+        report_file=report_file, discovery_port=discovery_port,
+        progress_interval=progress_interval, expected_size=expected_size,
+        live=False if quiet else None, max_connections=max_connections,
+        handshake_timeout=handshake_timeout,
+        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     report = asyncio.run(serve(cfg))
     click.echo(report.table())
     if report_file:
@@ -218,8 +240,10 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
 @click.option("-s", "--session", metavar="NAME", help="Find the server by UDP broadcast of this session name.")
 @click.option("-e", "--command", "consumer", metavar="CMD", default=None,
               help="Consumer command, run by /bin/sh; the stream arrives on its stdin. [default: tar --extract ... --directory TARGET]")
+@click.option("--discard", is_flag=True, expose_value=False, callback=synthetic.remember,
+              help="Network check: read the stream and discard it instead of running a consumer; not with -e.")
 @click.option("-t", "--target", type=click.Path(file_okay=False), default=None,
-              help="Directory the default consumer extracts into (and where -e runs). [default: /tmp/disk]")
+              help="Directory the default consumer extracts into; with -e, the directory the command runs in. [default: /tmp/disk]")
 @click.option("-w", "--wait", "wait_finish", is_flag=True,
               help="After the data is written, wait for the server's finish (see server -d).")
 @click.option("-g", "--go", is_flag=True,
@@ -230,7 +254,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
 @version_option
 def client_command(host, session, consumer, target, wait_finish, go, advertise, control_port,
                    data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,
-                   discovery_port, quiet, verbose):
+                   handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
     from .client import Client, ClientConfig, exit_status, go_now
@@ -242,11 +266,14 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
     if session is not None:
         check_session_name(session)
     check_backend(relay_backend)
+    consumer = synthetic.client_consumer(consumer)
     cfg = ClientConfig(
         host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,
         control_port=control_port, data_port=data_port, bind=bind, advertise=advertise,
         relay_backend=relay_backend, buffer_size=buffer_size, sockbuf=sockbuf,
-        connect_timeout=connect_timeout, discovery_port=discovery_port)
+        connect_timeout=connect_timeout, discovery_port=discovery_port,
+        progress_bar=False if quiet else None, handshake_timeout=handshake_timeout,
+        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0
@@ -278,6 +305,7 @@ def kadeploy_group():
 kadeploy_group.add_command(server_command, "server")
 kadeploy_group.add_command(client_command, "client")
 kadeploy_group.add_command(demo_command, "demo")
+kadeploy_group.add_command(bench_command, "bench")
 
 
 @kadeploy_group.command("backends", context_settings=CONTEXT)
@@ -295,6 +323,22 @@ def digest_command(directory):
     clone with its source."""
     from .treedigest import tree_digest
     click.echo(f"{tree_digest(directory)}  {directory}")
+
+
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+@kadeploy_group.command("completion", context_settings=CONTEXT)
+@click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
+def completion_command(shell):
+    """Print the shell completion script of ka-d-server, ka-d-client and kadeploy
+    for SHELL; e.g. add `eval "$(kadeploy completion bash)"` to ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    for cmd, prog in ((server_command, "ka-d-server"), (client_command, "ka-d-client"),
+                      (kadeploy_group, "kadeploy")):
+        var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
+        click.echo(get_completion_class(shell)(cmd, {}, prog, var).source())
 
 
 def _entry(cmd: click.Command, prog: str) -> Callable[[], None]:

@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from . import auth
 from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_TARGET, default_consumer, describe_status, kill_group, spawn_consumer
 from .errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined
 from .datalink import accept_children, connect_parent
 from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, connect, format_hostport, listen, shutdown_close
+from .progress import ClientBar
 from .version import __version__
 
 log = logging.getLogger("kadeploy.client")
@@ -47,6 +49,8 @@ class ClientConfig:
     handshake_timeout: float = 10.0
     discovery_port: int = 4957
     discovery_tries: int = 10
+    progress_bar: Optional[bool] = None   # None: when stderr is a terminal
+    key: Optional[bytes] = None
 
     def consumer_command(self) -> str:
         return self.consumer or default_consumer(self.target or DEFAULT_TARGET)
@@ -78,17 +82,41 @@ async def go_now(cfg: ClientConfig) -> str:
     host, port = await asyncio.get_running_loop().run_in_executor(None, find_server, cfg)
     ch = await _open_control(host, port, cfg)
     try:
-        await ch.send(P.Go(software=SOFTWARE, session=cfg.session))
-        msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        if isinstance(msg, P.Refuse):
-            raise NotJoined(f"server refused: {msg.reason}")
+        go = P.Go(software=SOFTWARE, session=cfg.session, nonce=auth.new_nonce() if cfg.key else None)
+        msg = await request(ch, go, cfg, auth.go_context(go), "go-now")
         if not msg.started:
             raise NotJoined(f"server has already started ({msg.nodes} node(s))")
         return f"server starts with {msg.nodes} node(s)"
-    except (ConnectionError, asyncio.TimeoutError, P.ProtocolError) as e:
-        raise NotJoined(f"go-now failed: {e or 'no answer'}")
     finally:
         ch.close()
+
+
+async def request(ch: ControlChannel, first: P.Message, cfg: ClientConfig, context: str,
+                  what: str) -> P.Message:
+    """Send Hello or Go and return the server's answer, after the mutual
+    challenge-response when we have a key; NotJoined when it cannot be had."""
+    try:
+        await ch.send(first)
+        msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
+        if isinstance(msg, P.Challenge):
+            if cfg.key is None:  # a server only challenges a client that offered a nonce
+                raise NotJoined("the server sent a challenge we did not ask for")
+            if not auth.check(auth.proof(cfg.key, "server", first.nonce, msg.nonce, context), msg.proof):
+                await ch.send(P.Refuse(reason="server proof does not match"))
+                raise NotJoined("the server could not prove it knows the key: a different key, "
+                                "or not the server you meant")
+            await ch.send(P.Auth(proof=auth.proof(cfg.key, "client", first.nonce, msg.nonce, context)))
+            msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
+        elif cfg.key is not None and not isinstance(msg, P.Refuse):
+            await ch.send(P.Refuse(reason="this client requires a key"))
+            raise NotJoined("the server has no key: refusing to join an unauthenticated session")
+    except asyncio.TimeoutError:
+        raise NotJoined(f"the server did not answer the {what}")
+    except (ConnectionError, P.ProtocolError) as e:
+        raise NotJoined(f"{what} failed: {e}")
+    if isinstance(msg, P.Refuse):
+        raise NotJoined(f"server refused: {msg.reason}")
+    return msg
 
 
 async def _open_control(host: str, port: int, cfg: ClientConfig) -> ControlChannel:
@@ -123,18 +151,10 @@ class Client:
 
     async def _session(self, ch: ControlChannel) -> Outcome:
         cfg = self.cfg
-        try:
-            await ch.send(P.Hello(software=SOFTWARE, hostname=socket.gethostname(),
-                                  data_port=self.data_port, session=cfg.session,
-                                  advertise=cfg.advertise))
-            msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        except asyncio.TimeoutError:
-            raise NotJoined("the server did not answer the registration")
-        except (ConnectionError, P.ProtocolError) as e:
-            raise NotJoined(f"registration failed: {e}")
-        if isinstance(msg, P.Refuse):
-            raise NotJoined(f"server refused: {msg.reason}")
-        node_id = msg.node_id
+        hello = P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
+                        session=cfg.session, advertise=cfg.advertise,
+                        nonce=auth.new_nonce() if cfg.key else None)
+        node_id = (await request(ch, hello, cfg, auth.hello_context(hello), "registration")).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
             place = await ch.recv()  # no timeout: the server waits for the others
@@ -162,10 +182,11 @@ class Client:
 
     async def _deploy(self, ch: ControlChannel, node_id: int, place: P.Place) -> Outcome:
         cfg = self.cfg
+        data_key = auth.data_key(cfg.key, place.token)
         parent, children = await asyncio.gather(
-            connect_parent(place.parent_host, place.parent_port, node_id, place.token,
+            connect_parent(place.parent_host, place.parent_port, node_id, data_key,
                            timeout=cfg.connect_timeout, sockbuf=cfg.sockbuf),
-            accept_children(self.listener, place.children, place.token,
+            accept_children(self.listener, place.children, data_key,
                             timeout=cfg.connect_timeout, handshake_timeout=cfg.handshake_timeout,
                             sockbuf=cfg.sockbuf, on_refused=_log_refused),
             return_exceptions=True)
@@ -192,7 +213,8 @@ class Client:
         job = loop.run_in_executor(None, lambda: relay_mod.relay(
             parent.fileno(), sinks, backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
             stop_fd=stop_r, counters=counters))
-        listen_task = asyncio.ensure_future(self._listen_server(ch, counters))
+        bar = ClientBar(counters, f"node {place.position}/{place.n_nodes}", enabled=cfg.progress_bar)
+        listen_task = asyncio.ensure_future(self._listen_server(ch, counters, bar))
         res = None
         try:
             res = await asyncio.shield(job)
@@ -225,7 +247,7 @@ class Client:
         return Outcome(ok=error is None, bytes=res.bytes_in, seconds=seconds, error=error,
                        consumer_status=status, backend=res.backend)
 
-    async def _listen_server(self, ch: ControlChannel, counters) -> tuple:
+    async def _listen_server(self, ch: ControlChannel, counters, bar: ClientBar) -> tuple:
         """Send Progress until the server's End; returns (End or None, why it is missing)."""
         recv = asyncio.ensure_future(ch.recv())
         try:
@@ -240,10 +262,12 @@ class Client:
                     recv = asyncio.ensure_future(ch.recv())
                     continue
                 await ch.send(P.Progress(bytes=counters[0]))
+                bar.tick()
         except (ConnectionError, P.ProtocolError, OSError) as e:
             return None, f"lost the server: {e}"
         finally:
             recv.cancel()
+            bar.close()
 
 
 def _verdict(res: relay_mod.RelayResult, end: Optional[P.End], lost: Optional[str],
@@ -269,7 +293,7 @@ def _verdict(res: relay_mod.RelayResult, end: Optional[P.End], lost: Optional[st
 
 
 def _log_refused(addr: str, why: str) -> None:
-    log.warning("refused data connection from %s: %s", addr, why)
+    log.warning("rejected data connection from %s: %s", addr, why)
 
 
 def exit_status(outcome: Outcome) -> int:

@@ -9,7 +9,7 @@ import socket
 from typing import Optional, Tuple
 
 from . import protocol
-from .errors import NotJoined
+from .errors import KadeployError, NotJoined
 
 CONTROL_PORT = 30765
 DATA_PORT = 30764
@@ -46,7 +46,7 @@ def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,
             sock.bind((addr, port))
         except OSError as e:
             if not (fallback_to_any_port and e.errno == errno.EADDRINUSE):
-                raise
+                raise KadeployError(f"cannot listen on TCP port {port}: {os.strerror(e.errno)}") from None
             sock.bind((addr, 0))
         sock.listen(backlog)
         sock.setblocking(False)

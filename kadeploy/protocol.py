@@ -62,6 +62,8 @@ class Hello(Message):
     # Address the node's children should connect to; None: the address the server
     # sees this connection come from.
     advertise: Optional[str] = None
+    # Present when the client has a key: its half of the challenge-response.
+    nonce: Optional[str] = None
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Go(Message):
     CODE = 2
     software: str
     session: Optional[str] = None
+    nonce: Optional[str] = None
 
 
 @dataclass
@@ -152,7 +155,7 @@ class DataHello(Message):
     """Child -> parent, first frame on a data connection."""
     CODE = 12
     node_id: int
-    token: str
+    nonce: str
 
 
 @dataclass
@@ -161,9 +164,24 @@ class DataWelcome(Message):
     CODE = 13
 
 
+@dataclass
+class Challenge(Message):
+    """The answerer's nonce and its proof that it knows the key (see kadeploy.auth)."""
+    CODE = 14
+    nonce: str
+    proof: str
+
+
+@dataclass
+class Auth(Message):
+    """The asker's proof, over both nonces."""
+    CODE = 15
+    proof: str
+
+
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
-                              Done, Finish, Abort, DataHello, DataWelcome)
+                              Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth)
 }
 
 # JSON has one number type; these say which Python types a field accepts.
@@ -290,7 +308,11 @@ class FrameReader:
 # States of a control connection, the same on both ends.
 START = "START"            # nothing said yet
 HELLO_SENT = "HELLO_SENT"  # the client asked to join
+CHALLENGED = "CHALLENGED"  # the server proved it knows the key; the client must too
+AUTHENTICATED = "AUTHENTICATED"
 GO_SENT = "GO_SENT"        # the client asked the server to start now
+GO_CHALLENGED = "GO_CHALLENGED"
+GO_AUTHENTICATED = "GO_AUTHENTICATED"
 REGISTERED = "REGISTERED"  # welcomed; waiting for the tree
 PLACED = "PLACED"          # knows its place; data flows
 ENDED = "ENDED"            # the server said how long the stream was
@@ -304,11 +326,15 @@ TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
     (START, CLIENT, Hello): HELLO_SENT,
     (START, CLIENT, Go): GO_SENT,
     (GO_SENT, SERVER, GoAck): CLOSED,
-    (GO_SENT, SERVER, Refuse): CLOSED,
+    # With a key, a challenge-response comes between the request and its answer.
+    (GO_SENT, SERVER, Challenge): GO_CHALLENGED,
+    (GO_CHALLENGED, CLIENT, Auth): GO_AUTHENTICATED,
+    (GO_AUTHENTICATED, SERVER, GoAck): CLOSED,
     (HELLO_SENT, SERVER, Welcome): REGISTERED,
-    (HELLO_SENT, SERVER, Refuse): CLOSED,
+    (HELLO_SENT, SERVER, Challenge): CHALLENGED,
+    (CHALLENGED, CLIENT, Auth): AUTHENTICATED,
+    (AUTHENTICATED, SERVER, Welcome): REGISTERED,
     (REGISTERED, SERVER, Place): PLACED,
-    (REGISTERED, SERVER, Refuse): CLOSED,
     (REGISTERED, SERVER, Abort): CLOSED,
     (PLACED, CLIENT, Progress): PLACED,
     (PLACED, SERVER, End): ENDED,
@@ -363,7 +389,8 @@ class ControlConnection:
         return self._reader.at_eof
 
 
-# Data connections carry just two frames before raw bytes: no table needed.
+# Data connections carry a fixed handshake before raw bytes: DataHello, Challenge,
+# Auth, DataWelcome (see kadeploy.datalink); checked in order with expect().
 def expect(msg: Message, *types: Type[Message]) -> Message:
     if not isinstance(msg, types):
         names = " or ".join(t.__name__ for t in types)
@@ -372,4 +399,4 @@ def expect(msg: Message, *types: Type[Message]) -> Message:
 
 
 AnyMessage = Union[Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End, Done, Finish,
-                   Abort, DataHello, DataWelcome]
+                   Abort, DataHello, DataWelcome, Challenge, Auth]

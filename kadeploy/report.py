@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .netio import format_hostport
 
@@ -25,6 +25,7 @@ class NodeReport:
     error: Optional[str] = None
     consumer_status: Optional[int] = None
     backend: str = ""
+    failed_at: Optional[float] = None   # seconds after the start when the failure was known
 
     @property
     def throughput(self) -> Optional[float]:
@@ -44,7 +45,7 @@ class Report:
     producer_status: Optional[int]
     stream_error: Optional[str]
     backend: str
-    refused: int
+    rejected: Dict[str, int]      # connections turned away, by reason
     nodes: List[NodeReport] = field(default_factory=list)
 
     @property
@@ -95,6 +96,9 @@ class Report:
                      f"{self.seconds:.2f} s ({rate:.1f} MB/s); relay backend {self.backend or '-'}")
         if self.stream_error:
             lines.append(f"stream failed: {self.stream_error}")
+        if self.rejected:
+            lines.append("rejected connections: " + ", ".join(
+                f"{n} {why}" for why, n in sorted(self.rejected.items())))
         if self.failed:
             lines.append("failed: " + ", ".join(
                 (n.hostname or n.address) + f" ({format_hostport(n.address, n.data_port)})"

@@ -19,15 +19,18 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from . import auth
 from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from .datalink import accept_children
 from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, listen, shutdown_close
+from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
 from .report import NodeReport, Report
 from .topology import NodeInfo, Tree, build_tree, host_matches, order_nodes, render
 from .version import __version__
@@ -55,6 +58,11 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     report_file: Optional[str] = None
     discovery_port: int = 4957
+    progress_interval: float = 5.0
+    live: Optional[bool] = None        # live table; None: when stderr is a terminal
+    expected_size: Optional[int] = None
+    key: Optional[bytes] = None
+    max_connections: int = 4096
 
 
 @dataclass
@@ -67,6 +75,18 @@ class Node:
     error: Optional[str] = None
     finished: bool = False
     reported: asyncio.Event = field(default_factory=asyncio.Event)
+    meter: RateMeter = field(default_factory=RateMeter)
+    failed_at: Optional[float] = None   # monotonic time the failure was known
+
+    @property
+    def state(self) -> str:
+        if self.error is not None or (self.done is not None and not self.done.ok):
+            return "failed"
+        if self.done is not None:
+            return "done"
+        if not self.position:
+            return "registered"
+        return "streaming" if self.bytes else "connecting"
 
     @property
     def name(self) -> str:
@@ -76,12 +96,21 @@ class Node:
     def fail(self, reason: str) -> None:
         if self.done is None and self.error is None:
             self.error = reason
+            self.failed_at = time.monotonic()
             log.error("node %s failed: %s", self.name, reason)
         self.reported.set()
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.done is not None and self.done.ok
+
+
+class Rejection(Exception):
+    """A connection turned away: category (counted in the report) and reason."""
+
+    def __init__(self, category: str, reason: str) -> None:
+        super().__init__(reason)
+        self.category, self.reason = category, reason
 
 
 class Server:
@@ -92,11 +121,16 @@ class Server:
         self.start_now = asyncio.Event()
         self.token = secrets.token_hex(16)
         self.tree: Optional[Tree] = None
-        self.refused = 0
+        self.rejected: Counter = Counter()
+        self.open_connections = 0
+        self.data_key = auth.data_key(config.key, self.token)
         self.stream_bytes = 0
         self.producer_status: Optional[int] = None
         self.relay_result: Optional[relay_mod.RelayResult] = None
         self.stream_error: Optional[str] = None
+        self.started = time.monotonic()
+        self.counters = array.array("Q", [0])
+        self.sent_meter = RateMeter()
         self._next_id = 1
         self._sink_ids: List[int] = []
         self.by_pos: Dict[int, Node] = {}
@@ -106,26 +140,30 @@ class Server:
     async def handle_control(self, reader, writer) -> None:
         ch = ControlChannel(reader, writer, P.SERVER)
         node: Optional[Node] = None
+        if self.open_connections >= self.cfg.max_connections:
+            self._reject(ch, "flood", f"over {self.cfg.max_connections} open connections")
+            ch.close()
+            return
+        self.open_connections += 1
         try:
             try:
                 msg = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
             except asyncio.TimeoutError:
-                raise ConnectionError(f"said nothing within {self.cfg.handshake_timeout:g} s")
+                raise Rejection("silent", f"said nothing within {self.cfg.handshake_timeout:g} s")
             if isinstance(msg, P.Go):
                 await self._handle_go(ch, msg)
                 return
             node = await self._register(ch, msg)
-            if node is None:
-                return
             await self._follow(node)
+        except Rejection as e:
+            self._reject(ch, e.category, e.reason)
+            await _try_send(ch, P.Refuse(reason=e.reason))
         except P.ProtocolError as e:
-            self.refused += 1
-            log.warning("refused %s: %s", ch.peer_address, e)
+            self._reject(ch, "protocol", str(e))
             await _try_send(ch, P.Refuse(reason=str(e)))
-        except (ConnectionError, OSError) as e:
+        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             if node is None:
-                self.refused += 1
-                log.warning("dropped connection from %s: %s", ch.peer_address, e)
+                self._reject(ch, "dropped", str(e) or "timed out")
             elif self.registration_open:
                 # Left before the start: it no longer counts towards -n.
                 del self.nodes[node.info.node_id]
@@ -133,13 +171,36 @@ class Server:
             else:
                 node.fail(f"lost the control connection: {e}")
         finally:
+            self.open_connections -= 1
             if node is None:
                 ch.close()
 
+    def _reject(self, ch: ControlChannel, category: str, reason: str) -> None:
+        """Count and log a connection turned away; the deployment goes on."""
+        self.rejected[category] += 1
+        log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
+
+    async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
+        """With a key, the mutual challenge-response (kadeploy.auth); Rejection if it fails."""
+        key = self.cfg.key
+        if key is None:
+            return
+        if client_nonce is None:
+            raise Rejection("auth", "this server requires a key (--key-file or $KADEPLOY_KEY)")
+        if not auth.well_formed_nonce(client_nonce):
+            raise Rejection("auth", "malformed nonce")
+        ours = auth.new_nonce()
+        await ch.send(P.Challenge(nonce=ours, proof=auth.proof(key, "server", client_nonce, ours, context)))
+        reply = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
+        if isinstance(reply, P.Refuse):
+            raise Rejection("auth", f"the client refused our proof: {reply.reason}")
+        if not auth.check(auth.proof(key, "client", client_nonce, ours, context), reply.proof):
+            raise Rejection("auth", "authentication failed: wrong key, or a replayed handshake")
+
     async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
         if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
-            await ch.send(P.Refuse(reason=f"this server runs session {self.cfg.session!r}"))
-            return
+            raise Rejection("session", f"this server runs session {self.cfg.session!r}")
+        await self._authenticate(ch, msg.nonce, auth.go_context(msg))
         started = self.registration_open
         if started:
             log.info("go-now from %s with %d node(s) registered", ch.peer_address, len(self.nodes))
@@ -147,13 +208,10 @@ class Server:
         await ch.send(P.GoAck(started=started, nodes=len(self.nodes),
                               message="starting" if started else "already started"))
 
-    async def _register(self, ch: ControlChannel, msg: P.Hello) -> Optional[Node]:
-        reason = self._refusal(ch, msg)
-        if reason:
-            self.refused += 1
-            log.warning("refused %s: %s", ch.peer_address, reason)
-            await ch.send(P.Refuse(reason=reason))
-            return None
+    async def _register(self, ch: ControlChannel, msg: P.Hello) -> Node:
+        self._check_hello(ch, msg)
+        await self._authenticate(ch, msg.nonce, auth.hello_context(msg))
+        self._check_hello(ch, msg)  # registration may have closed meanwhile
         node_id, self._next_id = self._next_id, self._next_id + 1
         info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
                         data_port=msg.data_port, hostname=msg.hostname)
@@ -165,18 +223,17 @@ class Server:
             self.start_now.set()
         return node
 
-    def _refusal(self, ch: ControlChannel, msg: P.Hello) -> Optional[str]:
+    def _check_hello(self, ch: ControlChannel, msg: P.Hello) -> None:
         if not self.registration_open:
-            return "registration is closed: the deployment has already started"
+            raise Rejection("late", "registration is closed: the deployment has already started")
         if self.cfg.session and msg.session not in (None, self.cfg.session):
-            return f"this server runs session {self.cfg.session!r}, not {msg.session!r}"
+            raise Rejection("session", f"this server runs session {self.cfg.session!r}, not {msg.session!r}")
         if not 0 < msg.data_port < 65536:
-            return f"invalid data port {msg.data_port}"
+            raise Rejection("protocol", f"invalid data port {msg.data_port}")
         if self.cfg.hosts is not None:
             probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
             if not any(host_matches(h, probe) for h in self.cfg.hosts):
-                return "this host is not in the server's --hosts list"
-        return None
+                raise Rejection("hosts", "this host is not in the server's --hosts list")
 
     async def _follow(self, node: Node) -> None:
         """Read what a registered node says until its report (and release, with -w)."""
@@ -184,8 +241,14 @@ class Server:
             msg = await node.channel.recv()
             if isinstance(msg, P.Progress):
                 node.bytes = msg.bytes
+                node.meter.add(msg.bytes)
+            elif isinstance(msg, P.Refuse):
+                node.fail(f"refused: {msg.reason}")
+                return
             elif isinstance(msg, P.Done):
                 node.done, node.bytes = msg, msg.bytes
+                if not msg.ok:
+                    node.failed_at = time.monotonic()
                 if msg.ok:
                     log.info("node %s done: %d bytes in %.1f s", node.name, msg.bytes, msg.seconds)
                 else:
@@ -204,6 +267,9 @@ class Server:
         try:
             if cfg.session:
                 responder = await _start_discovery(cfg)
+            if cfg.key is None:
+                log.warning("no key: anyone who can reach TCP port %d can join this session and "
+                            "receive the stream (see --key-file)", cfg.control_port)
             log.info("kadeploy server %s: control port %d, data port %d, waiting for %d client(s)%s",
                      __version__, cfg.control_port, cfg.data_port, cfg.n_clients,
                      f", session {cfg.session!r}" if cfg.session else "")
@@ -213,13 +279,19 @@ class Server:
             if not ordered:
                 raise KadeployError("no client registered" + (
                     f" within {cfg.wait_timeout:g} s" if cfg.wait_timeout else ""))
-            started = time.monotonic()
+            self.started = time.monotonic()
             await self._place(ordered)
-            sinks = await self._accept_children(data_sock)
-            await self._stream(sinks)
-            await self._collect()
+            progress = ServerProgress(self._snapshot, interval=cfg.progress_interval,
+                                      live=cfg.live, total=cfg.expected_size, log=log)
+            progress.start()
+            try:
+                sinks = await self._accept_children(data_sock)
+                await self._stream(sinks)
+                await self._collect()
+            finally:
+                await progress.stop()
             await self._finish()
-            return self._report(time.monotonic() - started)
+            return self._report(time.monotonic() - self.started)
         finally:
             if responder is not None:
                 responder.close()
@@ -274,13 +346,14 @@ class Server:
         child_ids = [self.by_pos[p].info.node_id for p in self.tree.children(0)]
 
         def refused(addr: str, why: str) -> None:
-            self.refused += 1
-            log.warning("refused data connection from %s: %s", addr, why)
+            self.rejected["data-link"] += 1
+            log.warning("rejected data connection from %s: %s", addr, why)
 
         conns = await accept_children(
-            data_sock, child_ids, self.token, timeout=self.cfg.connect_timeout,
+            data_sock, child_ids, self.data_key, timeout=self.cfg.connect_timeout,
             handshake_timeout=self.cfg.handshake_timeout, sockbuf=self.cfg.sockbuf,
-            on_refused=refused)
+            on_refused=refused,
+            gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
         for node_id in child_ids:
             if node_id not in conns:
                 self.nodes[node_id].fail(
@@ -291,7 +364,7 @@ class Server:
     async def _stream(self, sinks: List[socket.socket]) -> None:
         cfg = self.cfg
         producer = spawn_producer(cfg.producer)
-        counters = array.array("Q", [0] * (1 + len(sinks)))
+        counters = self.counters = array.array("Q", [0] * (1 + len(sinks)))
         stop_r, stop_w = os.pipe()
         loop = asyncio.get_running_loop()
         res: Optional[relay_mod.RelayResult] = None
@@ -324,10 +397,10 @@ class Server:
                             err.strerror or err)
         ok = res.eof and self.producer_status == 0
         error = None
-        if self.producer_status != 0:
-            error = f"producer failed ({describe_status(self.producer_status)})"
-        elif res.ended == relay_mod.NO_SINKS:
+        if res.ended == relay_mod.NO_SINKS:  # first: we killed the producer ourselves then
             error = "every child of the server failed; stream abandoned"
+        elif self.producer_status != 0:
+            error = f"producer failed ({describe_status(self.producer_status)})"
         elif not res.eof:
             error = f"reading the producer failed: {res.source_error}"
         if error:
@@ -361,6 +434,21 @@ class Server:
             if self.cfg.finish_delay:
                 await asyncio.sleep(self.cfg.finish_delay)
 
+    def _snapshot(self) -> Tuple[str, List[NodeView]]:
+        sent = self.counters[0]
+        self.sent_meter.add(sent)
+        header = (f"{SOFTWARE}: sent {human_bytes(sent)} at {human_rate(self.sent_meter.rate)}, "
+                  f"{time.monotonic() - self.started:.0f} s")
+        rows = []
+        for node in sorted(self.nodes.values(), key=lambda n: n.position or 1 << 30):
+            parent = self.tree.parent(node.position) if node.position and self.tree else None
+            rows.append(NodeView(
+                position=node.position, name=node.name,
+                parent="-" if parent is None else "server" if parent == 0 else str(parent),
+                state=node.state, bytes=node.bytes, rate=node.meter.rate,
+                error=node.error or (node.done.error if node.done and not node.done.ok else "") or ""))
+        return header, rows
+
     def _report(self, seconds: float) -> Report:
         rows = []
         for node in sorted(self.nodes.values(), key=lambda n: (n.position or 1 << 30, n.info.node_id)):
@@ -373,13 +461,14 @@ class Server:
                 status="ok" if node.ok else "failed",
                 error=node.error or (d.error if d and not d.ok else None),
                 consumer_status=d.consumer_status if d else None,
-                backend=d.backend if d else ""))
+                backend=d.backend if d else "",
+                failed_at=round(node.failed_at - self.started, 3) if node.failed_at else None))
         return Report(
             software=SOFTWARE, session=self.cfg.session, arity=self.cfg.arity,
             stream_bytes=self.stream_bytes, seconds=seconds,
             producer_status=self.producer_status, stream_error=self.stream_error,
             backend=self.relay_result.backend if self.relay_result else "",
-            refused=self.refused, nodes=rows)
+            rejected=dict(self.rejected), nodes=rows)
 
 
 async def _try_send(ch: ControlChannel, msg: P.Message) -> None:

@@ -3,12 +3,13 @@ server's control plane (registration, placing, reports) without any relaying."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from typing import List, Optional
 
+from kadeploy import auth
 from kadeploy import protocol as P
-from kadeploy.netio import ControlChannel, connect, recv_frame, send_frame
+from kadeploy.datalink import connect_parent
+from kadeploy.netio import ControlChannel, connect
 
 
 @dataclass
@@ -45,10 +46,9 @@ async def fake_client(host: str, port: int, data_port: int) -> FakeResult:
 
 async def _drain_from(place: P.Place, node_id: int) -> int:
     loop = asyncio.get_running_loop()
-    sock = await connect(place.parent_host, place.parent_port, 30, "parent")
+    sock = await connect_parent(place.parent_host, place.parent_port, node_id,
+                                auth.data_key(None, place.token), timeout=30, sockbuf=None)
     with sock:
-        await send_frame(sock, P.DataHello(node_id=node_id, token=place.token))
-        P.expect(await recv_frame(sock), P.DataWelcome)
         n = 0
         while chunk := await loop.sock_recv(sock, 1 << 16):
             n += len(chunk)

@@ -188,7 +188,7 @@ def test_garbage_to_the_server_is_refused_and_the_deployment_goes_on(dep):
         assert b"version 2" in s.recv(4096)
     c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
     assert c.wait(60) == 0 and server.wait(60) == 0
-    assert "refused 127.0.0.1: peer does not speak" in server.err
+    assert "rejected 127.0.0.1 (protocol): peer does not speak" in server.err
 
 
 @pytest.mark.parametrize("reply,fragment", [
@@ -228,3 +228,14 @@ def _wait_for(cond, timeout=30.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_progress_lines_when_not_a_terminal(dep):
+    server = dep.server("-n", "1", "--progress-interval", "0.3", "-e",
+                        "for i in 1 2 3 4 5 6; do head -c 100000 /dev/zero; sleep 0.3; done")
+    c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    assert c.wait(60) == 0 and server.wait(60) == 0
+    lines = [line for line in server.err.splitlines() if "progress: " in line]
+    assert len(lines) >= 2, server.err
+    assert "nodes: " in lines[-1] and ("streaming" in lines[-1] or "done" in lines[-1])
+    assert "\x1b[" not in server.err and "\r" not in c.err   # no terminal codes in logs

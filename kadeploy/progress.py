@@ -1,0 +1,193 @@
+"""What the operator sees while a deployment runs.
+
+On a terminal the server shows a live table (rich) of every node: state, bytes, rate,
+ETA and last error; elsewhere (a log file, CI) it prints one summary line every few
+seconds. The client shows a one-line bar on a terminal and nothing periodic otherwise
+(its closing lines are the original's).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional, Tuple
+
+RATE_WINDOW = 5.0  # seconds of samples behind a displayed rate
+
+
+@dataclass
+class RateMeter:
+    """Bytes per second over the last few seconds."""
+    samples: Deque[Tuple[float, int]] = field(default_factory=collections.deque)
+
+    def add(self, value: int, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, value))
+        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW:
+            self.samples.popleft()
+
+    @property
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, v0), (t1, v1) = self.samples[0], self.samples[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_rate(bps: float) -> str:
+    return f"{bps / 1e6:.1f} MB/s"
+
+
+def eta(done: int, total: Optional[int], rate: float) -> str:
+    if not total or rate <= 0 or done >= total:
+        return "-"
+    s = int((total - done) / rate)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class NodeView:
+    """One row of the live table, as the server knows it."""
+    position: int
+    name: str
+    parent: str
+    state: str
+    bytes: int
+    rate: float
+    error: str = ""
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time, so that log lines go above a
+    live table (rich redirects sys.stderr while it draws)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; we always look it up
+        pass
+
+
+class ServerProgress:
+    """Runs beside the deployment; `snapshot()` gives (header, rows) when called."""
+
+    def __init__(self, snapshot: Callable[[], Tuple[str, List[NodeView]]], *,
+                 interval: float, live: Optional[bool] = None, total: Optional[int] = None,
+                 log=None) -> None:
+        self.snapshot = snapshot
+        self.total = total
+        self.interval = interval
+        self.live = sys.stderr.isatty() if live is None else live
+        self.log = log or logging.getLogger("kadeploy.server")
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+        self._task.add_done_callback(self._report_crash)
+
+    def _report_crash(self, task: asyncio.Task) -> None:
+        # A broken display must not go unnoticed, nor stop the deployment.
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("progress display stopped: %r", task.exception())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        if self.live:
+            try:
+                import rich  # noqa: F401
+            except ImportError:
+                self.live = False
+        if self.live:
+            await self._run_live()
+        else:
+            while True:
+                await asyncio.sleep(self.interval)
+                self.log.info("progress: %s", summary_line(*self.snapshot()))
+
+    async def _run_live(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(file=sys.stderr)
+        with Live(console=console, refresh_per_second=2, transient=True,
+                  redirect_stderr=True, redirect_stdout=False) as live:
+            try:
+                while True:
+                    live.update(render_table(*self.snapshot(), total=self.total))
+                    await asyncio.sleep(0.5)
+            finally:
+                live.update(render_table(*self.snapshot(), total=self.total))
+
+
+def summary_line(header: str, rows: List[NodeView]) -> str:
+    counts = collections.Counter(r.state for r in rows)
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    streaming = [r for r in rows if r.state == "streaming"]
+    slowest = ""
+    if streaming:
+        s = min(streaming, key=lambda r: r.bytes)
+        slowest = f"; slowest {s.name} at {human_bytes(s.bytes)} ({human_rate(s.rate)})"
+    failed = [r for r in rows if r.state == "failed"]
+    bad = f"; failed: {', '.join(r.name for r in failed)}" if failed else ""
+    return f"{header}; nodes: {states}{slowest}{bad}"
+
+
+def render_table(header: str, rows: List[NodeView], total: Optional[int] = None):
+    from rich.table import Table
+
+    table = Table(title=header, title_justify="left", expand=False)
+    for col in ("POS", "NODE", "PARENT", "STATE", "RECEIVED", "RATE", "ETA", "LAST ERROR"):
+        table.add_column(col, no_wrap=col != "LAST ERROR")
+    style = {"failed": "red", "done": "green", "streaming": "cyan"}
+    for r in rows:
+        table.add_row(str(r.position or "-"), r.name, r.parent, f"[{style.get(r.state, '')}]{r.state}",
+                      human_bytes(r.bytes), human_rate(r.rate), eta(r.bytes, total, r.rate),
+                      r.error or "")
+    return table
+
+
+class ClientBar:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, counters, label: str, *, total: Optional[int] = None,
+                 enabled: Optional[bool] = None) -> None:
+        self.counters, self.label, self.total = counters, label, total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.meter = RateMeter()
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        done = self.counters[0]
+        self.meter.add(done)
+        sys.stderr.write(f"\r{self.label}: {human_bytes(done)} at {human_rate(self.meter.rate)}"
+                         f"  ETA {eta(done, self.total, self.meter.rate)}\x1b[K")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

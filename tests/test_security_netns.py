@@ -1,0 +1,192 @@
+"""Only the nodes you mean: authentication and hostile peers, across namespaces."""
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+from deploy import Deployment, assert_one_line_error, load_report
+from kadeploy import auth
+from kadeploy import protocol as P
+from kadeploy.netio import recv_frame, send_frame
+
+pytestmark = pytest.mark.netns
+KEY = b"correct horse battery staple 42"
+
+
+@pytest.fixture
+def net(vcluster, tmp_path):
+    made = []
+
+    def make(n_hosts):
+        cluster = vcluster(n_hosts)
+        dep = Deployment(str(tmp_path), loopback=False,
+                         wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
+        made.append(dep)
+        return cluster, dep
+
+    yield make
+    for dep in made:
+        dep.close()
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    path = tmp_path / "key"
+    path.write_bytes(KEY + b"\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_keyed_deployment_and_refusals(net, keyfile, tmp_path):
+    cluster, dep = net(5)
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"not the right key at all!!")
+    os.chmod(wrong, 0o600)
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "2", "--key-file", keyfile, "-e", "seq 200000", "--report", report, where=0)
+    anon = dep.client("-h", "198.18.0.1", "-e", "cat", where=3)
+    assert_one_line_error(anon, 3, "this server requires a key")
+    impostor = dep.client("-h", "198.18.0.1", "--key-file", str(wrong), "-e", "cat", where=4)
+    assert_one_line_error(impostor, 3, "could not prove it knows the key")
+    members = [dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "md5sum >&2", where=i)
+               for i in (1, 2)]
+    assert [m.wait(60) for m in members] == [0, 0]
+    assert server.wait(60) == 0
+    assert "no key: anyone" not in server.err
+    rep = load_report(report)
+    assert rep["rejected"]["auth"] >= 2
+    assert {r["address"] for r in rep["nodes"]} == {"198.18.0.2", "198.18.0.3"}
+
+
+def test_keyed_client_refuses_an_open_server(net, keyfile):
+    cluster, dep = net(2)
+    server = dep.server("-n", "1", "-e", "true", "--wait-timeout", "5", where=0)
+    c = dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "cat", where=1)
+    assert_one_line_error(c, 3, "the server has no key")
+    server.wait(30)
+    assert "no key: anyone who can reach TCP port 30765" in server.err
+
+
+def _handshake(host, nonce=None, replay_auth=None):
+    """A hand-made keyed registration; returns (reply, the Auth bytes we sent)."""
+    with socket.create_connection((host, 30765), timeout=10) as s:
+        hello = P.Hello(software="test", hostname="h", data_port=40000, nonce=nonce or auth.new_nonce())
+        s.sendall(P.encode(hello))
+        r = P.FrameReader()
+
+        def recv():
+            while (m := r.next_message()) is None:
+                r.feed(s.recv(4096))
+            return m
+
+        challenge = recv()
+        sent = replay_auth or P.encode(P.Auth(
+            proof=auth.proof(KEY, "client", hello.nonce, challenge.nonce, auth.hello_context(hello))))
+        s.sendall(sent)
+        return recv(), sent, hello.nonce
+
+
+def test_replayed_handshake_is_refused(net, keyfile):
+    cluster, dep = net(2)
+    server = dep.server("-n", "5", "--key-file", keyfile, "-e", "true", "--wait-timeout", "6", where=0)
+    host = cluster.node(0).addr
+    cluster.call(1, wait_for, lambda: _can_connect(host))
+    reply, auth_bytes, nonce = cluster.call(1, _handshake, host)
+    assert isinstance(reply, P.Welcome)
+    # The same Hello (same nonce) and the same recorded proof, on a new connection.
+    reply2, _, _ = cluster.call(1, _handshake, host, nonce, auth_bytes)
+    assert isinstance(reply2, P.Refuse) and "replayed" in reply2.reason
+    server.kill()
+
+
+def test_stranger_on_a_data_port_is_refused(net, keyfile, tmp_path):
+    """A host that knows the node ids but not the key cannot take a child's place."""
+    cluster, dep = net(4)
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "2", "--key-file", keyfile, "-e", "seq 500000", "--report", report, where=0)
+    first = dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "cat >/dev/null", where=1)
+    wait_for(lambda: "registered" in server.err)
+    # Node 2 will be the child of node 1 (198.18.0.2): knock on node 1's data port
+    # before it is placed; it answers once it accepts its children.
+    result = {}
+
+    def stranger():
+        async def go():
+            loop = asyncio.get_running_loop()
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("198.18.0.2", 30764))
+            with sock:
+                await send_frame(sock, P.DataHello(node_id=2, nonce=auth.new_nonce()))
+                ch = await asyncio.wait_for(recv_frame(sock), 30)
+                await send_frame(sock, P.Auth(proof="00" * 32))
+                result["reply"] = await asyncio.wait_for(recv_frame(sock), 30)
+                result["more"] = await loop.sock_recv(sock, 100)
+                return ch
+        return asyncio.run(go())
+
+    import threading
+    t = threading.Thread(target=lambda: result.setdefault("challenge", cluster.call(3, stranger)))
+    t.start()
+    time.sleep(0.5)
+    second = dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "cat >/dev/null", where=2)
+    t.join(60)
+    assert isinstance(result.get("reply"), P.Refuse), result
+    assert result["more"] == b""   # not one byte of the stream
+    assert first.wait(60) == 0 and second.wait(60) == 0 and server.wait(60) == 0
+    assert "rejected data connection from 198.18.0.4" in first.err
+
+
+def test_connection_flood_during_a_deployment(net, tmp_path):
+    cluster, dep = net(4)
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "2", "--handshake-timeout", "2", "--report", report,
+                        "-e", "for i in 1 2 3 4 5 6; do head -c 2000000 /dev/urandom; sleep 0.5; done "
+                              "| tee " + str(tmp_path / "sent"), where=0)
+    clients = [dep.client("-h", "198.18.0.1", "-e", f"cat > {tmp_path}/got{i}", where=i) for i in (1, 2)]
+    wait_for(lambda: "tree (arity" in server.err)
+
+    def flood():
+        socks, sent = [], 0
+        deadline = time.monotonic() + 3
+        kinds = [b"", b"GET / HTTP/1.0\r\n\r\n", b"KD\x01\x01\x00\x01\x00\x00", os.urandom(64),
+                 P.encode(P.Hello(software="x", hostname="y", data_port=1))]
+        while time.monotonic() < deadline and sent < 400:
+            try:
+                s = socket.create_connection(("198.18.0.1", 30765), timeout=2)
+                s.sendall(kinds[sent % len(kinds)])
+                socks.append(s)
+                sent += 1
+            except OSError:
+                time.sleep(0.01)
+        time.sleep(1)
+        for s in socks:
+            s.close()
+        return sent
+
+    sent = cluster.call(3, flood)
+    assert sent >= 100
+    assert [c.wait(60) for c in clients] == [0, 0] and server.wait(60) == 0
+    data = (tmp_path / "sent").read_bytes()
+    assert (tmp_path / "got1").read_bytes() == data == (tmp_path / "got2").read_bytes()
+    rep = load_report(report)
+    assert sum(rep["rejected"].values()) >= sent * 0.9
+    assert rep["rejected"].get("late", 0) >= 1          # the well-formed Hello came late
+    assert rep["totals"]["ok"] == 2
+
+
+def _can_connect(host):
+    try:
+        socket.create_connection((host, 30765), timeout=1).close()
+        return True
+    except OSError:
+        return False
