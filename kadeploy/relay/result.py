@@ -31,6 +31,9 @@ class RelayResult:
     # NO_SINKS (every sink failed, so nobody wanted the rest).
     ended: str = ""
     source_error: Optional[OSError] = None
+    # Capacity in bytes of the pipes the splice backends obtained (F_GETPIPE_SZ after
+    # F_SETPIPE_SZ); 0 for the copy backend, which uses no pipe.
+    pipe_size: int = 0
 
     @property
     def eof(self) -> bool:
