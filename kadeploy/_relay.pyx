@@ -290,6 +290,7 @@ cdef int relay_loop(Loop *L) except -1 nogil:
                 s.err = <int>-k
                 s.live = False
                 L.nlive -= 1
+                progress = True  # what the others hold may now be dropped
                 continue
             s.held -= k
             s.sent += k

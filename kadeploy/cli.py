@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sys
 import time
@@ -146,6 +147,12 @@ def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) ->
     except OSError as e:
         click.echo(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
         sys.exit(1)
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if os.environ.get("KADEPLOY_DEBUG"):
+            raise
+        click.echo(f"{prog}: internal error: {type(e).__name__}: {e} "
+                   "(run with KADEPLOY_DEBUG=1 for the traceback, and report it)", err=True)
+        sys.exit(1)
     sys.exit(rv or 0)
 
 
@@ -194,12 +201,21 @@ def read_hosts_file(path: str) -> List[str]:
               help="Expected stream size (suffixes K, M, G), for the ETA of the progress display.")
 @click.option("--progress-interval", type=SECONDS, default=5.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal.")
+@click.option("--no-verify", is_flag=True,
+              help="Send no chunk digests: nodes cannot verify what they received.")
+@click.option("--no-repair", is_flag=True,
+              help="Do not spool the stream: the nodes below a lost node fail instead of being re-attached.")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of the repair spool, a copy of the stream (default: $TMPDIR or /tmp).")
+@click.option("--stall-timeout", type=SECONDS, default=5.0, show_default=True,
+              help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
 @common_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
-                   hosts_file, report_file, expected_size, progress_interval, max_connections,
+                   hosts_file, report_file, expected_size, progress_interval, no_verify,
+                   no_repair, spool_dir, stall_timeout, max_connections,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
@@ -224,7 +240,8 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         report_file=report_file, discovery_port=discovery_port,
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
-        handshake_timeout=handshake_timeout,
+        handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
+        spool_dir=spool_dir, stall_timeout=stall_timeout,
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     report = asyncio.run(serve(cfg))
     click.echo(report.table())

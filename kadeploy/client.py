@@ -7,22 +7,22 @@ go on feeding the others and the consumer.
 """
 from __future__ import annotations
 
-import array
 import asyncio
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 from . import auth
 from . import protocol as P
 from . import relay as relay_mod
-from .commands import DEFAULT_TARGET, default_consumer, describe_status, kill_group, spawn_consumer
+from .commands import DEFAULT_TARGET, default_consumer
 from .errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined
-from .datalink import accept_children, connect_parent
-from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, connect, format_hostport, listen, shutdown_close
+from .datalink import ChildAcceptor, accept_children, connect_parent
+from .integrity import Verifier
+from .node import DataPhase, Outcome, ServerLink
+from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, connect, format_hostport, listen
 from .progress import ClientBar
 from .version import __version__
 
@@ -54,16 +54,6 @@ class ClientConfig:
 
     def consumer_command(self) -> str:
         return self.consumer or default_consumer(self.target or DEFAULT_TARGET)
-
-
-@dataclass
-class Outcome:
-    ok: bool
-    bytes: int
-    seconds: float
-    error: Optional[str]
-    consumer_status: Optional[int]
-    backend: str
 
 
 def find_server(cfg: ClientConfig):
@@ -157,7 +147,8 @@ class Client:
         node_id = (await request(ch, hello, cfg, auth.hello_context(hello), "registration")).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
-            place = await ch.recv()  # no timeout: the server waits for the others
+            while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server
+                pass                                             # waits for the others
         except (ConnectionError, P.ProtocolError) as e:
             raise NotJoined(f"lost the server before the start: {e}")
         if isinstance(place, (P.Refuse, P.Abort)):
@@ -165,131 +156,91 @@ class Client:
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))
-        outcome = await self._deploy(ch, node_id, place)
+        verifier = Verifier(place.chunk_size) if place.digest else None
+        link = ServerLink(ch, place.stall_timeout, verifier)
+        link.bar = ClientBar(_Received(lambda: link.received()),
+                             f"node {place.position}/{place.n_nodes}", enabled=cfg.progress_bar)
+        link.start()
         try:
+            outcome = await self._deploy(node_id, place, link)
+            link.reporting = False
+            link.bar.close()
             await ch.send(P.Done(ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds,
                                  consumer_status=outcome.consumer_status, error=outcome.error,
-                                 backend=outcome.backend))
+                                 backend=outcome.backend, verified=outcome.verified,
+                                 repairs=outcome.repairs))
             if cfg.wait_finish:
                 log.info("waiting for the server's finish")
-                while not isinstance(await ch.recv(), P.Finish):
-                    pass
+                while not link.finished and link.lost is None:
+                    link.changed.clear()
+                    await link.changed.wait()
+                if not link.finished and outcome.ok:
+                    outcome.ok, outcome.error = False, f"no finish from the server: {link.lost}"
         except (ConnectionError, P.ProtocolError) as e:
             if outcome.ok:
                 outcome.ok = False
                 outcome.error = f"lost the server before the end: {e}"
+        finally:
+            await link.stop()
         return outcome
 
-    async def _deploy(self, ch: ControlChannel, node_id: int, place: P.Place) -> Outcome:
+    async def _deploy(self, node_id: int, place: P.Place, link: ServerLink) -> Outcome:
         cfg = self.cfg
         data_key = auth.data_key(cfg.key, place.token)
-        parent, children = await asyncio.gather(
-            connect_parent(place.parent_host, place.parent_port, node_id, data_key,
-                           timeout=cfg.connect_timeout, sockbuf=cfg.sockbuf),
-            accept_children(self.listener, place.children, data_key,
-                            timeout=cfg.connect_timeout, handshake_timeout=cfg.handshake_timeout,
-                            sockbuf=cfg.sockbuf, on_refused=_log_refused),
-            return_exceptions=True)
+        acceptor = ChildAcceptor(self.listener, data_key, handshake_timeout=cfg.handshake_timeout,
+                                 sockbuf=cfg.sockbuf, on_refused=_log_refused)
+
+        def reconnect(host: str, port: int, offset: int):
+            return connect_parent(host, port, node_id, data_key, timeout=cfg.connect_timeout,
+                                  sockbuf=cfg.sockbuf, offset=offset)
+
+        try:
+            parent, children = await asyncio.gather(
+                reconnect(place.parent_host, place.parent_port, 0),
+                accept_children(acceptor, place.children, timeout=cfg.connect_timeout),
+                return_exceptions=True)
+        finally:
+            acceptor.close()
         if isinstance(children, BaseException):
             raise children
         for cid in place.children:
             if cid not in children:
                 log.warning("child node %d did not connect within %g s", cid, cfg.connect_timeout)
-        if isinstance(parent, BaseException):
+        if isinstance(parent, NotJoined):
+            parent = await self._reattach_early(link, parent, reconnect)
+        elif isinstance(parent, BaseException):
+            raise parent
+        if isinstance(parent, NotJoined):
             for s in children.values():
                 s.close()   # our children see the stream end early and say so
-            if not isinstance(parent, NotJoined):
-                raise parent
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
-        consumer = spawn_consumer(cfg.consumer_command(),
-                                  cwd=cfg.target if cfg.consumer and cfg.target else None)
-        counters = array.array("Q", [0] * (2 + len(children)))
-        stop_r, stop_w = os.pipe()
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        end: Optional[P.End] = None
-        sinks = [consumer.stdin.fileno()] + [s.fileno() for s in children.values()]
-        job = loop.run_in_executor(None, lambda: relay_mod.relay(
-            parent.fileno(), sinks, backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
-            stop_fd=stop_r, counters=counters))
-        bar = ClientBar(counters, f"node {place.position}/{place.n_nodes}", enabled=cfg.progress_bar)
-        listen_task = asyncio.ensure_future(self._listen_server(ch, counters, bar))
-        res = None
+        return await DataPhase(cfg, place, link, parent, children, reconnect).run()
+
+    async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
+        """The parent was lost before the data flowed: the server re-attaches us (it
+        notices within its stall timeout), or the error stands."""
+        log.warning("%s; waiting for the server to re-attach this node", error)
         try:
-            res = await asyncio.shield(job)
-        except asyncio.CancelledError:
-            os.write(stop_w, b"x")
-            await job
-            raise
-        finally:
-            os.close(stop_r)
-            os.close(stop_w)
-            consumer.stdin.close()      # EOF for the consumer
-            for s in children.values():
-                shutdown_close(s)
-            parent.close()
-            if res is None:
-                kill_group(consumer)
-                listen_task.cancel()
-        seconds = time.monotonic() - started
-        status = await loop.run_in_executor(None, consumer.wait)
-        # The server's End may still be on its way; anything else ends our wait too.
-        end, lost = await listen_task
-        for child_id, err in zip(children, res.sink_errors[1:]):
-            if err is not None:
-                log.warning("child node %d dropped: %s", child_id, err.strerror or err)
-        error = _verdict(res, end, lost, status)
-        if error:
-            log.error("%s", error)
-        else:
-            log.info("done: %d bytes in %.2f s", res.bytes_in, seconds)
-        return Outcome(ok=error is None, bytes=res.bytes_in, seconds=seconds, error=error,
-                       consumer_status=status, backend=res.backend)
-
-    async def _listen_server(self, ch: ControlChannel, counters, bar: ClientBar) -> tuple:
-        """Send Progress until the server's End; returns (End or None, why it is missing)."""
-        recv = asyncio.ensure_future(ch.recv())
+            step = await asyncio.wait_for(link.next_step(0), 2 * link.stall + 2)
+        except asyncio.TimeoutError:
+            step = None
+        if step is None:
+            return error
         try:
-            while True:
-                done, _ = await asyncio.wait({recv}, timeout=PROGRESS_INTERVAL)
-                if recv in done:
-                    msg = recv.result()
-                    if isinstance(msg, P.End):
-                        return msg, None
-                    if isinstance(msg, P.Abort):
-                        return None, f"server aborted: {msg.reason}"
-                    recv = asyncio.ensure_future(ch.recv())
-                    continue
-                await ch.send(P.Progress(bytes=counters[0]))
-                bar.tick()
-        except (ConnectionError, P.ProtocolError, OSError) as e:
-            return None, f"lost the server: {e}"
-        finally:
-            recv.cancel()
-            bar.close()
+            return await reconnect(step.host, step.port, 0)
+        except NotJoined as e:
+            return e
 
 
-def _verdict(res: relay_mod.RelayResult, end: Optional[P.End], lost: Optional[str],
-             status: int) -> Optional[str]:
-    """None when the copy is verified good, else the first reason it is not."""
-    if res.ended == relay_mod.SOURCE_ERROR:
-        return f"stream from parent broke after {res.bytes_in} bytes: {res.source_error}"
-    if end is None:
-        return lost or "the server never said how long the stream was"
-    if not end.ok:
-        return f"the server's stream failed: {end.error}"
-    consumer_err = res.sink_errors[0]
-    if consumer_err is not None:
-        return (f"consumer stopped reading after {res.sink_bytes[0]} of {end.bytes} bytes "
-                f"({describe_status(status)})")
-    if res.bytes_in != end.bytes:
-        return f"stream cut: received {res.bytes_in} of {end.bytes} bytes"
-    if status != 0:
-        return f"consumer failed ({describe_status(status)})"
-    return None
+class _Received:
+    """Looks like counters[0] to the progress bar."""
 
+    def __init__(self, fn) -> None:
+        self.fn = fn
 
+    def __getitem__(self, i: int) -> int:
+        return self.fn()
 
 
 def _log_refused(addr: str, why: str) -> None:

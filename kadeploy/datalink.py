@@ -25,18 +25,18 @@ log = logging.getLogger("kadeploy.data")
 
 
 async def connect_parent(host: str, port: int, node_id: int, key: bytes, *,
-                         timeout: float, sockbuf: Optional[int]) -> socket.socket:
+                         timeout: float, sockbuf: Optional[int], offset: int = 0) -> socket.socket:
     sock = await connect(host, port, timeout, "parent")
     try:
         set_sockbuf(sock, sockbuf)
         ours = auth.new_nonce()
-        await send_frame(sock, P.DataHello(node_id=node_id, nonce=ours))
+        await send_frame(sock, P.DataHello(node_id=node_id, nonce=ours, offset=offset))
         challenge = _refused_or(await asyncio.wait_for(recv_frame(sock), timeout), P.Challenge)
-        if not auth.check(auth.proof(key, "parent", ours, challenge.nonce, str(node_id)),
-                          challenge.proof):
+        context = f"{node_id}|{offset}"
+        if not auth.check(auth.proof(key, "parent", ours, challenge.nonce, context), challenge.proof):
             await send_frame(sock, P.Refuse(reason="parent proof does not match"))
             raise NotJoined("the parent could not prove it belongs to this deployment")
-        await send_frame(sock, P.Auth(proof=auth.proof(key, "child", ours, challenge.nonce, str(node_id))))
+        await send_frame(sock, P.Auth(proof=auth.proof(key, "child", ours, challenge.nonce, context)))
         _refused_or(await asyncio.wait_for(recv_frame(sock), timeout), P.DataWelcome)
         return sock
     except (ConnectionError, asyncio.TimeoutError, P.ProtocolError) as e:
@@ -53,39 +53,70 @@ def _refused_or(msg: P.Message, wanted):
     return P.expect(msg, wanted)
 
 
-async def accept_children(listener: socket.socket, child_ids: Iterable[int], key: bytes, *,
-                          timeout: float, handshake_timeout: float, sockbuf: Optional[int],
-                          on_refused: Callable[[str, str], None],
-                          gone: Callable[[], Set[int]] = frozenset) -> Dict[int, socket.socket]:
-    """Accept the expected children (by node id, proving the data key) until all are in or
-    `timeout` passes; anyone else is refused and reported through on_refused(addr, why)."""
-    loop = asyncio.get_running_loop()
-    expected = {cid: loop.create_future() for cid in child_ids}
-    if not expected:
-        return {}
-    handshakes = set()
+class ChildAcceptor:
+    """Accepts data connections on a listener while it is open: each must be from a
+    node we expect (by id) and prove the data key. `offsets` says whether a child may
+    resume at an offset other than 0 (only the server can re-serve the stream)."""
 
-    async def handshake(conn: socket.socket, addr) -> None:
+    def __init__(self, listener: socket.socket, key: bytes, *, handshake_timeout: float,
+                 sockbuf: Optional[int], on_refused: Callable[[str, str], None],
+                 offsets: bool = False) -> None:
+        self.listener, self.key = listener, key
+        self.handshake_timeout, self.sockbuf = handshake_timeout, sockbuf
+        self.on_refused, self.offsets = on_refused, offsets
+        self.expected: Dict[int, asyncio.Future] = {}
+        self._handshakes: Set[asyncio.Task] = set()
+        self._task: Optional[asyncio.Task] = None
+
+    def expect(self, node_id: int) -> asyncio.Future:
+        """A future of (socket, offset) for this child's next data connection."""
+        fut = asyncio.get_running_loop().create_future()
+        self.expected[node_id] = fut
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._accept_loop())
+        return fut
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        for fut in self.expected.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, addr = await loop.sock_accept(self.listener)
+            task = asyncio.ensure_future(self._handshake(conn, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, addr) -> None:
         conn.setblocking(False)
+        timeout = self.handshake_timeout
         try:
-            hello = P.expect(await asyncio.wait_for(recv_frame(conn), handshake_timeout), P.DataHello)
-            fut = expected.get(hello.node_id)
+            hello = P.expect(await asyncio.wait_for(recv_frame(conn), timeout), P.DataHello)
+            fut = self.expected.get(hello.node_id)
             if fut is None or not auth.well_formed_nonce(hello.nonce):
                 raise P.RemoteProtocolError("not a child of this node in this deployment")
             ours = auth.new_nonce()
-            context = str(hello.node_id)
+            context = f"{hello.node_id}|{hello.offset}"
             await send_frame(conn, P.Challenge(
-                nonce=ours, proof=auth.proof(key, "parent", hello.nonce, ours, context)))
-            reply = P.expect(await asyncio.wait_for(recv_frame(conn), handshake_timeout), P.Auth)
-            if not auth.check(auth.proof(key, "child", hello.nonce, ours, context), reply.proof):
+                nonce=ours, proof=auth.proof(self.key, "parent", hello.nonce, ours, context)))
+            reply = P.expect(await asyncio.wait_for(recv_frame(conn), timeout), P.Auth)
+            if not auth.check(auth.proof(self.key, "child", hello.nonce, ours, context), reply.proof):
                 raise P.RemoteProtocolError("not a member of this deployment: proof does not match")
             if fut.done():
                 raise P.RemoteProtocolError(f"node {hello.node_id} is already connected")
-            set_sockbuf(conn, sockbuf)
+            if hello.offset < 0 or (hello.offset and not self.offsets):
+                raise P.RemoteProtocolError(f"cannot serve the stream from offset {hello.offset}")
+            set_sockbuf(conn, self.sockbuf)
             await send_frame(conn, P.DataWelcome())
-            fut.set_result(conn)
+            fut.set_result((conn, hello.offset))
         except (P.ProtocolError, ConnectionError, OSError, asyncio.TimeoutError) as e:
-            on_refused(normalize_address(addr[0]), str(e) or "said nothing in time")
+            self.on_refused(normalize_address(addr[0]), str(e) or "said nothing in time")
             if isinstance(e, P.ProtocolError):
                 try:
                     await send_frame(conn, P.Refuse(reason=str(e)))
@@ -93,24 +124,17 @@ async def accept_children(listener: socket.socket, child_ids: Iterable[int], key
                     pass
             conn.close()
 
-    async def accept_loop() -> None:
-        while True:
-            conn, addr = await loop.sock_accept(listener)
-            task = asyncio.ensure_future(handshake(conn, addr))
-            handshakes.add(task)
-            task.add_done_callback(handshakes.discard)
 
-    acceptor = asyncio.ensure_future(accept_loop())
-    loop_deadline = loop.time() + timeout
-    try:
-        # Also stop waiting once every missing child is known to be gone.
-        while (left := loop_deadline - loop.time()) > 0:
-            missing = [f for cid, f in expected.items() if not f.done() and cid not in gone()]
-            if not missing:
-                break
-            await asyncio.wait(missing, timeout=min(left, 0.2))
-    finally:
-        acceptor.cancel()
-        for task in list(handshakes):
-            task.cancel()
-    return {cid: fut.result() for cid, fut in expected.items() if fut.done() and not fut.cancelled()}
+async def accept_children(acceptor: ChildAcceptor, child_ids: Iterable[int], *, timeout: float,
+                          gone: Callable[[], Set[int]] = frozenset) -> Dict[int, socket.socket]:
+    """The expected children's data connections, once all are in, every missing one is
+    known to be gone, or `timeout` has passed."""
+    loop = asyncio.get_running_loop()
+    expected = {cid: acceptor.expect(cid) for cid in child_ids}
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        missing = [f for cid, f in expected.items() if not f.done() and cid not in gone()]
+        if not missing:
+            break
+        await asyncio.wait(missing, timeout=min(left, 0.2))
+    return {cid: fut.result()[0] for cid, fut in expected.items() if fut.done() and not fut.cancelled()}

@@ -174,6 +174,21 @@ class ControlChannel:
         self.writer.write(self.conn.send(msg))
         await self.writer.drain()
 
+    def post(self, msg: protocol.Message) -> bool:
+        """Queue a message without waiting for it to drain, so that one slow or frozen
+        peer cannot hold up a broadcast; False when the peer is gone."""
+        if self.writer.is_closing():
+            return False
+        try:
+            self.writer.write(self.conn.send(msg))
+            return True
+        except (ConnectionError, OSError, protocol.LocalProtocolError):
+            return False
+
+    def abort(self) -> None:
+        """Drop the connection at once (a peer given up for dead)."""
+        self.writer.transport.abort()
+
     def close(self) -> None:
         try:
             self.writer.close()

@@ -109,6 +109,9 @@ class Place(Message):
     parent_port: int
     children: List[int] = field(default_factory=list)   # node ids expected to connect
     token: str = ""        # secret of this deployment, proves membership on data links
+    digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
+    chunk_size: int = 0
+    stall_timeout: float = 5.0     # silence after which either side gives the other up
 
 
 @dataclass
@@ -124,6 +127,7 @@ class End(Message):
     bytes: int
     ok: bool
     error: Optional[str] = None
+    digest: Optional[str] = None   # of the whole stream, after every chunk's Digest
 
 
 @dataclass
@@ -136,6 +140,8 @@ class Done(Message):
     consumer_status: Optional[int] = None
     error: Optional[str] = None
     backend: str = ""
+    verified: Optional[bool] = None   # None: the stream carried no digests
+    repairs: int = 0                  # times this node was re-attached
 
 
 @dataclass
@@ -156,6 +162,7 @@ class DataHello(Message):
     CODE = 12
     node_id: int
     nonce: str
+    offset: int = 0        # where the stream resumes, for a re-attached node
 
 
 @dataclass
@@ -179,9 +186,40 @@ class Auth(Message):
     proof: str
 
 
+@dataclass
+class Digest(Message):
+    """Server -> client: the digest of one chunk of the stream."""
+    CODE = 16
+    index: int
+    digest: str
+
+
+@dataclass
+class Ping(Message):
+    """Server -> client, every second: the server is alive."""
+    CODE = 17
+
+
+@dataclass
+class Reattach(Message):
+    """Server -> client: your parent is gone; resume from this parent at your offset."""
+    CODE = 18
+    host: str
+    port: int
+    reason: str = ""
+
+
+@dataclass
+class DropChild(Message):
+    """Server -> client: stop feeding this child (it is gone)."""
+    CODE = 19
+    node_id: int
+
+
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
-                              Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth)
+                              Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth,
+                              Digest, Ping, Reattach, DropChild)
 }
 
 # JSON has one number type; these say which Python types a field accepts.
@@ -336,7 +374,15 @@ TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
     (AUTHENTICATED, SERVER, Welcome): REGISTERED,
     (REGISTERED, SERVER, Place): PLACED,
     (REGISTERED, SERVER, Abort): CLOSED,
+    (REGISTERED, SERVER, Ping): REGISTERED,
     (PLACED, CLIENT, Progress): PLACED,
+    (PLACED, SERVER, Digest): PLACED,
+    (PLACED, SERVER, Ping): PLACED,
+    (PLACED, SERVER, Reattach): PLACED,
+    (PLACED, SERVER, DropChild): PLACED,
+    (ENDED, SERVER, Ping): ENDED,
+    (ENDED, SERVER, Reattach): ENDED,
+    (ENDED, SERVER, DropChild): ENDED,
     (PLACED, SERVER, End): ENDED,
     (PLACED, CLIENT, Done): REPORTED,
     (PLACED, SERVER, Abort): CLOSED,
@@ -345,6 +391,10 @@ TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
     (ENDED, SERVER, Abort): CLOSED,
     # A node that failed early reports before the server's End reaches it.
     (REPORTED, SERVER, End): REPORTED,
+    (REPORTED, SERVER, Digest): REPORTED,
+    (REPORTED, SERVER, Ping): REPORTED,
+    (REPORTED, SERVER, Reattach): REPORTED,
+    (REPORTED, SERVER, DropChild): REPORTED,
     (REPORTED, SERVER, Finish): FINISHED,
     (REPORTED, SERVER, Abort): CLOSED,
 }
@@ -399,4 +449,4 @@ def expect(msg: Message, *types: Type[Message]) -> Message:
 
 
 AnyMessage = Union[Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End, Done, Finish,
-                   Abort, DataHello, DataWelcome, Challenge, Auth]
+                   Abort, DataHello, DataWelcome, Challenge, Auth, Digest, Ping, Reattach, DropChild]

@@ -26,6 +26,8 @@ class NodeReport:
     consumer_status: Optional[int] = None
     backend: str = ""
     failed_at: Optional[float] = None   # seconds after the start when the failure was known
+    verified: Optional[bool] = None     # every chunk's digest matched (None: not verified)
+    repairs: int = 0                    # times re-attached after losing its parent
 
     @property
     def throughput(self) -> Optional[float]:
@@ -46,6 +48,7 @@ class Report:
     stream_error: Optional[str]
     backend: str
     rejected: Dict[str, int]      # connections turned away, by reason
+    started_at: float = 0.0        # wall clock (epoch seconds) of the start; failed_at counts from it
     nodes: List[NodeReport] = field(default_factory=list)
 
     @property
@@ -75,7 +78,7 @@ class Report:
             raise
 
     def table(self) -> str:
-        head = ("POS", "PARENT", "NODE", "BYTES", "SECONDS", "MB/S", "STATUS")
+        head = ("POS", "PARENT", "NODE", "BYTES", "SECONDS", "MB/S", "VERIFIED", "STATUS")
         rows = [head]
         for n in self.nodes:
             rate = n.throughput
@@ -86,7 +89,9 @@ class Report:
                 str(n.bytes),
                 f"{n.seconds:.2f}" if n.seconds is not None else "-",
                 f"{rate / 1e6:.1f}" if rate else "-",
-                n.status if n.status == "ok" else f"FAILED: {n.error or 'unknown'}",
+                {True: "yes", False: "NO", None: "-"}[n.verified],
+                (n.status if n.status == "ok" else f"FAILED: {n.error or 'unknown'}")
+                + (f" (repaired {n.repairs}x)" if n.repairs else ""),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]

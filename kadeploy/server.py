@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
-from .datalink import accept_children
+from . import repair
+from .datalink import ChildAcceptor, accept_children
+from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
+from .tap import ServerTap, SpoolFeeder
 from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, listen, shutdown_close
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
 from .report import NodeReport, Report
@@ -63,6 +67,10 @@ class ServerConfig:
     expected_size: Optional[int] = None
     key: Optional[bytes] = None
     max_connections: int = 4096
+    verify: bool = True                # chunk digests beside the data, checked by every node
+    repair: bool = True                # spool the stream; re-attach the orphans of a lost node
+    spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
+    stall_timeout: float = 5.0         # a node silent this long is given up
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Node:
     reported: asyncio.Event = field(default_factory=asyncio.Event)
     meter: RateMeter = field(default_factory=RateMeter)
     failed_at: Optional[float] = None   # monotonic time the failure was known
+    last_heard: float = field(default_factory=time.monotonic)
 
     @property
     def state(self) -> str:
@@ -134,6 +143,13 @@ class Server:
         self._next_id = 1
         self._sink_ids: List[int] = []
         self.by_pos: Dict[int, Node] = {}
+        self.placed = False
+        self.parent_of: Dict[int, int] = {}               # node id -> parent id (0: server)
+        self.server_sinks: Dict[int, socket.socket] = {}  # data sockets the server feeds
+        self.acceptor: Optional[ChildAcceptor] = None
+        self.tap: Optional[ServerTap] = None
+        self.spool_path: Optional[str] = None
+        self.algorithm = default_algorithm(config.key is not None) if config.verify else None
 
     # ------------------------------------------------------------ registration
 
@@ -169,7 +185,7 @@ class Server:
                 del self.nodes[node.info.node_id]
                 log.warning("node %s left before the start", node.name)
             else:
-                node.fail(f"lost the control connection: {e}")
+                self.node_lost(node, f"lost the control connection: {e or 'closed'}")
         finally:
             self.open_connections -= 1
             if node is None:
@@ -239,6 +255,7 @@ class Server:
         """Read what a registered node says until its report (and release, with -w)."""
         while True:
             msg = await node.channel.recv()
+            node.last_heard = time.monotonic()
             if isinstance(msg, P.Progress):
                 node.bytes = msg.bytes
                 node.meter.add(msg.bytes)
@@ -264,6 +281,7 @@ class Server:
         data_sock = listen(cfg.data_port, cfg.bind)
         srv = await asyncio.start_server(self.handle_control, sock=ctrl_sock)
         responder = None
+        watchdog = asyncio.ensure_future(self._watch())
         try:
             if cfg.session:
                 responder = await _start_discovery(cfg)
@@ -290,15 +308,22 @@ class Server:
                 await self._collect()
             finally:
                 await progress.stop()
+                if self.acceptor is not None:
+                    self.acceptor.close()
             await self._finish()
             return self._report(time.monotonic() - self.started)
         finally:
+            watchdog.cancel()
             if responder is not None:
                 responder.close()
             srv.close()
             data_sock.close()
             for node in self.nodes.values():
                 node.channel.close()
+            for sock in self.server_sinks.values():
+                sock.close()
+            if self.spool_path:
+                os.unlink(self.spool_path)
 
     async def _wait_for_start(self) -> None:
         try:
@@ -332,14 +357,21 @@ class Server:
             else:
                 parent = by_pos[parent_pos]
                 host, port = parent.info.address, parent.info.data_port
+            self.parent_of[node.info.node_id] = by_pos[parent_pos].info.node_id if parent_pos else 0
             msg = P.Place(position=pos, depth=self.tree.depth(pos), n_nodes=len(ordered),
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
-                          token=self.token)
+                          token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
+                          stall_timeout=self.cfg.stall_timeout)
             try:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
                 node.fail(f"lost before it was placed: {e}")
+        self.placed = True
+        for node in ordered:
+            node.last_heard = time.monotonic()
+            if node.error is not None:
+                self.node_lost(node, node.error)
 
     async def _accept_children(self, data_sock: socket.socket) -> List[socket.socket]:
         """Data connections from the server's own children, checked against the token."""
@@ -349,11 +381,13 @@ class Server:
             self.rejected["data-link"] += 1
             log.warning("rejected data connection from %s: %s", addr, why)
 
+        self.acceptor = ChildAcceptor(data_sock, self.data_key, offsets=True,
+                                      handshake_timeout=self.cfg.handshake_timeout,
+                                      sockbuf=self.cfg.sockbuf, on_refused=refused)
         conns = await accept_children(
-            data_sock, child_ids, self.data_key, timeout=self.cfg.connect_timeout,
-            handshake_timeout=self.cfg.handshake_timeout, sockbuf=self.cfg.sockbuf,
-            on_refused=refused,
+            self.acceptor, child_ids, timeout=self.cfg.connect_timeout,
             gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
+        self.server_sinks.update(conns)
         for node_id in child_ids:
             if node_id not in conns:
                 self.nodes[node_id].fail(
@@ -361,16 +395,41 @@ class Server:
         self._sink_ids = list(conns)
         return list(conns.values())
 
+    def _start_tap(self) -> Optional[int]:
+        """The server's own copy of the stream, for digests and the repair spool; the
+        write end of its pipe is one more sink of the relay."""
+        cfg = self.cfg
+        if not (cfg.verify or cfg.repair):
+            return None
+        spool_fd = None
+        if cfg.repair:
+            spool_fd, self.spool_path = tempfile.mkstemp(prefix="kadeploy-spool-", dir=cfg.spool_dir)
+        digester = ChunkDigester(self.algorithm, cfg.key) if self.algorithm else None
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        self.tap = ServerTap(r, digester, spool_fd, on_digest=lambda i, d: loop.call_soon_threadsafe(
+            self._post_all, P.Digest(index=i, digest=d)))
+        self.tap.start()
+        return w
+
+    def _post_all(self, msg: P.Message) -> None:
+        for node in self.nodes.values():
+            if node.position and node.state in ("connecting", "streaming"):
+                node.channel.post(msg)
+
     async def _stream(self, sinks: List[socket.socket]) -> None:
         cfg = self.cfg
         producer = spawn_producer(cfg.producer)
-        counters = self.counters = array.array("Q", [0] * (1 + len(sinks)))
+        tap_w = self._start_tap()
+        fds = ([tap_w] if tap_w is not None else []) + [s.fileno() for s in sinks]
+        self._sink_ids = ([0] if tap_w is not None else []) + self._sink_ids
+        counters = self.counters = array.array("Q", [0] * (1 + len(fds)))
         stop_r, stop_w = os.pipe()
         loop = asyncio.get_running_loop()
         res: Optional[relay_mod.RelayResult] = None
         try:
             job = loop.run_in_executor(None, lambda: relay_mod.relay(
-                producer.stdout.fileno(), [s.fileno() for s in sinks],
+                producer.stdout.fileno(), fds,
                 backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
                 stop_fd=stop_r, counters=counters))
             try:
@@ -382,8 +441,12 @@ class Server:
         finally:
             os.close(stop_r)
             os.close(stop_w)
-            for s in sinks:
-                shutdown_close(s)
+            if tap_w is not None:
+                os.close(tap_w)      # EOF for the tap
+            for node_id, s in list(self.server_sinks.items()):
+                if s in sinks:
+                    del self.server_sinks[node_id]
+                    shutdown_close(s)
             producer.stdout.close()
             if res is None or not res.eof:
                 kill_group(producer)  # nobody wants the rest of its output
@@ -391,11 +454,20 @@ class Server:
         self.relay_result = res
         self.stream_bytes = res.bytes_in
         for node_id, err in zip(self._sink_ids, res.sink_errors):
-            if err is not None:
+            if err is not None and node_id == 0:
+                log.error("the server's own copy of the stream failed: %s", err)
+            elif err is not None:
                 # The node's own report (or its lost connection) gives the verdict.
                 log.warning("data connection to %s broke: %s", self.nodes[node_id].name,
                             err.strerror or err)
-        ok = res.eof and self.producer_status == 0
+        whole = None
+        if self.tap is not None:
+            await loop.run_in_executor(None, self.tap.join)
+            whole = self.tap.whole
+            if self.tap.spool_error is not None:
+                log.warning("repair spool failed (%s): lost nodes can no longer be repaired",
+                            self.tap.spool_error)
+        ok = res.eof and self.producer_status == 0 and (self.tap is None or self.tap.error is None)
         error = None
         if res.ended == relay_mod.NO_SINKS:  # first: we killed the producer ourselves then
             error = "every child of the server failed; stream abandoned"
@@ -403,17 +475,75 @@ class Server:
             error = f"producer failed ({describe_status(self.producer_status)})"
         elif not res.eof:
             error = f"reading the producer failed: {res.source_error}"
+        elif self.tap is not None and self.tap.error is not None:
+            error = f"digesting the stream failed: {self.tap.error}"
         if error:
             log.error("%s", error)
         log.info("stream ended: %d bytes, backend %s", res.bytes_in, res.backend)
-        end = P.End(bytes=res.bytes_in, ok=ok, error=error)
-        for node in self.nodes.values():
-            if node.position and not node.reported.is_set():
-                try:
-                    await node.channel.send(end)
-                except (ConnectionError, OSError) as e:
-                    node.fail(f"lost the control connection: {e}")
+        # After every Digest: posts keep their order on each connection.
+        self._post_all(P.End(bytes=res.bytes_in, ok=ok, error=error, digest=whole))
         self.stream_error = error
+
+    async def _watch(self) -> None:
+        """Every second: a Ping to every node still at work, and nodes silent for the
+        stall timeout given up (frozen, or cut off from the network)."""
+        stall = self.cfg.stall_timeout
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for node in list(self.nodes.values()):
+                if node.state in ("done", "failed"):
+                    continue
+                node.channel.post(P.Ping())
+                if self.placed and node.position and now - node.last_heard > stall:
+                    self.node_lost(node, f"no word from it for {stall:g} s (frozen, or cut off)")
+
+    def node_lost(self, node: Node, reason: str) -> None:
+        """Give a node up, stop its parent feeding it, and re-attach its children."""
+        node_id = node.info.node_id
+        if node.done is not None or node_id not in self.parent_of:
+            return
+        node.fail(reason)
+        node.channel.abort()
+        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
+        actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
+        for action in actions:
+            if isinstance(action, repair.Drop):
+                self._drop(action.parent, action.child)
+            else:
+                self._reattach(self.nodes[action.child], f"parent {node.name} lost: {reason}")
+
+    def _drop(self, parent: int, child: int) -> None:
+        if parent == repair.SERVER:
+            sock = self.server_sinks.get(child)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)   # the relay or feeder retires it
+                except OSError:
+                    pass
+        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
+            self.nodes[parent].channel.post(P.DropChild(node_id=child))
+
+    def _reattach(self, child: Node, why: str) -> None:
+        tap = self.tap
+        if tap is None or self.spool_path is None or tap.spool_error is not None or self.acceptor is None:
+            log.warning("cannot repair %s: no spool of the stream (--no-repair)", child.name)
+            return
+        log.warning("re-attaching %s to the server: %s", child.name, why)
+        fut = self.acceptor.expect(child.info.node_id)
+        fut.add_done_callback(lambda f: self._serve_spool(child, f))
+        child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
+                                      reason=why))
+
+    def _serve_spool(self, child: Node, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        sock, offset = fut.result()
+        log.info("serving %s from byte %d of the spool", child.name, offset)
+        self.server_sinks[child.info.node_id] = sock
+        loop = asyncio.get_running_loop()
+        SpoolFeeder(self.tap, self.spool_path, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
+            log.warning, "spool feed to %s ended: %s", child.name, err)).start()
 
     async def _collect(self) -> None:
         waits = [n.reported.wait() for n in self.nodes.values()]
@@ -462,13 +592,15 @@ class Server:
                 error=node.error or (d.error if d and not d.ok else None),
                 consumer_status=d.consumer_status if d else None,
                 backend=d.backend if d else "",
-                failed_at=round(node.failed_at - self.started, 3) if node.failed_at else None))
+                failed_at=round(node.failed_at - self.started, 3) if node.failed_at else None,
+                verified=d.verified if d else None, repairs=d.repairs if d else 0))
         return Report(
             software=SOFTWARE, session=self.cfg.session, arity=self.cfg.arity,
             stream_bytes=self.stream_bytes, seconds=seconds,
             producer_status=self.producer_status, stream_error=self.stream_error,
             backend=self.relay_result.backend if self.relay_result else "",
-            rejected=dict(self.rejected), nodes=rows)
+            rejected=dict(self.rejected), nodes=rows,
+            started_at=round(time.time() - (time.monotonic() - self.started), 3))
 
 
 async def _try_send(ch: ControlChannel, msg: P.Message) -> None:

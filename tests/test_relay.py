@@ -546,3 +546,43 @@ def test_harness_catches_a_corrupting_relay(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(AssertionError):
         check_all_received(res, peers, data, "copy")
+
+
+@pytest.mark.timeout(60)
+def test_blocked_sink_shut_down_from_another_thread(backend):
+    """A child that stops reading holds the whole relay back until the control plane
+    drops it (shutdown from another thread); then the others get every byte. A retired
+    sink must let the relay go on: it once stalled with the source pipe full."""
+    src_w, src_r = socket.socketpair()
+    a_relay, a_peer = socket.socketpair()
+    b_relay, b_peer = socket.socketpair()      # b_peer never reads
+    total = 48 * MiB
+    got = bytearray()
+
+    def feed():
+        for block in generate(total):
+            src_w.sendall(block)
+        src_w.shutdown(socket.SHUT_WR)
+
+    def drain():
+        while chunk := a_peer.recv(MiB):
+            got.extend(chunk)
+
+    def drop_b():
+        time.sleep(0.5)
+        b_relay.shutdown(socket.SHUT_RDWR)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, drain, drop_b)]
+    for t in threads:
+        t.start()
+    try:
+        res = kr.relay(src_r.fileno(), [a_relay.fileno(), b_relay.fileno()], backend=backend)
+        a_relay.shutdown(socket.SHUT_WR)
+        threads[1].join(30)
+        assert res.eof and res.bytes_in == total
+        assert res.sink_bytes[0] == total and res.sink_errors[0] is None
+        assert isinstance(res.sink_errors[1], OSError) and res.sink_bytes[1] < total
+        assert hashlib.sha1(got).hexdigest() == expected_digest(total)
+    finally:
+        for s in (src_w, src_r, a_relay, a_peer, b_relay, b_peer):
+            s.close()

@@ -266,6 +266,7 @@ def _loop(sc: Syscalls, res: RelayResult, src_fd: int, sinks: List[int], stop_fd
                 else:  # EPIPE, ECONNRESET, ENOSPC...: retire it, the others go on
                     res.sink_errors[i] = e
                     live.remove(i)
+                    progress = True  # what the others hold may now be dropped
                 continue
             if k == 0:
                 sink_ready[i] = False

@@ -1,0 +1,309 @@
+"""A node's data phase: relay from the parent to the consumer and the children,
+verify, and survive the loss of the parent.
+
+The relay runs from one source until that source ends. What comes next is the
+server's word (ServerLink): the End (the stream's length and digest) means done when
+we have it all; a Reattach means our parent is gone and we resume, from the byte we
+had, from the parent the server names. A node never decides alone that a short
+stream is complete.
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import protocol as P
+from . import relay as relay_mod
+from .commands import describe_status, kill_group
+from .errors import NotJoined
+from .integrity import ChunkDigester, Verifier
+from .netio import ControlChannel, shutdown_close
+from .progress import ClientBar
+from .tap import ConsumerFeeder
+
+log = logging.getLogger("kadeploy.client")
+PROGRESS_INTERVAL = 1.0
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    bytes: int
+    seconds: float
+    error: Optional[str]
+    consumer_status: Optional[int]
+    backend: str
+    verified: Optional[bool] = None
+    repairs: int = 0
+
+
+class ServerLink:
+    """Reads what the server says during the data phase and sends Progress every
+    second until the report; gives the server up after `stall` seconds of silence."""
+
+    def __init__(self, ch: ControlChannel, stall: float, verifier: Optional[Verifier]) -> None:
+        self.ch, self.stall, self.verifier = ch, stall, verifier
+        self.end: Optional[P.End] = None
+        self.reattach: Optional[P.Reattach] = None
+        self.lost: Optional[str] = None
+        self.finished = False
+        self.changed = asyncio.Event()
+        self.received: Callable[[], int] = lambda: 0
+        self.on_interrupt: Callable[[], None] = lambda: None   # stop reading the current source
+        self.on_drop: Callable[[int], None] = lambda node_id: None
+        self.on_mismatch: Callable[[], None] = lambda: None
+        self.reporting = True
+        self.bar: Optional[ClientBar] = None
+        self._tasks: List[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._heartbeat())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _signal(self) -> None:
+        self.changed.set()
+
+    def _give_up(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            self.on_interrupt()
+        self._signal()
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.ch.recv(), self.stall)
+            except asyncio.TimeoutError:
+                return self._give_up(f"lost the server: no word from it for {self.stall:g} s")
+            except (ConnectionError, P.ProtocolError, OSError) as e:
+                return self._give_up(f"lost the server: {e}")
+            if isinstance(msg, P.Digest) and self.verifier is not None:
+                self.verifier.add_theirs(msg.index, msg.digest)
+                if self.verifier.mismatch:
+                    self.on_mismatch()
+            elif isinstance(msg, P.End):
+                self.end = msg
+            elif isinstance(msg, P.Reattach):
+                log.warning("re-attaching: %s", msg.reason or "parent lost")
+                self.reattach = msg
+                self.on_interrupt()
+            elif isinstance(msg, P.DropChild):
+                self.on_drop(msg.node_id)
+            elif isinstance(msg, (P.Abort, P.Refuse)):
+                return self._give_up(f"server aborted: {msg.reason}")
+            elif isinstance(msg, P.Finish):
+                self.finished = True
+                self._signal()
+                return
+            self._signal()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            if self.reporting and self.lost is None:
+                try:
+                    await self.ch.send(P.Progress(bytes=self.received()))
+                except (ConnectionError, OSError) as e:
+                    self._give_up(f"lost the server: {e}")
+                if self.bar is not None:
+                    self.bar.tick()
+
+    async def next_step(self, total: int) -> Optional[P.Reattach]:
+        """After a source ended: a Reattach to follow, or None when there is nothing
+        more to wait for (the stream is complete, or cannot be)."""
+        loop = asyncio.get_running_loop()
+        deadline = None
+        while True:
+            if self.reattach is not None:
+                step, self.reattach = self.reattach, None
+                return step
+            if self.lost is not None:
+                return None
+            if self.end is not None:
+                if self.end.bytes == total or not self.end.ok:
+                    return None
+                # Cut short: the server repairs within its stall timeout, or never.
+                deadline = deadline or loop.time() + 2 * self.stall + 1
+            if deadline is not None and loop.time() > deadline:
+                return None
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+
+
+class DataPhase:
+    """Everything of one node's data phase; `run()` returns its Outcome."""
+
+    def __init__(self, cfg, place: P.Place, link: ServerLink, parent: socket.socket,
+                 children: Dict[int, socket.socket], reconnect) -> None:
+        self.cfg, self.place, self.link = cfg, place, link
+        self.source = parent
+        self.children = children
+        self.reconnect = reconnect          # async (host, port, offset) -> socket
+        self.dropped: set = set()
+        self.total = 0
+        self.repairs = 0
+        self.consumer_error: Optional[str] = None
+        self.backend = ""
+
+    def _interrupt(self) -> None:
+        try:
+            self.source.shutdown(socket.SHUT_RD)   # the relay sees EOF and drains
+        except OSError:
+            pass
+
+    def _drop(self, node_id: int) -> None:
+        sock = self.children.get(node_id)
+        if sock is not None and node_id not in self.dropped:
+            self.dropped.add(node_id)
+            log.warning("dropping child node %d on the server's word", node_id)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)    # its sink fails; the others go on
+            except OSError:
+                pass
+
+    async def run(self) -> Outcome:
+        cfg, place, link = self.cfg, self.place, self.link
+        loop = asyncio.get_running_loop()
+        from .commands import spawn_consumer
+        consumer = spawn_consumer(cfg.consumer_command(),
+                                  cwd=cfg.target if cfg.consumer and cfg.target else None)
+        feeder: Optional[ConsumerFeeder] = None
+        if link.verifier is not None:
+            r, w = os.pipe()
+            digester = ChunkDigester(place.digest, cfg.key, place.chunk_size)
+            feeder = ConsumerFeeder(r, consumer.stdin.fileno(), digester, on_digest=lambda i, d:
+                                    loop.call_soon_threadsafe(self._our_digest, i, d))
+            feeder.start()
+            consumer_sink = w
+        else:
+            consumer_sink = consumer.stdin.fileno()
+        self.feeder, self.consumer = feeder, consumer
+        live: List[Tuple[object, int]] = [("consumer", consumer_sink)] + \
+            [(cid, s.fileno()) for cid, s in self.children.items()]
+        link.on_interrupt, link.on_drop = self._interrupt, self._drop
+        link.on_mismatch = self._on_mismatch
+        started = time.monotonic()
+        try:
+            while True:
+                counters = array.array("Q", [0] * (1 + len(live)))
+                link.received = lambda: self.total + counters[0]
+                res = await self._relay([fd for _, fd in live], counters)
+                self.total += res.bytes_in
+                self.backend = res.backend
+                live = self._retire(live, res)
+                self.source.close()
+                step = await link.next_step(self.total)
+                if step is None:
+                    break
+                self.repairs += 1
+                try:
+                    self.source = await self.reconnect(step.host, step.port, self.total)
+                except NotJoined as e:
+                    link.lost = f"re-attaching failed: {e}"
+                    break
+                log.info("resumed at byte %d from %s", self.total, step.host)
+        finally:
+            os.close(consumer_sink) if feeder else consumer.stdin.close()
+            for s in self.children.values():
+                shutdown_close(s)
+            link.reporting = False
+        if feeder is not None:
+            await loop.run_in_executor(None, feeder.join)
+            if feeder.consumer_error is not None and self.consumer_error is None:
+                self.consumer_error = f"after {feeder.delivered} bytes"
+        status = await loop.run_in_executor(None, consumer.wait)
+        seconds = time.monotonic() - started
+        self.digest_problem = self._digest_verdict()
+        error = self._verdict(status)
+        if error:
+            log.error("%s", error)
+        else:
+            log.info("done: %d bytes in %.2f s%s", self.total, seconds,
+                     ", every chunk verified" if feeder else "")
+        return Outcome(ok=error is None, bytes=self.total, seconds=seconds, error=error,
+                       consumer_status=status, backend=self.backend,
+                       verified=None if feeder is None else self.digest_problem is None,
+                       repairs=self.repairs)
+
+    def _digest_verdict(self) -> Optional[str]:
+        """Why the bytes received are not the server's (None: they are, chunk by chunk
+        and as a whole); only for a verified stream."""
+        link, end = self.link, self.link.end
+        if self.feeder is None:
+            return None
+        if link.verifier.mismatch:
+            return link.verifier.mismatch
+        if end is None or not end.ok or self.total != end.bytes:
+            return "incomplete stream"
+        return link.verifier.final_verdict(self.feeder.digester.digests, self.feeder.whole, end.digest)
+
+    def _our_digest(self, index: int, digest: str) -> None:
+        self.link.verifier.add_ours(index, digest)
+        if self.link.verifier.mismatch:
+            self._on_mismatch()
+
+    def _on_mismatch(self) -> None:
+        """Corrupted data: the consumer must not finish with it. Children go on: they
+        verify for themselves."""
+        if self.feeder is not None:
+            self.feeder.stop_feeding()
+        kill_group(self.consumer)
+
+    async def _relay(self, fds: List[int], counters) -> relay_mod.RelayResult:
+        cfg = self.cfg
+        stop_r, stop_w = os.pipe()
+        job = asyncio.get_running_loop().run_in_executor(None, lambda: relay_mod.relay(
+            self.source.fileno(), fds, backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
+            stop_fd=stop_r, counters=counters))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            os.write(stop_w, b"x")
+            await job
+            raise
+        finally:
+            os.close(stop_r)
+            os.close(stop_w)
+
+    def _retire(self, live, res: relay_mod.RelayResult):
+        keep = []
+        for (name, fd), err in zip(live, res.sink_errors):
+            if err is None:
+                keep.append((name, fd))
+            elif name == "consumer":
+                self.consumer_error = f"after {res.sink_bytes[0] + self.total - res.bytes_in} bytes"
+            elif name not in self.dropped:
+                log.warning("child node %s dropped: %s", name, err.strerror or err)
+        return keep
+
+    def _verdict(self, status: int) -> Optional[str]:
+        """None when the copy is verified good, else the first reason it is not."""
+        link, end = self.link, self.link.end
+        if end is None:
+            return link.lost or "the server never said how long the stream was"
+        if not end.ok:
+            return f"the server's stream failed: {end.error}"
+        if link.verifier is not None and link.verifier.mismatch:
+            return link.verifier.mismatch   # first: the consumer was stopped for it
+        if self.consumer_error is not None:
+            return (f"consumer stopped reading {self.consumer_error} of {end.bytes} "
+                    f"({describe_status(status)})")
+        if self.total != end.bytes:
+            why = f"; {link.lost}" if link.lost else ""
+            return f"stream cut: received {self.total} of {end.bytes} bytes{why}"
+        if status != 0:
+            return f"consumer failed ({describe_status(status)})"
+        return self.digest_problem

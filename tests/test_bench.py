@@ -1,0 +1,183 @@
+"""`kadeploy bench` plumbing and the network-check options (--synthetic, --discard).
+
+Correctness only: no timing is asserted (other tests share this machine's cores).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploy import Deployment, load_report
+from kadeploy import bench, cli
+from kadeploy import vcluster as vc
+from kadeploy.benchlib import methods, output
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KD = [sys.executable, "-m", "kadeploy"]
+ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_kadeploy(args, capsys):
+    """The CLI in-process, as `kadeploy ARGS` runs it: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        cli.run_main(cli.kadeploy_group, "kadeploy", list(args))
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_one_line(err: str, fragment: str) -> None:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+# ---------------------------------------------------------------- clear errors
+
+def test_bench_is_a_kadeploy_subcommand():
+    assert cli.kadeploy_group.commands["bench"] is bench.bench_command
+
+
+def test_bench_needs_root(monkeypatch, capsys):
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 1000)
+    status, err = run_kadeploy(["bench", "--nodes", "2", "--size", "1M"], capsys)
+    assert status == 1
+    assert_one_line(err, "kadeploy bench needs root")
+
+
+def test_delay_without_netem_is_one_clear_line(monkeypatch, capsys):
+    # This kernel has no netem; pretend so everywhere, before anything is built.
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(vc, "netns_support", lambda: None)
+    monkeypatch.setattr(vc, "netem_available", lambda: (False, 'Error: Specified qdisc kind is unknown.'))
+    status, err = run_kadeploy(["bench", "--nodes", "2", "--delay", "1ms"], capsys)
+    assert status == 1
+    assert_one_line(err, "--delay/--loss need the netem qdisc")
+
+
+def test_missing_baseline_tool_names_the_package(monkeypatch, capsys):
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(vc, "netns_support", lambda: None)
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    status, err = run_kadeploy(["bench", "--methods", "diy,udpcast"], capsys)
+    assert status == 64
+    assert_one_line(err, "apt-get install socat udpcast")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--nodes", "1,2"], "between 2 and 250"),
+    (["--methods", "kadeploy,carrier-pigeon"], "carrier-pigeon"),
+    (["--rate", "fast"], "bad rate"),
+    (["--size", "lots"], "is not a size"),
+])
+def test_bad_lists_are_usage_errors(args, fragment, capsys):
+    status, err = run_kadeploy(["bench", *args], capsys)
+    assert status == 64
+    assert_one_line(err, fragment)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["server", "--synthetic", "1M", "-e", "true"], "--synthetic and -e/--command are exclusive"),
+    (["client", "-h", "127.0.0.1", "--discard", "-e", "cat"], "--discard and -e/--command are exclusive"),
+])
+def test_network_check_options_exclude_commands(argv, fragment, capsys):
+    status, err = run_kadeploy(argv, capsys)
+    assert status == 64
+    assert_one_line(err, fragment)
+
+
+# ------------------------------------------------------------ pieces, no root
+
+def test_dd_count_is_parsed():
+    log = b"0+2048 records in\n0+2048 records out\n4194304 bytes (4.2 MB, 4.0 MiB) copied, 0.1 s\n"
+    assert methods.counted_bytes(log) == 4194304
+    assert methods.counted_bytes(b"socat: E connect(): Connection refused\n") is None
+
+
+def fake_rows():
+    rows = []
+    for n in (2, 4):
+        for m, t, cpu in (("kadeploy", 2.0, 0.5), ("diy", 2.5, 1.0)):
+            for rep, jitter in ((1, 0.0), (2, 0.2)):
+                kd = m == "kadeploy"
+                rows.append({"rate_mbit": 1000.0, "method": m, "n": n, "arity": 1 if kd else None,
+                             "buffer_size": 1 << 20 if kd else None, "backend": "auto" if kd else None,
+                             "size": 250_000_000, "repeat": rep, "ok": True, "error": None,
+                             "wall_s": t + jitter, "stream_s": t if kd else None,
+                             "link_fraction": 2 / (t + jitter), "stream_link_fraction": 1.0 if kd else None,
+                             "cpu_per_gb_server": cpu, "cpu_per_gb_client": cpu})
+    return rows
+
+
+def test_aggregate_and_ratios():
+    summary = output.aggregate(fake_rows())
+    assert len(summary) == 4 and all(s["runs"] == 2 and s["ok_runs"] == 2 for s in summary)
+    kd2 = next(s for s in summary if s["method"] == "kadeploy" and s["n"] == 2)
+    assert kd2["wall_s"] == pytest.approx(2.1) and kd2["wall_s_min"] == 2.0 and kd2["wall_s_max"] == 2.2
+    ratios = output.ratios(summary, {"arity": 1, "buffer_size": 1 << 20, "backend": "auto"})
+    assert [(r["n"], r["baseline"]) for r in ratios] == [(2, "diy"), (4, "diy")]
+    assert ratios[0]["time_ratio"] == pytest.approx(2.1 / 2.6)
+    assert ratios[0]["cpu_client_ratio"] == pytest.approx(0.5)
+
+
+def test_plots_are_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    summary = output.aggregate(fake_rows())
+    made = output.plots(summary, str(tmp_path), {"arity": 1, "buffer_size": 1 << 20, "backend": "auto"})
+    assert {os.path.basename(p) for p in made} == {"time_vs_n.png", "cpu_per_gb.png"}
+    for p in made:
+        assert open(p, "rb").read(8) == PNG_MAGIC
+
+
+# ------------------------------------------------------- in namespaces, root
+
+@pytest.mark.netns
+def test_tiny_sweep_writes_csv_json_png(tmp_path):
+    out = tmp_path / "out"
+    args = ["bench", "--nodes", "2,3", "--size", "4M", "--methods", "kadeploy,diy",
+            "--backend", "copy", "--rate", "1gbit", "--out", str(out), "--plain"]
+    p = subprocess.run(KD + args, env=ENV, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stderr.count("bench: [") == 4, p.stderr            # progress: one line each
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["n"]) for r in rows] == [
+        ("kadeploy", "2"), ("diy", "2"), ("kadeploy", "3"), ("diy", "3")]
+    for r in rows:
+        assert r["ok"] == "True", r
+        assert float(r["wall_s"]) > 0 and float(r["cpu_per_gb_client"]) > 0
+        assert float(r["link_fraction"]) > 0
+    assert all(r["backend_used"] == "copy" for r in rows if r["method"] == "kadeploy")
+    doc = json.loads((out / "results.json").read_text())
+    assert {"command", "date", "machine", "runs", "summary", "ratios", "reference"} <= set(doc)
+    assert doc["machine"]["nproc"] == os.cpu_count()
+    assert len(doc["runs"]) == 4 and len(doc["summary"]) == 4
+    assert {(r["n"], r["baseline"]) for r in doc["ratios"]} == {(2, "diy"), (3, "diy")}
+    for name in ("time_vs_n.png", "cpu_per_gb.png"):      # matplotlib is in the bench extra
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not [n for n in vc._netns_list() if n.startswith("kdbench-")]
+
+
+@pytest.mark.netns
+def test_synthetic_and_discard_end_to_end(vcluster, tmp_path):
+    cluster = vcluster(3)
+    dep = Deployment(str(tmp_path), loopback=False,
+                     wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
+    try:
+        report = str(tmp_path / "report.json")
+        dep.server("-n", "2", "--synthetic", "5M", "--report", report, where=0)
+        for i in (1, 2):
+            dep.client("-h", cluster.node(0).addr, "--discard", where=i)
+        assert dep.wait_all(60) == [0, 0, 0], [p.err for p in dep.procs]
+        rep = load_report(report)
+        assert rep["stream_bytes"] == 5 << 20
+        assert rep["totals"] == {"nodes": 2, "ok": 2, "failed": 0}
+        assert all(r["bytes"] == 5 << 20 for r in rep["nodes"])
+        assert "Total data received = 5.00 Megs" in dep.procs[1].err
+    finally:
+        dep.close()

@@ -1,0 +1,50 @@
+"""Repair planning as properties: after any losses, every node still receiving has a
+path of parent links to the server, and no lost node is fed."""
+from hypothesis import given, settings, strategies as st
+
+from kadeploy import repair
+from kadeploy.topology import build_tree
+
+
+def tree_parents(n, arity):
+    t = build_tree(n, arity)
+    return {p: t.parent(p) for p in range(1, n + 1)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 60), arity=st.integers(1, 4), data=st.data())
+def test_losses_never_orphan_anyone(n, arity, data):
+    parents = tree_parents(n, arity)
+    lost_order = data.draw(st.lists(st.integers(1, n), unique=True, max_size=n))
+    done = set(data.draw(st.lists(st.integers(1, n), unique=True, max_size=n // 3)))
+    lost = set()
+    for victim in lost_order:
+        lost.add(victim)
+        needs = set(range(1, n + 1)) - lost - done
+        actions, parents = repair.plan(victim, parents, needs)
+        assert victim not in parents
+        drops = [a for a in actions if isinstance(a, repair.Drop)]
+        if drops:
+            assert drops[0].child == victim
+        for a in actions:
+            if isinstance(a, repair.Reattach):
+                assert a.child in needs and a.new_parent == repair.SERVER
+        for node in needs:
+            if node in parents:
+                assert repair.reaches_server(node, parents), (node, parents)
+        for node in lost:
+            assert node not in parents.values()
+
+
+def test_chain_middle_loss():
+    parents = tree_parents(4, 1)   # 0 <- 1 <- 2 <- 3 <- 4
+    actions, after = repair.plan(2, parents, {1, 3, 4})
+    assert actions == [repair.Drop(1, 2), repair.Reattach(3, repair.SERVER)]
+    assert after == {1: 0, 3: 0, 4: 3}
+
+
+def test_complete_children_are_not_reattached():
+    parents = tree_parents(3, 2)   # 1 and 2 under the server, 3 under 1
+    actions, after = repair.plan(1, parents, {2})
+    assert actions == [repair.Drop(0, 1)]
+    assert after == {2: 0, 3: 0}
