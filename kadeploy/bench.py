@@ -30,7 +30,7 @@ from typing import List, Optional
 import click
 
 from .benchlib import execute, output
-from .benchlib.methods import BASELINES, METHODS, NEEDS, Experiment
+from .benchlib.methods import METHODS, NEEDS, Experiment
 from .benchlib.progress import Progress
 from .errors import EXIT_USAGE, KadeployError
 

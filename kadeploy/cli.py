@@ -98,7 +98,8 @@ def common_options(f):
         click.option("--sockbuf", type=Size(), default=None,
                      help="Fix SO_SNDBUF/SO_RCVBUF of data connections (default: kernel autotuning)."),
         click.option("--connect-timeout", type=SECONDS, default=30.0, show_default=True,
-                     help="Seconds to wait for a data connection to be made."),
+                     help="Seconds to wait for connections to be made: data links to parents and from "
+                          "children, and (client) a server that refuses because it has not started yet."),
         click.option("--handshake-timeout", type=SECONDS, default=10.0, show_default=True,
                      help="Seconds a new connection may take to introduce itself (and authenticate) before it is dropped."),
         click.option("--discovery-port", type=PORT, default=4957, show_default=True,
@@ -190,7 +191,7 @@ def read_hosts_file(path: str) -> List[str]:
 @click.option("-d", "--delay", type=click.IntRange(min=0), default=0,
               help="Release clients waiting with -w one by one, this many tenths of a second apart.")
 @click.option("-l", "--last-reports", is_flag=True,
-              help="Accepted for compatibility: every node always reports its position.")
+              help="Accepted for compatibility: every node always reports its progress.")
 @click.option("--wait-timeout", type=SECONDS, default=None,
               help="Start after this many seconds with the clients registered so far.")
 @click.option("--hosts", "hosts_file", type=click.Path(dir_okay=False), default=None,
@@ -207,7 +208,7 @@ def read_hosts_file(path: str) -> List[str]:
               help="Do not spool the stream: the nodes below a lost node fail instead of being re-attached.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
               help="Directory of the repair spool, a copy of the stream (default: $TMPDIR or /tmp).")
-@click.option("--stall-timeout", type=SECONDS, default=5.0, show_default=True,
+@click.option("--stall-timeout", type=SECONDS, default=3.0, show_default=True,
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")

@@ -18,6 +18,7 @@ from typing import Iterator, List
 
 import click
 
+from .relay import BACKENDS
 from .treedigest import diff_manifests, tree_digest, tree_manifest
 
 
@@ -71,7 +72,8 @@ def workdir() -> Iterator[str]:
               help="Number of clients.")
 @click.option("-a", "--arity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Arity of the tree (1 is a chain).")
-@click.option("--relay", "relay_backend", default=None, help="Relay backend for every node.")
+@click.option("--relay", "relay_backend", type=click.Choice(["auto", *BACKENDS]), default=None,
+              help="Relay backend for every node.")
 @click.option("--source", type=click.Path(exists=True, file_okay=False), default=None,
               help="Clone this directory instead of a generated sample tree.")
 def demo_command(clients: int, arity: int, relay_backend, source):

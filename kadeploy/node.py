@@ -200,7 +200,9 @@ class DataPhase:
             while True:
                 counters = array.array("Q", [0] * (1 + len(live)))
                 link.received = lambda: self.total + counters[0]
-                res = await self._relay([fd for _, fd in live], counters)
+                res = await relay_mod.relay_in_thread(
+                    self.source.fileno(), [fd for _, fd in live], backend=cfg.relay_backend,
+                    buffer_size=cfg.buffer_size, counters=counters)
                 self.total += res.bytes_in
                 self.backend = res.backend
                 live = self._retire(live, res)
@@ -261,22 +263,6 @@ class DataPhase:
         if self.feeder is not None:
             self.feeder.stop_feeding()
         kill_group(self.consumer)
-
-    async def _relay(self, fds: List[int], counters) -> relay_mod.RelayResult:
-        cfg = self.cfg
-        stop_r, stop_w = os.pipe()
-        job = asyncio.get_running_loop().run_in_executor(None, lambda: relay_mod.relay(
-            self.source.fileno(), fds, backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
-            stop_fd=stop_r, counters=counters))
-        try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            os.write(stop_w, b"x")
-            await job
-            raise
-        finally:
-            os.close(stop_r)
-            os.close(stop_w)
 
     def _retire(self, live, res: relay_mod.RelayResult):
         keep = []

@@ -111,7 +111,7 @@ class Place(Message):
     token: str = ""        # secret of this deployment, proves membership on data links
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 0
-    stall_timeout: float = 5.0     # silence after which either side gives the other up
+    stall_timeout: float = 3.0     # silence after which either side gives the other up
 
 
 @dataclass

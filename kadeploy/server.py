@@ -70,7 +70,7 @@ class ServerConfig:
     verify: bool = True                # chunk digests beside the data, checked by every node
     repair: bool = True                # spool the stream; re-attach the orphans of a lost node
     spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
-    stall_timeout: float = 5.0         # a node silent this long is given up
+    stall_timeout: float = 3.0         # a node silent this long is given up
 
 
 @dataclass
@@ -424,23 +424,13 @@ class Server:
         fds = ([tap_w] if tap_w is not None else []) + [s.fileno() for s in sinks]
         self._sink_ids = ([0] if tap_w is not None else []) + self._sink_ids
         counters = self.counters = array.array("Q", [0] * (1 + len(fds)))
-        stop_r, stop_w = os.pipe()
         loop = asyncio.get_running_loop()
         res: Optional[relay_mod.RelayResult] = None
         try:
-            job = loop.run_in_executor(None, lambda: relay_mod.relay(
-                producer.stdout.fileno(), fds,
-                backend=cfg.relay_backend, buffer_size=cfg.buffer_size,
-                stop_fd=stop_r, counters=counters))
-            try:
-                res = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                os.write(stop_w, b"x")
-                await job
-                raise
+            res = await relay_mod.relay_in_thread(
+                producer.stdout.fileno(), fds, backend=cfg.relay_backend,
+                buffer_size=cfg.buffer_size, counters=counters)
         finally:
-            os.close(stop_r)
-            os.close(stop_w)
             if tap_w is not None:
                 os.close(tap_w)      # EOF for the tap
             for node_id, s in list(self.server_sinks.items()):

@@ -59,3 +59,31 @@ def vcluster():
         def make(n_nodes: int, **kw) -> vc.VirtualCluster:
             return stack.enter_context(vc.VirtualCluster(n_nodes, **kw))
         yield make
+
+
+@pytest.fixture
+def net(vcluster, tmp_path):
+    """``net(n_hosts, **cluster_kw)`` -> (cluster, Deployment whose commands run in the
+    cluster's namespaces: ``where=i`` is node i). Every process is thawed (a test may
+    have frozen it) and killed at the end."""
+    import signal
+
+    from deploy import Deployment
+
+    made = []
+
+    def make(n_hosts, **kw):
+        cluster = vcluster(n_hosts, **kw)
+        dep = Deployment(str(tmp_path), loopback=False,
+                         wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
+        made.append(dep)
+        return cluster, dep
+
+    yield make
+    for dep in made:
+        for p in dep.procs:
+            try:
+                os.killpg(p.popen.pid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+        dep.close()

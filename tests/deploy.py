@@ -119,3 +119,17 @@ def assert_one_line_error(proc: Proc, expected_status: int, fragment: str) -> No
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert fragment in last, f"{fragment!r} not in the last line: {last!r}\n{err}"
+
+
+def make_targets(root, n: int) -> List[str]:
+    """node1 .. nodeN directories under root, for the default consumer's --target."""
+    paths = [os.path.join(str(root), f"node{i}") for i in range(1, n + 1)]
+    for p in paths:
+        os.makedirs(p)
+    return paths
+
+
+def assert_same_tree(src, dst) -> None:
+    from kadeploy.treedigest import diff_manifests, tree_manifest
+    diffs = diff_manifests(tree_manifest(str(src)), tree_manifest(str(dst)))
+    assert not diffs, f"{dst} differs from {src}:\n" + "\n".join(diffs[:20])

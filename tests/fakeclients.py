@@ -26,22 +26,42 @@ async def fake_client(host: str, port: int, data_port: int) -> FakeResult:
     sock = await connect(host, port, 60, "server", retry_refused=True)
     reader, writer = await asyncio.open_connection(sock=sock)
     ch = ControlChannel(reader, writer, P.CLIENT)
+    heartbeat = None
     try:
         await ch.send(P.Hello(software="fake", hostname=f"fake{data_port}", data_port=data_port))
         welcome = await ch.recv()
-        res.place = await ch.recv()
+        res.place = await _next_but_pings(ch)
         if not isinstance(res.place, P.Place):
             res.error = f"got {res.place!r}"
             return res
+        heartbeat = asyncio.ensure_future(_heartbeat(ch, res))
         if res.place.depth == 1:   # a child of the server: take the real stream
             res.received = await _drain_from(res.place, welcome.node_id)
-        res.end = await ch.recv()
+        while not isinstance(msg := await _next_but_pings(ch), P.End):
+            pass                    # chunk digests
+        res.end = msg
+        heartbeat.cancel()
         await ch.send(P.Done(ok=True, bytes=res.end.bytes, seconds=0.0, backend="fake"))
     except Exception as e:  # recorded, so that the test names what went wrong
         res.error = f"{type(e).__name__}: {e}"
     finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
         ch.close()
     return res
+
+
+async def _next_but_pings(ch: ControlChannel) -> P.Message:
+    while isinstance(msg := await ch.recv(), P.Ping):
+        pass
+    return msg
+
+
+async def _heartbeat(ch: ControlChannel, res: FakeResult) -> None:
+    """What a real node does: progress every second, so the server knows it lives."""
+    while True:
+        await asyncio.sleep(1.0)
+        await ch.send(P.Progress(bytes=res.received))
 
 
 async def _drain_from(place: P.Place, node_id: int) -> int:

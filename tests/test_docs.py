@@ -14,18 +14,22 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from kadeploy import cli, commands, errors
+from kadeploy import auth, cli, commands, errors
+from kadeploy import report as report_mod
 from kadeploy import relay as relay_mod
 from kadeploy.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
 README = ROOT / "README.md"
+FAULTS = ROOT / "docs" / "faults.md"
+TESTS = ROOT / "tests"
 
 # Which click command each page documents. kadeploy.1 documents the group's own
 # options; its server and client subcommands are the commands of the other two pages.
@@ -194,7 +198,29 @@ def test_man_page_has_the_sections(page):
     have = set(sections(read_page(page)))
     need = {"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "ENVIRONMENT",
             "FILES", "EXAMPLES", "COMPATIBILITY", "SECURITY", "SEE ALSO"}
+    if page == "ka-d-server.1":
+        need.add("REPORT")
     assert need <= have, f"missing sections: {sorted(need - have)}"
+
+
+def subsections(source: str) -> list[str]:
+    return [macro_text(line).strip() for line in source.splitlines() if line.startswith(".SS")]
+
+
+@pytest.mark.parametrize("page", ["ka-d-server.1", "ka-d-client.1"])
+def test_pages_describe_integrity_and_faults(page):
+    subs = subsections(read_page(page))
+    assert "Integrity" in subs, f"{page}: no Integrity subsection"
+    assert any(s.startswith("Faults") for s in subs), f"{page}: no Faults subsection"
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_security_section_states_the_trust_model(page):
+    text = " ".join(macro_text(line) for line in sections(read_page(page))["SECURITY"])
+    assert "--key-file" in text, f"{page}: SECURITY does not say how to add a key"
+    assert "encrypted" in text, f"{page}: SECURITY must say the stream is not encrypted"
+    assert "/bin/sh" in text, f"{page}: SECURITY must say the commands run through /bin/sh"
+    assert "token" in text, f"{page}: SECURITY must say what protects a deployment without a key"
 
 
 # ----------------------------------------------------- (b) options both ways
@@ -302,10 +328,84 @@ def test_kadeploy_page_documents_every_subcommand():
                         f"kadeploy {name}: {p.name} may be {choice}; the page does not say so")
 
 
+def code_environment_variables() -> set[str]:
+    """Every KADEPLOY_* variable the package reads: string literals in its source."""
+    names = set()
+    for path in (ROOT / "kadeploy").rglob("*.py"):
+        names |= set(re.findall(r"""["'](KADEPLOY_[A-Z0-9_]+)["']""", path.read_text(encoding="utf-8")))
+    return names
+
+
+# Not ours, but read: the server spools the stream in $TMPDIR by default.
+EXTRA_ENV = {"ka-d-server.1": {"TMPDIR"}, "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"}}
+
+
+def test_environment_scan_finds_the_known_variables():
+    found = code_environment_variables()
+    assert {relay_mod.ENV_BACKEND, relay_mod.ENV_REQUIRE, auth.ENV_KEY, auth.ENV_KEY_FILE,
+            "KADEPLOY_DEBUG"} <= found, found
+
+
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_environment_section_names_the_variables(page):
     tags = [tag for tag, _ in entries(sections(read_page(page))["ENVIRONMENT"])]
-    assert sorted(tags) == sorted([relay_mod.ENV_BACKEND, relay_mod.ENV_REQUIRE]), tags
+    assert sorted(tags) == sorted(code_environment_variables() | EXTRA_ENV[page]), tags
+
+
+# --------------------------------------------------------- the JSON report
+
+def report_fields() -> tuple[set[str], set[str]]:
+    """(top-level fields, per-node fields) of the JSON report, from report.py itself."""
+    import dataclasses
+    node = report_mod.NodeReport(position=1, address="192.0.2.1", hostname="h", data_port=1,
+                                 parent=0, bytes=1, seconds=1.0, status="ok")
+    rep = report_mod.Report(software="s", session=None, arity=1, stream_bytes=1, seconds=1.0,
+                            producer_status=0, stream_error=None, backend="b", rejected={},
+                            nodes=[node])
+    d = rep.to_dict()
+    assert {f.name for f in dataclasses.fields(report_mod.NodeReport)} <= set(d["nodes"][0])
+    return set(d), set(d["nodes"][0])
+
+
+def report_entries() -> tuple[dict[str, str], dict[str, str]]:
+    """The REPORT section of ka-d-server.1: {field: text} at the top level and for nodes."""
+    lines = sections(read_page("ka-d-server.1"))["REPORT"]
+    top = {}
+    for tag, body in entries(lines):
+        for name in re.split(r",\s*", tag.strip()):
+            top[name] = body
+    nested = lines[lines.index(".RS"):lines.index(".RE") + 1]
+    nodes = {}
+    for tag, body in entries(nested[1:-1]):
+        for name in re.split(r",\s*", tag.strip()):
+            nodes[name] = body
+    return top, nodes
+
+
+def test_report_section_documents_every_field():
+    top, nodes = report_fields()
+    doc_top, doc_nodes = report_entries()
+    assert set(doc_top) == top, f"REPORT top-level fields: documented {sorted(doc_top)}, written {sorted(top)}"
+    assert set(doc_nodes) == nodes, f"REPORT node fields: documented {sorted(doc_nodes)}, written {sorted(nodes)}"
+    assert f"format {report_mod.REPORT_FORMAT}" in " ".join(
+        macro_text(line) for line in sections(read_page("ka-d-server.1"))["REPORT"])
+
+
+def rejection_categories() -> set[str]:
+    """The kinds of rejected connections server.py counts."""
+    src = (ROOT / "kadeploy" / "server.py").read_text(encoding="utf-8")
+    cats = set(re.findall(r'Rejection\(\s*"([\w-]+)"', src))
+    cats |= set(re.findall(r'_reject\(\s*\w+,\s*"([\w-]+)"', src))
+    cats |= set(re.findall(r'rejected\[\s*"([\w-]+)"\s*\]', src))
+    return cats
+
+
+def test_report_section_names_every_rejection_category():
+    cats = rejection_categories()
+    assert {"protocol", "auth", "late", "flood", "data-link"} <= cats, cats   # the scan works
+    text = report_entries()[0]["rejected"]
+    for cat in cats:
+        assert re.search(rf"(?<![\w-]){re.escape(cat)}(?![\w-])", text), f"REPORT: rejected kind {cat} undocumented"
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
@@ -521,3 +621,93 @@ def test_readme_planned_features_are_under_status():
     """Planned capabilities are said to be planned, in a Status section."""
     status = markdown_section(readme(), "Status")
     assert "planned" in status.lower()
+
+
+# ------------------------------------------------------- docs/faults.md
+
+CITATION_RE = re.compile(r"(?:(tests/[\w/]+\.py)::)?\b(test_\w+)(?!\w|\.py\b)(?:\[([^\]`]+)\])?")
+# Every test of these files must appear in the matrix, and every case of a
+# parametrized one (ignoring trailing parameters such as the seed).
+MATRIX_FILES = ["tests/test_faults_netns.py", "tests/test_integrity_netns.py"]
+
+
+def faults_doc() -> str:
+    return FAULTS.read_text(encoding="utf-8")
+
+
+def citations() -> list[tuple[Optional[str], str, Optional[str]]]:
+    return [(f or None, name, params or None) for f, name, params in CITATION_RE.findall(faults_doc())]
+
+
+def defined_tests(path: Path) -> set[str]:
+    return set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M))
+
+
+def collected_ids(files: list[str]) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          *files], check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    ids = [line for line in res.stdout.splitlines() if "::" in line]
+    assert ids, res.stdout + res.stderr
+    return ids
+
+
+def case_matches(cited: str, collected: str) -> bool:
+    return collected == cited or collected.startswith(cited + "-")
+
+
+def test_faults_doc_cites_only_tests_that_exist():
+    cites = citations()
+    assert cites, "docs/faults.md cites no test"
+    everywhere = {name for p in TESTS.glob("test_*.py") for name in defined_tests(p)}
+    param_cites = []
+    for path, name, params in cites:
+        if path:
+            assert (ROOT / path).is_file(), f"docs/faults.md cites {path}, which does not exist"
+            assert name in defined_tests(ROOT / path), f"docs/faults.md cites {path}::{name}, which does not exist"
+            if params:
+                param_cites.append((path, name, params))
+        else:
+            assert name in everywhere, f"docs/faults.md cites {name}, which no test file defines"
+    if param_cites:
+        ids = collected_ids(sorted({p for p, _, _ in param_cites}))
+        for path, name, params in param_cites:
+            cases = [i.split("[", 1)[1][:-1] for i in ids if i.startswith(f"{path}::{name}[")]
+            assert any(case_matches(params, c) for c in cases), (
+                f"docs/faults.md cites {path}::{name}[{params}]; the cases are {cases}")
+
+
+def test_faults_matrix_covers_every_fault_test():
+    cites = citations()
+    cited_names = {(p, n) for p, n, _ in cites}
+    cited_cases = {(p, n, c) for p, n, c in cites if c}
+    for path in MATRIX_FILES:
+        for name in defined_tests(ROOT / path):
+            assert (path, name) in cited_names, f"docs/faults.md does not cite {path}::{name}"
+    for test_id in collected_ids(MATRIX_FILES):
+        if "[" not in test_id:
+            continue
+        head, case = test_id[:-1].split("[", 1)
+        path, name = head.split("::")
+        assert any(p == path and n == name and case_matches(c, case) for p, n, c in cited_cases), (
+            f"docs/faults.md has no row for {test_id}")
+
+
+def test_faults_matrix_rows_each_cite_a_test():
+    rows = [line for line in faults_doc().splitlines()
+            if line.startswith("|") and not re.match(r"^\|[\s|:-]+\|$", line)]
+    body = [r for r in rows if not r.startswith(("| Fault |", "| Attempt |"))]
+    assert len(body) >= 13, "the fault matrix lost rows"
+    for row in body:
+        last = row.rstrip().rstrip("|").rsplit("|", 1)[-1]
+        assert CITATION_RE.search(last), f"row cites no test in its last column: {row[:80]}"
+
+
+def test_faults_doc_has_the_measured_section():
+    section = markdown_section(faults_doc(), "Measured")
+    assert "tools/fault-soak" in section
+
+
+def test_readme_links_the_faults_doc_and_the_bench_results():
+    text = readme()
+    assert "docs/faults.md" in text and "bench/RESULTS.md" in text

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from deploy import KD, Deployment, assert_one_line_error, load_report, tar_producer
-from kadeploy.treedigest import diff_manifests, tree_manifest
+from deploy import (KD, Deployment, assert_one_line_error, assert_same_tree, load_report,
+                    make_targets, tar_producer)
 
 
 @pytest.fixture
@@ -17,24 +17,10 @@ def dep(tmp_path):
     d.close()
 
 
-def targets(root, n):
-    out = []
-    for i in range(n):
-        t = os.path.join(str(root), f"node{i + 1}")
-        os.makedirs(t)
-        out.append(t)
-    return out
-
-
-def assert_same_tree(src, dst):
-    diffs = diff_manifests(tree_manifest(str(src)), tree_manifest(str(dst)))
-    assert not diffs, f"{dst} differs from {src}:\n" + "\n".join(diffs[:20])
-
-
 @pytest.mark.parametrize("n,arity", [(3, 1), (5, 2), (7, 3)])
 def test_hard_tree_cloned_exactly(hard_tree, scratch, dep, tmp_path, n, arity):
     report = str(tmp_path / "report.json")
-    dsts = targets(scratch, n)
+    dsts = make_targets(scratch, n)
     server = dep.server("-n", str(n), "-a", str(arity), "-e", tar_producer(hard_tree),
                         "--report", report)
     clients = [dep.client("-h", "127.0.0.1", "-t", t) for t in dsts]
@@ -58,7 +44,7 @@ def test_failing_consumer_in_the_middle_of_a_chain(dep, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "data").write_bytes(os.urandom(8 << 20))
-    dsts = targets(tmp_path, 4)
+    dsts = make_targets(tmp_path, 4)
     report = str(tmp_path / "r.json")
     dep.server("-n", "4", "-e", tar_producer(src), "--report", report)
     # Data ports chosen so the chain order is known: ports sort the nodes on one host.

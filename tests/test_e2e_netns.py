@@ -1,43 +1,12 @@
 """Whole deployments across network namespaces: one host per node, each with its own
 address on one virtual switch, the real commands with the original's default ports."""
-import os
 import time
 
 import pytest
 
-from deploy import Deployment, assert_one_line_error, load_report, tar_producer
-from kadeploy.treedigest import diff_manifests, tree_manifest
+from deploy import assert_one_line_error, assert_same_tree, load_report, make_targets, tar_producer
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def net(vcluster, tmp_path):
-    """(cluster, deployment) with node 0 as the server's host."""
-    made = []
-
-    def make(n_hosts, **kw):
-        cluster = vcluster(n_hosts, **kw)
-        dep = Deployment(str(tmp_path), loopback=False,
-                         wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
-        made.append(dep)
-        return cluster, dep
-
-    yield make
-    for dep in made:
-        dep.close()
-
-
-def make_targets(root, n):
-    paths = [os.path.join(str(root), f"node{i}") for i in range(1, n + 1)]
-    for p in paths:
-        os.makedirs(p)
-    return paths
-
-
-def assert_clone(src, dst):
-    diffs = diff_manifests(tree_manifest(str(src)), tree_manifest(str(dst)))
-    assert not diffs, f"{dst} differs:\n" + "\n".join(diffs[:20])
 
 
 @pytest.mark.parametrize("n_clients,arity", [(4, 1), (6, 2), (7, 3)])
@@ -53,7 +22,7 @@ def test_clone_across_hosts(net, hard_tree, scratch, tmp_path, n_clients, arity)
     statuses = dep.wait_all(240)
     assert statuses == [0] * (n_clients + 1), server.err + "".join(p.err for p in dep.procs)
     for d in dsts:
-        assert_clone(hard_tree, d)
+        assert_same_tree(hard_tree, d)
     rep = load_report(report)
     assert [(r["position"], r["address"]) for r in rep["nodes"]] == \
         [(i, cluster.node(i).addr) for i in range(1, n_clients + 1)]

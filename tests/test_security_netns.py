@@ -6,29 +6,13 @@ import time
 
 import pytest
 
-from deploy import Deployment, assert_one_line_error, load_report
+from deploy import assert_one_line_error, load_report
 from kadeploy import auth
 from kadeploy import protocol as P
 from kadeploy.netio import recv_frame, send_frame
 
 pytestmark = pytest.mark.netns
 KEY = b"correct horse battery staple 42"
-
-
-@pytest.fixture
-def net(vcluster, tmp_path):
-    made = []
-
-    def make(n_hosts):
-        cluster = vcluster(n_hosts)
-        dep = Deployment(str(tmp_path), loopback=False,
-                         wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
-        made.append(dep)
-        return cluster, dep
-
-    yield make
-    for dep in made:
-        dep.close()
 
 
 @pytest.fixture

@@ -104,6 +104,27 @@ def relay(src_fd: int, sink_fds: Sequence[int], *, backend: Optional[str] = None
         return res
 
 
-__all__ = ["relay", "resolve", "available", "BACKENDS", "AUTO_ORDER", "RelayResult",
+async def relay_in_thread(src_fd: int, sink_fds: Sequence[int], *, backend: Optional[str] = None,
+                          buffer_size: int = DEFAULT_BUFFER_SIZE, counters=None) -> RelayResult:
+    """relay() in a worker thread, for asyncio callers: cancelling the awaiting task
+    stops the relay (through its stop fd) and waits for the thread to let go of the fds."""
+    import asyncio
+
+    stop_r, stop_w = os.pipe()
+    job = asyncio.get_running_loop().run_in_executor(None, lambda: relay(
+        src_fd, sink_fds, backend=backend, buffer_size=buffer_size, stop_fd=stop_r,
+        counters=counters))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        os.write(stop_w, b"x")
+        await job
+        raise
+    finally:
+        os.close(stop_r)
+        os.close(stop_w)
+
+
+__all__ = ["relay", "relay_in_thread", "resolve", "available", "BACKENDS", "AUTO_ORDER", "RelayResult",
            "SpliceUnsupported", "BackendUnavailable", "EOF", "NO_SINKS", "SOURCE_ERROR",
            "STOPPED", "DEFAULT_BUFFER_SIZE", "ENV_BACKEND", "ENV_REQUIRE"]
