@@ -118,7 +118,8 @@ def check_prerequisites(methods: List[str], delay, loss) -> None:
                             exit_code=EXIT_USAGE)
 
 
-def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat) -> List[Experiment]:
+def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
+               integrity=(True,)) -> List[Experiment]:
     """Every repeat runs every configuration once, N by N, methods interleaved, so
     that background noise spreads over all of them."""
     out = []
@@ -126,8 +127,9 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat) -> List
         for n in nodes:
             for m in methods:
                 if m == "kadeploy":
-                    out += [Experiment("kadeploy", n, size, a, b, be, r)
-                            for a in arities for b in buffers for be in backends]
+                    out += [Experiment("kadeploy", n, size, a, b, be, r, i)
+                            for a in arities for b in buffers for be in backends
+                            for i in integrity]
                 else:
                     out.append(Experiment(m, n, size, repeat=r))
     return out
@@ -143,6 +145,9 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat) -> List
 @click.option("--backend", "backends", default="auto", show_default=True,
               callback=choice_list(["auto", "cython", "cffi", "python", "copy"]),
               help="kadeploy relay backends to sweep.")
+@click.option("--integrity", default="on", show_default=True,
+              callback=lambda ctx, p, v: [x == "on" for x in choice_list(["on", "off"])(ctx, p, v)],
+              help="kadeploy with its digests and repair spool (on), without them (off), or both (on,off).")
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               callback=choice_list(list(METHODS)),
               help="Methods to run: kadeploy and the baselines diy, star, udpcast.")
@@ -161,8 +166,8 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat) -> List
               help="Directory for results.csv, results.json and the plots. [default: ./bench-DATE-TIME]")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the PNG plots.")
-def bench_command(nodes, arities, buffers, backends, methods, rates, delay, loss, size,
-                  repeat, timeout, outdir, plain, no_plots):
+def bench_command(nodes, arities, buffers, backends, integrity, methods, rates, delay, loss,
+                  size, repeat, timeout, outdir, plain, no_plots):
     """Measure deployments on a virtual cluster of network namespaces: time vs N,
     throughput vs link rate, CPU per GB per node, for kadeploy (per arity, buffer
     size and relay backend) and for a DIY socat chain, a star and udpcast. Needs root."""
@@ -175,8 +180,9 @@ def bench_command(nodes, arities, buffers, backends, methods, rates, delay, loss
     started = datetime.datetime.now().astimezone()
     outdir = outdir or f"bench-{started:%Y%m%d-%H%M%S}"
     os.makedirs(outdir, exist_ok=True)
-    experiments = plan_sweep(nodes, arities, buffers, backends, methods, size, repeat)
-    reference = {"arity": arities[0], "buffer_size": buffers[0], "backend": backends[0]}
+    experiments = plan_sweep(nodes, arities, buffers, backends, methods, size, repeat, integrity)
+    reference = {"arity": arities[0], "buffer_size": buffers[0], "backend": backends[0],
+                 "integrity": integrity[0]}
     rows = run_sweep(experiments, rates, delay, loss, timeout, plain, outdir)
     summary = output.aggregate(rows)
     doc = {"command": "kadeploy bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),

@@ -49,6 +49,8 @@ class Report:
     backend: str
     rejected: Dict[str, int]      # connections turned away, by reason
     started_at: float = 0.0        # wall clock (epoch seconds) of the start; failed_at counts from it
+    pipe_size: int = 0             # relay pipe capacity obtained (0: a copying backend)
+    protocol: str = ""
     nodes: List[NodeReport] = field(default_factory=list)
 
     @property

@@ -37,7 +37,7 @@ from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, lis
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
 from .report import NodeReport, Report
 from .topology import NodeInfo, Tree, build_tree, host_matches, order_nodes, render
-from .version import __version__
+from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
 log = logging.getLogger("kadeploy.server")
 SOFTWARE = f"kadeploy {__version__}"
@@ -469,7 +469,8 @@ class Server:
             error = f"digesting the stream failed: {self.tap.error}"
         if error:
             log.error("%s", error)
-        log.info("stream ended: %d bytes, backend %s", res.bytes_in, res.backend)
+        log.info("stream ended: %d bytes, relay backend %s%s", res.bytes_in, res.backend,
+                 f", pipes of {res.pipe_size} bytes (asked {cfg.buffer_size})" if res.pipe_size else "")
         # After every Digest: posts keep their order on each connection.
         self._post_all(P.End(bytes=res.bytes_in, ok=ok, error=error, digest=whole))
         self.stream_error = error
@@ -589,6 +590,8 @@ class Server:
             stream_bytes=self.stream_bytes, seconds=seconds,
             producer_status=self.producer_status, stream_error=self.stream_error,
             backend=self.relay_result.backend if self.relay_result else "",
+            pipe_size=self.relay_result.pipe_size if self.relay_result else 0,
+            protocol=f"{PROTOCOL_NAME}/{PROTOCOL_VERSION}",
             rejected=dict(self.rejected), nodes=rows,
             started_at=round(time.time() - (time.monotonic() - self.started), 3))
 

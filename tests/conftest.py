@@ -10,6 +10,13 @@ import contextlib
 import os
 
 import pytest
+from hypothesis import settings
+
+# HYPOTHESIS_PROFILE=long runs the protocol and planning fuzzers much longer (see
+# docs/fuzzing.md); CI uses the default profile.
+settings.register_profile("ci", max_examples=400, deadline=None)
+settings.register_profile("long", max_examples=50_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from kadeploy import vcluster as vc
 from treegen import make_hard_tree

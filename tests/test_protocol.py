@@ -188,7 +188,7 @@ def test_framing_roundtrip_independent_of_chunking(msgs, cuts):
     assert got == msgs
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzzed_bytes_raise_only_protocol_errors(data):
     s = P.ControlConnection(P.SERVER)
@@ -212,3 +212,39 @@ def test_refuse_is_legal_in_any_state_and_closes(n_before):
     assert ends[P.CLIENT].state == ends[P.SERVER].state == P.CLOSED
     with pytest.raises(P.LocalProtocolError):
         ends[P.SERVER].send(P.Finish())
+
+
+def _any_message():
+    text, n = st.text(max_size=20), st.integers(0, 1 << 40)
+    return st.one_of(
+        messages,
+        st.builds(P.Go, software=text, session=st.none() | text),
+        st.builds(P.Welcome, node_id=n, software=text),
+        st.builds(P.Refuse, reason=text),
+        st.builds(P.GoAck, started=st.booleans(), nodes=n, message=text),
+        st.builds(P.End, bytes=n, ok=st.booleans(), digest=st.none() | text),
+        st.builds(P.Finish), st.builds(P.Ping),
+        st.builds(P.Abort, reason=text),
+        st.builds(P.Digest, index=n, digest=text),
+        st.builds(P.Reattach, host=text, port=st.integers(1, 65535)),
+        st.builds(P.DropChild, node_id=n),
+        st.builds(P.Challenge, nonce=text, proof=text),
+        st.builds(P.Auth, proof=text),
+    )
+
+
+@settings(deadline=None)
+@given(script=st.lists(st.tuples(st.sampled_from([P.CLIENT, P.SERVER]), _any_message()), max_size=12))
+def test_state_machines_fuzzed_with_message_sequences(script):
+    """Any sequence of well-formed messages, from either side: the sender's machine
+    refuses the illegal ones locally, the receiver's agrees on every legal one."""
+    ends = pair()
+    for sender, msg in script:
+        receiver = P.SERVER if sender == P.CLIENT else P.CLIENT
+        try:
+            data = ends[sender].send(msg)
+        except P.LocalProtocolError:
+            continue
+        ends[receiver].receive_data(data)
+        assert ends[receiver].next_event() == msg
+        assert ends[receiver].state == ends[sender].state

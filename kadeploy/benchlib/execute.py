@@ -116,6 +116,7 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
            "n": e.n, "arity": e.arity if e.method == "kadeploy" else None,
            "buffer_size": e.buffer_size if e.method == "kadeploy" else None,
            "backend": e.backend if e.method == "kadeploy" else None,
+           "integrity": e.integrity if e.method == "kadeploy" else None,
            "size": e.size, "repeat": e.repeat}
     if error is None and any(n is None for n in nodes):
         error = "a node left no record"

@@ -44,6 +44,7 @@ class Experiment:
     buffer_size: int = 1 << 20
     backend: str = "auto"
     repeat: int = 1
+    integrity: bool = True         # kadeploy's digests and repair spool (off: --no-verify --no-repair)
 
     @property
     def receivers(self) -> int:
@@ -52,7 +53,7 @@ class Experiment:
     def label(self) -> str:
         if self.method == "kadeploy":
             return (f"kadeploy N={self.n} a={self.arity} buf={self.buffer_size >> 10}K "
-                    f"{self.backend} #{self.repeat}")
+                    f"{self.backend}{'' if self.integrity else ' no-verify'} #{self.repeat}")
         return f"{self.method} N={self.n} #{self.repeat}"
 
 
@@ -75,7 +76,8 @@ def kadeploy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan
     report = f"{workdir}/report.json"
     cmds = {0: shlex.join(kd + ["server", "-n", str(e.receivers), "-a", str(e.arity),
                                 "--synthetic", str(e.size), "--report", report,
-                                "--wait-timeout", "120", *common])}
+                                "--wait-timeout", "120", *common,
+                                *([] if e.integrity else ["--no-verify", "--no-repair"])])}
     for i in range(1, e.n):
         cmds[i] = shlex.join(kd + ["client", "-h", SERVER_ADDR, "--discard", *common])
     return Plan(cmds, {i: DATA_PORT for i in range(1, e.n)}, report_file=report)

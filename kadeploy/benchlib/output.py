@@ -6,7 +6,7 @@ import json
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend")
+KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity")
 CSV_FIELDS = [*KEY, "size", "repeat", "ok", "wall_s", "stream_s", "throughput_mbit",
               "stream_mbit", "link_fraction", "stream_link_fraction", "cpu_server_s",
               "cpu_client_mean_s", "cpu_client_max_s", "cpu_total_s", "cpu_per_gb_server",
@@ -79,14 +79,15 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(summary: Sequence[dict]) -> str:
-    head = ("rate", "method", "N", "a", "buf", "backend", "ok", "wall s", "stream s",
+    head = ("rate", "method", "N", "a", "buf", "backend", "verify", "ok", "wall s", "stream s",
             "link %", "CPU s/GB client", "CPU s/GB server")
     lines = [head]
     for s in summary:
         lines.append((
             _fmt(s["rate_mbit"], ".0f"), s["method"], str(s["n"]), _fmt(s["arity"], "d"),
             "-" if s["buffer_size"] is None else f"{s['buffer_size'] >> 10}K",
-            s["backend"] or "-", f"{s['ok_runs']}/{s['runs']}",
+            s["backend"] or "-", {True: "on", False: "off", None: "-"}[s.get("integrity")],
+            f"{s['ok_runs']}/{s['runs']}",
             _fmt(s["wall_s"], ".2f"), _fmt(s["stream_s"], ".2f"),
             _fmt(None if s["link_fraction"] is None else 100 * s["link_fraction"], ".1f"),
             _fmt(s["cpu_per_gb_client"], ".2f"), _fmt(s["cpu_per_gb_server"], ".2f")))
