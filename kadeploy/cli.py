@@ -126,8 +126,14 @@ def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: producers, consumers, namespaces cleaned up
+
+
 def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) -> None:
     """Run a click command with the project's exit statuses and one-line errors."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -217,6 +217,9 @@ class DataPhase:
                     link.lost = f"re-attaching failed: {e}"
                     break
                 log.info("resumed at byte %d from %s", self.total, step.host)
+        except BaseException:
+            kill_group(consumer)   # interrupted: the consumer must not go on alone
+            raise
         finally:
             os.close(consumer_sink) if feeder else consumer.stdin.close()
             for s in self.children.values():

@@ -177,6 +177,8 @@ class Server:
         except P.ProtocolError as e:
             self._reject(ch, "protocol", str(e))
             await _try_send(ch, P.Refuse(reason=str(e)))
+        except asyncio.CancelledError:
+            return  # the server is shutting down; this connection task just ends
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             if node is None:
                 self._reject(ch, "dropped", str(e) or "timed out")

@@ -1,5 +1,7 @@
 """Whole deployments on loopback through the real commands."""
 import os
+import signal
+import subprocess
 import socket
 import struct
 import threading
@@ -225,3 +227,32 @@ def test_progress_lines_when_not_a_terminal(dep):
     assert len(lines) >= 2, server.err
     assert "nodes: " in lines[-1] and ("streaming" in lines[-1] or "done" in lines[-1])
     assert "\x1b[" not in server.err and "\r" not in c.err   # no terminal codes in logs
+
+
+def test_sigterm_stops_the_server_and_its_producer(dep):
+    marker = f"sleep {1000 + os.getpid() % 1000}.5"
+    server = dep.server("-n", "1", "-e", f"{marker}; echo never")
+    c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
+    _wait_for(lambda: "tree (arity" in server.err and _running(marker))
+    os.kill(server.popen.pid, signal.SIGTERM)
+    assert_one_line_error(server, 130, "interrupted")
+    _wait_for(lambda: not _running(marker), 10)
+    assert c.wait(30) == 1
+    assert "lost the server" in c.err
+
+
+def test_sigterm_stops_a_client_and_its_consumer(dep):
+    marker = f"sleep {2000 + os.getpid() % 1000}.5"
+    server = dep.server("-n", "1", "-e", "seq 100000000")
+    c = dep.client("-h", "127.0.0.1", "-e", f"{marker}; cat >/dev/null")
+    _wait_for(lambda: _running(marker) and "position 1 of 1" in c.err)
+    os.kill(c.popen.pid, signal.SIGTERM)
+    assert_one_line_error(c, 130, "interrupted")
+    _wait_for(lambda: not _running(marker), 10)
+    assert server.wait(30) == 1      # its only node is gone
+
+
+def _running(command_line: str) -> bool:
+    """Is a process with exactly this command line alive (the producer or consumer's
+    own process, not the kadeploy command that names it in its arguments)?"""
+    return subprocess.run(["pgrep", "-f", f"^{command_line}$"], capture_output=True).returncode == 0
