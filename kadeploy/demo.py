@@ -90,7 +90,11 @@ def demo_command(clients: int, arity: int, relay_backend, source):
         ctrl, data = free_port(), free_port()
         report = os.path.join(work, "report.json")
         kd = [sys.executable, "-m", "kadeploy"]
-        common = ["-p", str(ctrl), "-P", str(data)] + (["--relay", relay_backend] if relay_backend else [])
+        relay = ["--relay", relay_backend] if relay_backend else []
+        # The clients listen on a port of their own: on one host they must not take
+        # the server's data port before it has started.
+        common = ["-p", str(ctrl), "-P", str(data)] + relay
+        client_common = ["-p", str(ctrl), "-P", str(free_port())] + relay
         producer = f"tar --create --sparse --numeric-owner --directory {shlex.quote(src)} ."
         server_argv = kd + ["server", "-n", str(clients), "-a", str(arity), "-e", producer,
                             "--wait-timeout", "60", "--report", report, *common]
@@ -99,7 +103,7 @@ def demo_command(clients: int, arity: int, relay_backend, source):
         procs: List[subprocess.Popen] = []
         try:
             for t in targets:
-                procs.append(subprocess.Popen(kd + ["client", "-h", "127.0.0.1", "-t", t, "-q", *common]))
+                procs.append(subprocess.Popen(kd + ["client", "-h", "127.0.0.1", "-t", t, "-q", *client_common]))
             client_status = [p.wait(timeout=600) for p in procs]
             server_status = server.wait(timeout=600)
         finally:

@@ -256,3 +256,11 @@ def _running(command_line: str) -> bool:
     """Is a process with exactly this command line alive (the producer or consumer's
     own process, not the kadeploy command that names it in its arguments)?"""
     return subprocess.run(["pgrep", "-f", f"^{command_line}$"], capture_output=True).returncode == 0
+
+
+def test_demo_command(dep):
+    """The README's first command runs this: a real deployment, every copy verified."""
+    demo = dep._start("demo", KD + ["demo", "--clients", "3", "--arity", "2"])
+    assert demo.wait(180) == 0, demo.err
+    assert demo.out.count("identical to the source") == 3
+    assert "demo: success" in demo.out
