@@ -25,7 +25,7 @@ from .errors import NotJoined
 from .integrity import ChunkDigester, Verifier
 from .netio import ControlChannel, shutdown_close
 from .progress import ClientBar
-from .tap import ConsumerFeeder
+from .tap import HashTap
 
 log = logging.getLogger("kadeploy.client")
 PROGRESS_INTERVAL = 1.0
@@ -156,6 +156,7 @@ class DataPhase:
         self.total = 0
         self.repairs = 0
         self.consumer_error: Optional[str] = None
+        self.digest_error: Optional[OSError] = None
         self.backend = ""
 
     def _interrupt(self) -> None:
@@ -180,19 +181,19 @@ class DataPhase:
         from .commands import spawn_consumer
         consumer = spawn_consumer(cfg.consumer_command(),
                                   cwd=cfg.target if cfg.consumer and cfg.target else None)
-        feeder: Optional[ConsumerFeeder] = None
+        # The consumer is fed by splice like the children; the digest thread reads
+        # its own copy from one more sink (the one copy that leaves the kernel).
+        hasher: Optional[HashTap] = None
+        live: List[Tuple[object, int]] = [("consumer", consumer.stdin.fileno())]
         if link.verifier is not None:
-            r, w = os.pipe()
-            digester = ChunkDigester(place.digest, cfg.key, place.chunk_size)
-            feeder = ConsumerFeeder(r, consumer.stdin.fileno(), digester, on_digest=lambda i, d:
-                                    loop.call_soon_threadsafe(self._our_digest, i, d))
-            feeder.start()
-            consumer_sink = w
-        else:
-            consumer_sink = consumer.stdin.fileno()
-        self.feeder, self.consumer = feeder, consumer
-        live: List[Tuple[object, int]] = [("consumer", consumer_sink)] + \
-            [(cid, s.fileno()) for cid, s in self.children.items()]
+            r, hash_w = os.pipe()
+            hasher = HashTap(r, ChunkDigester(place.digest, cfg.key, place.chunk_size),
+                             emit_last=False, on_digest=lambda i, d:
+                             loop.call_soon_threadsafe(self._our_digest, i, d))
+            hasher.start()
+            live.append(("digest", hash_w))
+        self.hasher, self.consumer = hasher, consumer
+        live += [(cid, s.fileno()) for cid, s in self.children.items()]
         link.on_interrupt, link.on_drop = self._interrupt, self._drop
         link.on_mismatch = self._on_mismatch
         started = time.monotonic()
@@ -221,14 +222,14 @@ class DataPhase:
             kill_group(consumer)   # interrupted: the consumer must not go on alone
             raise
         finally:
-            os.close(consumer_sink) if feeder else consumer.stdin.close()
+            consumer.stdin.close()        # EOF for the consumer
+            if hasher is not None:
+                os.close(hash_w)          # and for the digest thread
             for s in self.children.values():
                 shutdown_close(s)
             link.reporting = False
-        if feeder is not None:
-            await loop.run_in_executor(None, feeder.join)
-            if feeder.consumer_error is not None and self.consumer_error is None:
-                self.consumer_error = f"after {feeder.delivered} bytes"
+        if hasher is not None:
+            await loop.run_in_executor(None, hasher.join)
         status = await loop.run_in_executor(None, consumer.wait)
         seconds = time.monotonic() - started
         self.digest_problem = self._digest_verdict()
@@ -237,23 +238,25 @@ class DataPhase:
             log.error("%s", error)
         else:
             log.info("done: %d bytes in %.2f s%s", self.total, seconds,
-                     ", every chunk verified" if feeder else "")
+                     ", every chunk verified" if hasher else "")
         return Outcome(ok=error is None, bytes=self.total, seconds=seconds, error=error,
                        consumer_status=status, backend=self.backend,
-                       verified=None if feeder is None else self.digest_problem is None,
+                       verified=None if hasher is None else self.digest_problem is None,
                        repairs=self.repairs)
 
     def _digest_verdict(self) -> Optional[str]:
         """Why the bytes received are not the server's (None: they are, chunk by chunk
         and as a whole); only for a verified stream."""
         link, end = self.link, self.link.end
-        if self.feeder is None:
+        if self.hasher is None:
             return None
         if link.verifier.mismatch:
             return link.verifier.mismatch
+        if self.digest_error is not None or self.hasher.error is not None:
+            return f"verifying failed: {self.digest_error or self.hasher.error}"
         if end is None or not end.ok or self.total != end.bytes:
             return "incomplete stream"
-        return link.verifier.final_verdict(self.feeder.digester.digests, self.feeder.whole, end.digest)
+        return link.verifier.final_verdict(self.hasher.digests, self.hasher.whole, end.digest)
 
     def _our_digest(self, index: int, digest: str) -> None:
         self.link.verifier.add_ours(index, digest)
@@ -263,8 +266,6 @@ class DataPhase:
     def _on_mismatch(self) -> None:
         """Corrupted data: the consumer must not finish with it. Children go on: they
         verify for themselves."""
-        if self.feeder is not None:
-            self.feeder.stop_feeding()
         kill_group(self.consumer)
 
     def _retire(self, live, res: relay_mod.RelayResult):
@@ -274,6 +275,8 @@ class DataPhase:
                 keep.append((name, fd))
             elif name == "consumer":
                 self.consumer_error = f"after {res.sink_bytes[0] + self.total - res.bytes_in} bytes"
+            elif name == "digest":
+                self.digest_error = err
             elif name not in self.dropped:
                 log.warning("child node %s dropped: %s", name, err.strerror or err)
         return keep

@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import socket
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from . import repair
 from .datalink import ChildAcceptor, accept_children
 from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
-from .tap import ServerTap, SpoolFeeder
+from .tap import HashTap, Spool, SpoolFeeder
 from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, listen, shutdown_close
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
 from .report import NodeReport, Report
@@ -147,8 +146,8 @@ class Server:
         self.parent_of: Dict[int, int] = {}               # node id -> parent id (0: server)
         self.server_sinks: Dict[int, socket.socket] = {}  # data sockets the server feeds
         self.acceptor: Optional[ChildAcceptor] = None
-        self.tap: Optional[ServerTap] = None
-        self.spool_path: Optional[str] = None
+        self.hasher: Optional[HashTap] = None
+        self.spool: Optional[Spool] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
 
     # ------------------------------------------------------------ registration
@@ -324,8 +323,8 @@ class Server:
                 node.channel.close()
             for sock in self.server_sinks.values():
                 sock.close()
-            if self.spool_path:
-                os.unlink(self.spool_path)
+            if self.spool is not None:
+                self.spool.close()
 
     async def _wait_for_start(self) -> None:
         try:
@@ -397,22 +396,22 @@ class Server:
         self._sink_ids = list(conns)
         return list(conns.values())
 
-    def _start_tap(self) -> Optional[int]:
-        """The server's own copy of the stream, for digests and the repair spool; the
-        write end of its pipe is one more sink of the relay."""
-        cfg = self.cfg
-        if not (cfg.verify or cfg.repair):
-            return None
-        spool_fd = None
+    def _extra_sinks(self) -> List[int]:
+        """The server's own sinks beside its children: the repair spool (a file the
+        relay writes) and a pipe to the digest thread; their places in `fds` come first."""
+        cfg, fds = self.cfg, []
         if cfg.repair:
-            spool_fd, self.spool_path = tempfile.mkstemp(prefix="kadeploy-spool-", dir=cfg.spool_dir)
-        digester = ChunkDigester(self.algorithm, cfg.key) if self.algorithm else None
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
-        self.tap = ServerTap(r, digester, spool_fd, on_digest=lambda i, d: loop.call_soon_threadsafe(
-            self._post_all, P.Digest(index=i, digest=d)))
-        self.tap.start()
-        return w
+            self.spool = Spool(cfg.spool_dir)
+            fds.append(self.spool.fd)
+        if self.algorithm:
+            loop = asyncio.get_running_loop()
+            r, w = os.pipe()
+            self.hasher = HashTap(r, ChunkDigester(self.algorithm, cfg.key), emit_last=True,
+                                  on_digest=lambda i, d: loop.call_soon_threadsafe(
+                                      self._post_all, P.Digest(index=i, digest=d)))
+            self.hasher.start()
+            fds.append(w)
+        return fds
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():
@@ -422,10 +421,12 @@ class Server:
     async def _stream(self, sinks: List[socket.socket]) -> None:
         cfg = self.cfg
         producer = spawn_producer(cfg.producer)
-        tap_w = self._start_tap()
-        fds = ([tap_w] if tap_w is not None else []) + [s.fileno() for s in sinks]
-        self._sink_ids = ([0] if tap_w is not None else []) + self._sink_ids
+        extra = self._extra_sinks()
+        fds = extra + [s.fileno() for s in sinks]
+        self._sink_ids = [0] * len(extra) + self._sink_ids
         counters = self.counters = array.array("Q", [0] * (1 + len(fds)))
+        if self.spool is not None:
+            self.spool.attach(counters, 0)
         loop = asyncio.get_running_loop()
         res: Optional[relay_mod.RelayResult] = None
         try:
@@ -433,8 +434,12 @@ class Server:
                 producer.stdout.fileno(), fds, backend=cfg.relay_backend,
                 buffer_size=cfg.buffer_size, counters=counters)
         finally:
-            if tap_w is not None:
-                os.close(tap_w)      # EOF for the tap
+            if self.hasher is not None:
+                os.close(extra[-1])      # EOF for the digest thread
+            if self.spool is not None:
+                if res is not None and res.sink_errors[0] is not None:
+                    self.spool.error = res.sink_errors[0]
+                self.spool.finished = True
             for node_id, s in list(self.server_sinks.items()):
                 if s in sinks:
                     del self.server_sinks[node_id]
@@ -447,19 +452,21 @@ class Server:
         self.stream_bytes = res.bytes_in
         for node_id, err in zip(self._sink_ids, res.sink_errors):
             if err is not None and node_id == 0:
-                log.error("the server's own copy of the stream failed: %s", err)
+                log.error("the server's own copy of the stream (spool or digests) failed: %s", err)
             elif err is not None:
                 # The node's own report (or its lost connection) gives the verdict.
                 log.warning("data connection to %s broke: %s", self.nodes[node_id].name,
                             err.strerror or err)
         whole = None
-        if self.tap is not None:
-            await loop.run_in_executor(None, self.tap.join)
-            whole = self.tap.whole
-            if self.tap.spool_error is not None:
-                log.warning("repair spool failed (%s): lost nodes can no longer be repaired",
-                            self.tap.spool_error)
-        ok = res.eof and self.producer_status == 0 and (self.tap is None or self.tap.error is None)
+        if self.hasher is not None:
+            await loop.run_in_executor(None, self.hasher.join)
+            whole = self.hasher.whole
+        if self.spool is not None and self.spool.error is not None:
+            log.warning("repair spool failed (%s): lost nodes can no longer be repaired",
+                        self.spool.error)
+        hash_failed = self.hasher is not None and (
+            self.hasher.error is not None or res.sink_errors[len(extra) - 1] is not None)
+        ok = res.eof and self.producer_status == 0 and not hash_failed
         error = None
         if res.ended == relay_mod.NO_SINKS:  # first: we killed the producer ourselves then
             error = "every child of the server failed; stream abandoned"
@@ -467,8 +474,8 @@ class Server:
             error = f"producer failed ({describe_status(self.producer_status)})"
         elif not res.eof:
             error = f"reading the producer failed: {res.source_error}"
-        elif self.tap is not None and self.tap.error is not None:
-            error = f"digesting the stream failed: {self.tap.error}"
+        elif hash_failed:
+            error = f"digesting the stream failed: {self.hasher.error or res.sink_errors[len(extra) - 1]}"
         if error:
             log.error("%s", error)
         log.info("stream ended: %d bytes, relay backend %s%s", res.bytes_in, res.backend,
@@ -518,8 +525,7 @@ class Server:
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
     def _reattach(self, child: Node, why: str) -> None:
-        tap = self.tap
-        if tap is None or self.spool_path is None or tap.spool_error is not None or self.acceptor is None:
+        if self.spool is None or self.spool.error is not None or self.acceptor is None:
             log.warning("cannot repair %s: no spool of the stream (--no-repair)", child.name)
             return
         log.warning("re-attaching %s to the server: %s", child.name, why)
@@ -535,7 +541,7 @@ class Server:
         log.info("serving %s from byte %d of the spool", child.name, offset)
         self.server_sinks[child.info.node_id] = sock
         loop = asyncio.get_running_loop()
-        SpoolFeeder(self.tap, self.spool_path, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
+        SpoolFeeder(self.spool, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
             log.warning, "spool feed to %s ended: %s", child.name, err)).start()
 
     async def _collect(self) -> None:
