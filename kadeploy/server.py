@@ -492,10 +492,12 @@ class Server:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for node in list(self.nodes.values()):
-                if node.state in ("done", "failed"):
+                if node.error is not None or node.finished:
                     continue
+                # Nodes that reported still hear from us: with -w they wait for Finish
+                # (spaced by -d) and give the server up if it falls silent.
                 node.channel.post(P.Ping())
-                if self.placed and node.position and now - node.last_heard > stall:
+                if node.done is None and self.placed and node.position and now - node.last_heard > stall:
                     self.node_lost(node, f"no word from it for {stall:g} s (frozen, or cut off)")
 
     def node_lost(self, node: Node, reason: str) -> None:

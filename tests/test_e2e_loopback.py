@@ -264,3 +264,12 @@ def test_demo_command(dep):
     assert demo.wait(180) == 0, demo.err
     assert demo.out.count("identical to the source") == 3
     assert "demo: success" in demo.out
+
+
+def test_waiting_clients_outlast_the_stall_timeout(dep):
+    """-w with a long -d: released clients wait longer than the stall timeout, and
+    the server's pings keep them from giving it up."""
+    server = dep.server("-n", "2", "-d", "25", "--stall-timeout", "1", "-e", "echo Hello")
+    clients = [dep.client("-h", "127.0.0.1", "-w", "-e", "cat") for _ in range(2)]
+    assert server.wait(60) == 0, server.err
+    assert [c.wait(30) for c in clients] == [0, 0], [c.err for c in clients]
