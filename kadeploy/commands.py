@@ -46,13 +46,6 @@ def describe_status(returncode: Optional[int]) -> str:
     return f"exit status {returncode}"
 
 
-def shell_status(returncode: Optional[int]) -> Optional[int]:
-    """The status as a shell would print it: 128+N for a signal."""
-    if returncode is None:
-        return None
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def kill_group(proc: subprocess.Popen) -> None:
     """End a command and whatever it started (it runs in its own session)."""
     if proc.poll() is None:

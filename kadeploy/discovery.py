@@ -19,7 +19,6 @@ from .errors import NotJoined, UsageError
 from .version import __version__
 
 DISCOVERY_PORT = 4957
-ANSWER_PORT = 4958  # the original's; kept for reference, see the module docstring
 MAX_SESSION_NAME = 255
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFFLAGS = 0x8913
