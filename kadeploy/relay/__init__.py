@@ -31,8 +31,11 @@ ENV_BACKEND = "KADEPLOY_RELAY"
 # instead of a silent fallback.
 ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"
 BACKENDS = ("cython", "cffi", "python", "copy")
-# The order `auto` tries them in.
-AUTO_ORDER = ("cython", "cffi", "python", "copy")
+# The order `auto` tries them in, from bench/RESULTS.md: the compiled loop costs the
+# least CPU per GB everywhere; on shaped links (like real ones, where bytes arrive a
+# segment at a time) the copy loop beats the splice loops written in Python, whose
+# per-iteration overhead outweighs the copies they save.
+AUTO_ORDER = ("cython", "copy", "cffi", "python")
 DEFAULT_BUFFER_SIZE = 1 << 20
 
 _MODULES = {
