@@ -694,7 +694,8 @@ def test_faults_matrix_covers_every_fault_test():
 
 
 def test_faults_matrix_rows_each_cite_a_test():
-    rows = [line for line in faults_doc().splitlines()
+    matrix = faults_doc().split("## Measured", 1)[0]   # the figures' table cites no test
+    rows = [line for line in matrix.splitlines()
             if line.startswith("|") and not re.match(r"^\|[\s|:-]+\|$", line)]
     body = [r for r in rows if not r.startswith(("| Fault |", "| Attempt |"))]
     assert len(body) >= 13, "the fault matrix lost rows"
