@@ -1,13 +1,17 @@
-"""ka-d-server: registration, the tree, the producer, the stream, the verdicts.
+"""ka-d-server: the tree, the producer, the stream, repairs, the verdicts.
 
 The control plane runs on asyncio; the stream itself runs in the relay, in a thread
 that holds no lock the loop needs. Life of a deployment:
-  register  -> clients say Hello until -n are in, a client says Go, or --wait-timeout;
+  register  -> (kadeploy.registry) clients say Hello until -n are in, a client says Go,
+               or --wait-timeout;
   place     -> registration closes, nodes are ordered and each is told its place;
   connect   -> the server's children open data connections to it;
   stream    -> the producer's stdout is relayed to them; nodes send Progress;
-  end       -> the server tells every node the stream's length and whether the producer
-               succeeded; nodes answer Done with their verdict;
+  verify    -> beside the data, every chunk's digest goes to every node (kadeploy.tap);
+  heal      -> a node lost (connection closed, or silent for --stall-timeout) is cut
+               off and its children re-attached to the server's spool (kadeploy.repair);
+  end       -> the server tells every node the stream's length, digest and whether the
+               producer succeeded; nodes answer Done with their verdict;
   finish    -> waiting clients (-w) are released, spaced by -d tenths of a second.
 """
 from __future__ import annotations
@@ -19,27 +23,25 @@ import os
 import secrets
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import auth
+from . import auth, repair
 from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
-from . import repair
 from .datalink import ChildAcceptor, accept_children
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
-from .tap import HashTap, Spool, SpoolFeeder
-from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, format_hostport, listen, shutdown_close
+from .netio import CONTROL_PORT, DATA_PORT, listen, shutdown_close
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
+from .registry import SOFTWARE, Node, Registry
 from .report import NodeReport, Report
-from .topology import NodeInfo, Tree, build_tree, host_matches, order_nodes, render
+from .tap import HashTap, Spool, SpoolFeeder
+from .topology import Tree, build_tree, order_nodes, render
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
 log = logging.getLogger("kadeploy.server")
-SOFTWARE = f"kadeploy {__version__}"
 
 
 @dataclass
@@ -72,65 +74,14 @@ class ServerConfig:
     stall_timeout: float = 3.0         # a node silent this long is given up
 
 
-@dataclass
-class Node:
-    info: NodeInfo
-    channel: ControlChannel
-    position: int = 0
-    bytes: int = 0
-    done: Optional[P.Done] = None
-    error: Optional[str] = None
-    finished: bool = False
-    reported: asyncio.Event = field(default_factory=asyncio.Event)
-    meter: RateMeter = field(default_factory=RateMeter)
-    failed_at: Optional[float] = None   # monotonic time the failure was known
-    last_heard: float = field(default_factory=time.monotonic)
-
-    @property
-    def state(self) -> str:
-        if self.error is not None or (self.done is not None and not self.done.ok):
-            return "failed"
-        if self.done is not None:
-            return "done"
-        if not self.position:
-            return "registered"
-        return "streaming" if self.bytes else "connecting"
-
-    @property
-    def name(self) -> str:
-        host = self.info.hostname or self.info.address
-        return f"{host} ({format_hostport(self.info.address, self.info.data_port)})"
-
-    def fail(self, reason: str) -> None:
-        if self.done is None and self.error is None:
-            self.error = reason
-            self.failed_at = time.monotonic()
-            log.error("node %s failed: %s", self.name, reason)
-        self.reported.set()
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.done is not None and self.done.ok
-
-
-class Rejection(Exception):
-    """A connection turned away: category (counted in the report) and reason."""
-
-    def __init__(self, category: str, reason: str) -> None:
-        super().__init__(reason)
-        self.category, self.reason = category, reason
-
-
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.cfg = config
-        self.nodes: Dict[int, Node] = {}
-        self.registration_open = True
-        self.start_now = asyncio.Event()
+        self.registry = Registry(config, on_lost=self.node_lost)
+        self.nodes = self.registry.nodes
+        self.rejected = self.registry.rejected
         self.token = secrets.token_hex(16)
         self.tree: Optional[Tree] = None
-        self.rejected: Counter = Counter()
-        self.open_connections = 0
         self.data_key = auth.data_key(config.key, self.token)
         self.stream_bytes = 0
         self.producer_status: Optional[int] = None
@@ -139,7 +90,6 @@ class Server:
         self.started = time.monotonic()
         self.counters = array.array("Q", [0])
         self.sent_meter = RateMeter()
-        self._next_id = 1
         self._sink_ids: List[int] = []
         self.by_pos: Dict[int, Node] = {}
         self.placed = False
@@ -150,137 +100,13 @@ class Server:
         self.spool: Optional[Spool] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
 
-    # ------------------------------------------------------------ registration
-
-    async def handle_control(self, reader, writer) -> None:
-        ch = ControlChannel(reader, writer, P.SERVER)
-        node: Optional[Node] = None
-        if self.open_connections >= self.cfg.max_connections:
-            self._reject(ch, "flood", f"over {self.cfg.max_connections} open connections")
-            ch.close()
-            return
-        self.open_connections += 1
-        try:
-            try:
-                msg = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
-            except asyncio.TimeoutError:
-                raise Rejection("silent", f"said nothing within {self.cfg.handshake_timeout:g} s")
-            if isinstance(msg, P.Go):
-                await self._handle_go(ch, msg)
-                return
-            node = await self._register(ch, msg)
-            await self._follow(node)
-        except Rejection as e:
-            self._reject(ch, e.category, e.reason)
-            await _try_send(ch, P.Refuse(reason=e.reason))
-        except P.ProtocolError as e:
-            self._reject(ch, "protocol", str(e))
-            await _try_send(ch, P.Refuse(reason=str(e)))
-        except asyncio.CancelledError:
-            return  # the server is shutting down; this connection task just ends
-        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
-            if node is None:
-                self._reject(ch, "dropped", str(e) or "timed out")
-            elif self.registration_open:
-                # Left before the start: it no longer counts towards -n.
-                del self.nodes[node.info.node_id]
-                log.warning("node %s left before the start", node.name)
-            else:
-                self.node_lost(node, f"lost the control connection: {e or 'closed'}")
-        finally:
-            self.open_connections -= 1
-            if node is None:
-                ch.close()
-
-    def _reject(self, ch: ControlChannel, category: str, reason: str) -> None:
-        """Count and log a connection turned away; the deployment goes on."""
-        self.rejected[category] += 1
-        log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
-
-    async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
-        """With a key, the mutual challenge-response (kadeploy.auth); Rejection if it fails."""
-        key = self.cfg.key
-        if key is None:
-            return
-        if client_nonce is None:
-            raise Rejection("auth", "this server requires a key (--key-file or $KADEPLOY_KEY)")
-        if not auth.well_formed_nonce(client_nonce):
-            raise Rejection("auth", "malformed nonce")
-        ours = auth.new_nonce()
-        await ch.send(P.Challenge(nonce=ours, proof=auth.proof(key, "server", client_nonce, ours, context)))
-        reply = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
-        if isinstance(reply, P.Refuse):
-            raise Rejection("auth", f"the client refused our proof: {reply.reason}")
-        if not auth.check(auth.proof(key, "client", client_nonce, ours, context), reply.proof):
-            raise Rejection("auth", "authentication failed: wrong key, or a replayed handshake")
-
-    async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
-        if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
-            raise Rejection("session", f"this server runs session {self.cfg.session!r}")
-        await self._authenticate(ch, msg.nonce, auth.go_context(msg))
-        started = self.registration_open
-        if started:
-            log.info("go-now from %s with %d node(s) registered", ch.peer_address, len(self.nodes))
-            self.start_now.set()
-        await ch.send(P.GoAck(started=started, nodes=len(self.nodes),
-                              message="starting" if started else "already started"))
-
-    async def _register(self, ch: ControlChannel, msg: P.Hello) -> Node:
-        self._check_hello(ch, msg)
-        await self._authenticate(ch, msg.nonce, auth.hello_context(msg))
-        self._check_hello(ch, msg)  # registration may have closed meanwhile
-        node_id, self._next_id = self._next_id, self._next_id + 1
-        info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
-                        data_port=msg.data_port, hostname=msg.hostname)
-        node = Node(info=info, channel=ch)
-        self.nodes[node_id] = node
-        await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
-        log.info("registered %s (%d of %d)", node.name, len(self.nodes), self.cfg.n_clients)
-        if len(self.nodes) >= self.cfg.n_clients:
-            self.start_now.set()
-        return node
-
-    def _check_hello(self, ch: ControlChannel, msg: P.Hello) -> None:
-        if not self.registration_open:
-            raise Rejection("late", "registration is closed: the deployment has already started")
-        if self.cfg.session and msg.session not in (None, self.cfg.session):
-            raise Rejection("session", f"this server runs session {self.cfg.session!r}, not {msg.session!r}")
-        if not 0 < msg.data_port < 65536:
-            raise Rejection("protocol", f"invalid data port {msg.data_port}")
-        if self.cfg.hosts is not None:
-            probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
-            if not any(host_matches(h, probe) for h in self.cfg.hosts):
-                raise Rejection("hosts", "this host is not in the server's --hosts list")
-
-    async def _follow(self, node: Node) -> None:
-        """Read what a registered node says until its report (and release, with -w)."""
-        while True:
-            msg = await node.channel.recv()
-            node.last_heard = time.monotonic()
-            if isinstance(msg, P.Progress):
-                node.bytes = msg.bytes
-                node.meter.add(msg.bytes)
-            elif isinstance(msg, P.Refuse):
-                node.fail(f"refused: {msg.reason}")
-                return
-            elif isinstance(msg, P.Done):
-                node.done, node.bytes = msg, msg.bytes
-                if not msg.ok:
-                    node.failed_at = time.monotonic()
-                if msg.ok:
-                    log.info("node %s done: %d bytes in %.1f s", node.name, msg.bytes, msg.seconds)
-                else:
-                    log.error("node %s failed: %s", node.name, msg.error)
-                node.reported.set()
-                return
-
     # ------------------------------------------------------------------- run
 
     async def run(self) -> Report:
         cfg = self.cfg
         ctrl_sock = listen(cfg.control_port, cfg.bind)
         data_sock = listen(cfg.data_port, cfg.bind)
-        srv = await asyncio.start_server(self.handle_control, sock=ctrl_sock)
+        srv = await asyncio.start_server(self.registry.handle_control, sock=ctrl_sock)
         responder = None
         watchdog = asyncio.ensure_future(self._watch())
         try:
@@ -293,7 +119,7 @@ class Server:
                      __version__, cfg.control_port, cfg.data_port, cfg.n_clients,
                      f", session {cfg.session!r}" if cfg.session else "")
             await self._wait_for_start()
-            self.registration_open = False
+            self.registry.registration_open = False
             ordered = self._place_order()
             if not ordered:
                 raise KadeployError("no client registered" + (
@@ -328,7 +154,7 @@ class Server:
 
     async def _wait_for_start(self) -> None:
         try:
-            await asyncio.wait_for(self.start_now.wait(), self.cfg.wait_timeout)
+            await asyncio.wait_for(self.registry.start_now.wait(), self.cfg.wait_timeout)
         except asyncio.TimeoutError:
             log.warning("wait timeout: starting with %d of %d client(s)",
                         len(self.nodes), self.cfg.n_clients)
@@ -604,13 +430,6 @@ class Server:
             protocol=f"{PROTOCOL_NAME}/{PROTOCOL_VERSION}",
             rejected=dict(self.rejected), nodes=rows,
             started_at=round(time.time() - (time.monotonic() - self.started), 3))
-
-
-async def _try_send(ch: ControlChannel, msg: P.Message) -> None:
-    try:
-        await ch.send(msg)
-    except Exception:  # the peer may be gone or in a state where nothing more is legal
-        pass
 
 
 async def _start_discovery(cfg: ServerConfig):

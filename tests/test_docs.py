@@ -392,8 +392,9 @@ def test_report_section_documents_every_field():
 
 
 def rejection_categories() -> set[str]:
-    """The kinds of rejected connections server.py counts."""
-    src = (ROOT / "kadeploy" / "server.py").read_text(encoding="utf-8")
+    """The kinds of rejected connections the server counts (registry.py and server.py)."""
+    src = "".join((ROOT / "kadeploy" / name).read_text(encoding="utf-8")
+                  for name in ("registry.py", "server.py"))
     cats = set(re.findall(r'Rejection\(\s*"([\w-]+)"', src))
     cats |= set(re.findall(r'_reject\(\s*\w+,\s*"([\w-]+)"', src))
     cats |= set(re.findall(r'rejected\[\s*"([\w-]+)"\s*\]', src))

@@ -1,0 +1,218 @@
+"""Registration: who may join a deployment, and what each node says until its report.
+
+Every control connection starts here: a Hello (or a Go from ka-d-client -g) checked
+against the session, the hosts list, the key (mutual challenge-response, see
+kadeploy.auth) and whether registration is still open. Whatever is turned away is
+counted by category for the report and logged on one line; the deployment goes on.
+After the start, a lost node is handed to the server (`on_lost`) to be repaired.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+from . import auth
+from . import protocol as P
+from .netio import ControlChannel, format_hostport
+from .progress import RateMeter
+from .topology import NodeInfo, host_matches
+from .version import __version__
+
+log = logging.getLogger("kadeploy.server")
+SOFTWARE = f"kadeploy {__version__}"
+
+
+@dataclass
+class Node:
+    info: NodeInfo
+    channel: ControlChannel
+    position: int = 0
+    bytes: int = 0
+    done: Optional[P.Done] = None
+    error: Optional[str] = None
+    finished: bool = False
+    reported: asyncio.Event = field(default_factory=asyncio.Event)
+    meter: RateMeter = field(default_factory=RateMeter)
+    failed_at: Optional[float] = None   # monotonic time the failure was known
+    last_heard: float = field(default_factory=time.monotonic)
+
+    @property
+    def state(self) -> str:
+        if self.error is not None or (self.done is not None and not self.done.ok):
+            return "failed"
+        if self.done is not None:
+            return "done"
+        if not self.position:
+            return "registered"
+        return "streaming" if self.bytes else "connecting"
+
+    @property
+    def name(self) -> str:
+        host = self.info.hostname or self.info.address
+        return f"{host} ({format_hostport(self.info.address, self.info.data_port)})"
+
+    def fail(self, reason: str) -> None:
+        if self.done is None and self.error is None:
+            self.error = reason
+            self.failed_at = time.monotonic()
+            log.error("node %s failed: %s", self.name, reason)
+        self.reported.set()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.done is not None and self.done.ok
+
+
+class Rejection(Exception):
+    """A connection turned away: category (counted in the report) and reason."""
+
+    def __init__(self, category: str, reason: str) -> None:
+        super().__init__(reason)
+        self.category, self.reason = category, reason
+
+
+class Registry:
+    def __init__(self, cfg, on_lost: Callable[[Node, str], None]) -> None:
+        self.cfg = cfg
+        self.on_lost = on_lost
+        self.nodes: Dict[int, Node] = {}
+        self.registration_open = True
+        self.start_now = asyncio.Event()
+        self.rejected: Counter = Counter()
+        self.open_connections = 0
+        self._next_id = 1
+
+    async def handle_control(self, reader, writer) -> None:
+        ch = ControlChannel(reader, writer, P.SERVER)
+        node: Optional[Node] = None
+        if self.open_connections >= self.cfg.max_connections:
+            self._reject(ch, "flood", f"over {self.cfg.max_connections} open connections")
+            ch.close()
+            return
+        self.open_connections += 1
+        try:
+            try:
+                msg = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
+            except asyncio.TimeoutError:
+                raise Rejection("silent", f"said nothing within {self.cfg.handshake_timeout:g} s")
+            if isinstance(msg, P.Go):
+                await self._handle_go(ch, msg)
+                return
+            node = await self._register(ch, msg)
+            await self._follow(node)
+        except Rejection as e:
+            self._reject(ch, e.category, e.reason)
+            await _try_send(ch, P.Refuse(reason=e.reason))
+        except P.ProtocolError as e:
+            self._reject(ch, "protocol", str(e))
+            await _try_send(ch, P.Refuse(reason=str(e)))
+        except asyncio.CancelledError:
+            return  # the server is shutting down; this connection task just ends
+        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+            if node is None:
+                self._reject(ch, "dropped", str(e) or "timed out")
+            elif self.registration_open:
+                # Left before the start: it no longer counts towards -n.
+                del self.nodes[node.info.node_id]
+                log.warning("node %s left before the start", node.name)
+            else:
+                self.on_lost(node, f"lost the control connection: {e or 'closed'}")
+        finally:
+            self.open_connections -= 1
+            if node is None:
+                ch.close()
+
+    def _reject(self, ch: ControlChannel, category: str, reason: str) -> None:
+        """Count and log a connection turned away; the deployment goes on."""
+        self.rejected[category] += 1
+        log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
+
+    async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
+        """With a key, the mutual challenge-response (kadeploy.auth); Rejection if it fails."""
+        key = self.cfg.key
+        if key is None:
+            return
+        if client_nonce is None:
+            raise Rejection("auth", "this server requires a key (--key-file or $KADEPLOY_KEY)")
+        if not auth.well_formed_nonce(client_nonce):
+            raise Rejection("auth", "malformed nonce")
+        ours = auth.new_nonce()
+        await ch.send(P.Challenge(nonce=ours, proof=auth.proof(key, "server", client_nonce, ours, context)))
+        reply = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
+        if isinstance(reply, P.Refuse):
+            raise Rejection("auth", f"the client refused our proof: {reply.reason}")
+        if not auth.check(auth.proof(key, "client", client_nonce, ours, context), reply.proof):
+            raise Rejection("auth", "authentication failed: wrong key, or a replayed handshake")
+
+    async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
+        if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
+            raise Rejection("session", f"this server runs session {self.cfg.session!r}")
+        await self._authenticate(ch, msg.nonce, auth.go_context(msg))
+        started = self.registration_open
+        if started:
+            log.info("go-now from %s with %d node(s) registered", ch.peer_address, len(self.nodes))
+            self.start_now.set()
+        await ch.send(P.GoAck(started=started, nodes=len(self.nodes),
+                              message="starting" if started else "already started"))
+
+    async def _register(self, ch: ControlChannel, msg: P.Hello) -> Node:
+        self._check_hello(ch, msg)
+        await self._authenticate(ch, msg.nonce, auth.hello_context(msg))
+        self._check_hello(ch, msg)  # registration may have closed meanwhile
+        node_id, self._next_id = self._next_id, self._next_id + 1
+        info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
+                        data_port=msg.data_port, hostname=msg.hostname)
+        node = Node(info=info, channel=ch)
+        self.nodes[node_id] = node
+        await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
+        log.info("registered %s (%d of %d)", node.name, len(self.nodes), self.cfg.n_clients)
+        if len(self.nodes) >= self.cfg.n_clients:
+            self.start_now.set()
+        return node
+
+    def _check_hello(self, ch: ControlChannel, msg: P.Hello) -> None:
+        if not self.registration_open:
+            raise Rejection("late", "registration is closed: the deployment has already started")
+        if self.cfg.session and msg.session not in (None, self.cfg.session):
+            raise Rejection("session", f"this server runs session {self.cfg.session!r}, not {msg.session!r}")
+        if not 0 < msg.data_port < 65536:
+            raise Rejection("protocol", f"invalid data port {msg.data_port}")
+        if self.cfg.hosts is not None:
+            probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
+            if not any(host_matches(h, probe) for h in self.cfg.hosts):
+                raise Rejection("hosts", "this host is not in the server's --hosts list")
+
+    async def _follow(self, node: Node) -> None:
+        """Read what a registered node says until its report (and release, with -w)."""
+        while True:
+            msg = await node.channel.recv()
+            node.last_heard = time.monotonic()
+            if isinstance(msg, P.Progress):
+                node.bytes = msg.bytes
+                node.meter.add(msg.bytes)
+            elif isinstance(msg, P.Refuse):
+                node.fail(f"refused: {msg.reason}")
+                return
+            elif isinstance(msg, P.Done):
+                node.done, node.bytes = msg, msg.bytes
+                if not msg.ok:
+                    node.failed_at = time.monotonic()
+                if msg.ok:
+                    log.info("node %s done: %d bytes in %.1f s", node.name, msg.bytes, msg.seconds)
+                else:
+                    log.error("node %s failed: %s", node.name, msg.error)
+                node.reported.set()
+                return
+
+
+async def _try_send(ch: ControlChannel, msg: P.Message) -> None:
+    try:
+        await ch.send(msg)
+    except Exception:  # the peer may be gone or in a state where nothing more is legal
+        pass
+
+
