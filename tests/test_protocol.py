@@ -173,7 +173,7 @@ messages = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(msgs=st.lists(messages, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=8))
 def test_framing_roundtrip_independent_of_chunking(msgs, cuts):
     data = b"".join(P.encode(m) for m in msgs)

@@ -11,7 +11,7 @@ def tree_parents(n, arity):
     return {p: t.parent(p) for p in range(1, n + 1)}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(n=st.integers(1, 60), arity=st.integers(1, 4), data=st.data())
 def test_losses_never_orphan_anyone(n, arity, data):
     parents = tree_parents(n, arity)

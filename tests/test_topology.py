@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from kadeploy.topology import NodeInfo, address_key, build_tree, order_nodes, render
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(n=st.integers(0, 600), arity=st.integers(1, 40))
 def test_every_node_reached_once_with_at_most_arity_children(n, arity):
     tree = build_tree(n, arity)
@@ -52,7 +52,7 @@ ipv4 = st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i)))
 ipv6 = st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(addrs=st.lists(st.one_of(ipv4, ipv6), min_size=1, max_size=60), seed=st.randoms())
 def test_order_is_numeric_and_independent_of_arrival(addrs, seed):
     nodes = [NodeInfo(node_id=i + 1, address=a, data_port=30764) for i, a in enumerate(addrs)]
