@@ -5,6 +5,7 @@ import subprocess
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -273,3 +274,50 @@ def test_waiting_clients_outlast_the_stall_timeout(dep):
     clients = [dep.client("-h", "127.0.0.1", "-w", "-e", "cat") for _ in range(2)]
     assert server.wait(60) == 0, server.err
     assert [c.wait(30) for c in clients] == [0, 0], [c.err for c in clients]
+
+
+def test_live_table_and_progress_bar_on_a_terminal(dep):
+    """On a terminal the server draws the live table and the client its bar."""
+    import pty
+    import select as sel
+
+    def on_pty(argv):
+        import fcntl
+        import struct as st
+        import termios
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, st.pack("HHHH", 40, 200, 0, 0))  # room for every column
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=slave, env=dep.env, start_new_session=True)
+        os.close(slave)
+        return p, master
+
+    slow = "for i in 1 2 3 4 5 6; do head -c 3000000 /dev/zero; sleep 0.4; done"
+    server, s_tty = on_pty(KD + ["server", *dep.ports, "-n", "1", "--size", "18M", "-e", slow])
+    client, c_tty = on_pty(KD + ["client", *dep.client_ports, "-h", "127.0.0.1", "-e", "cat >/dev/null"])
+    seen = {s_tty: b"", c_tty: b""}
+    open_fds = set(seen)
+    try:
+        deadline = time.monotonic() + 60
+        while open_fds and time.monotonic() < deadline:
+            ready, _, _ = sel.select(list(open_fds), [], [], 0.2)
+            for fd in ready:
+                try:
+                    seen[fd] += os.read(fd, 65536)
+                except OSError:      # EIO: the command exited and closed the terminal
+                    open_fds.discard(fd)
+        assert server.wait(10) == 0 and client.wait(10) == 0
+    finally:
+        for p in (server, client):
+            if p.poll() is None:
+                p.kill()
+        for fd in (s_tty, c_tty):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    table = seen.get(s_tty, b"").decode(errors="replace")
+    for column in ("POS", "NODE", "STATE", "RECEIVED", "RATE", "ETA", "LAST ERROR"):
+        assert column in table, table[-2000:]
+    bar = seen.get(c_tty, b"").decode(errors="replace")
+    assert "node 1/1: " in bar and " at " in bar and "MB/s" in bar, bar[-2000:]
