@@ -2,10 +2,14 @@
 
     .venv/bin/python fuzz/fuzz_protocol.py -max_total_time=600 -max_len=4096
 
-Every input is fed to a control connection of each role, whole and split at a point
-chosen by the input; only the documented protocol errors may escape. The first byte
-chooses the role and the split, the rest is the byte stream.
+The first byte of an input chooses the role, where the stream is split, and whether
+the rest is fed as it is (raw bytes: framing, magic, versions, lengths) or as the
+body of a frame whose header the harness writes (so that the fuzzer spends its time
+in the JSON and field validation behind a well-formed header). Either way the bytes
+go to a control connection, in two pieces and then EOF; only the documented protocol
+errors may escape.
 """
+import struct
 import sys
 
 import atheris
@@ -13,13 +17,19 @@ import atheris
 with atheris.instrument_imports():
     from kadeploy import protocol as P
 
+CODES = sorted(P.MESSAGE_TYPES)
+
 
 def one_input(data: bytes) -> None:
-    if not data:
+    if len(data) < 2:
         return
-    role = P.SERVER if data[0] & 1 else P.CLIENT
-    body = data[1:]
-    cut = (data[0] >> 1) * len(body) // 128
+    mode, role_bit = data[0] & 1, data[0] & 2
+    role = P.SERVER if role_bit else P.CLIENT
+    body = data[2:]
+    if mode:  # a well-formed header around a fuzzed body
+        code = CODES[data[1] % len(CODES)]
+        body = struct.pack(">2sBBI", P.MAGIC, P.PROTOCOL_VERSION, code, len(body)) + body
+    cut = (data[0] >> 2) * len(body) // 64
     conn = P.ControlConnection(role)
     try:
         for piece in (body[:cut], body[cut:]):
