@@ -62,7 +62,9 @@ def test_order_is_numeric_and_independent_of_arrival(addrs, seed):
     key = lambda n: (address_key(n.address), n.data_port)
     assert [key(n) for n in order_nodes(shuffled)] == [key(n) for n in order_nodes(nodes)]
     ordered = order_nodes(nodes)
+    # An IPv4-mapped IPv6 address is the IPv4 node it maps (the server sees both).
     ips = [ipaddress.ip_address(n.address) for n in ordered]
+    ips = [ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip for ip in ips]
     v4 = [ip for ip in ips if ip.version == 4]
     assert ips[:len(v4)] == sorted(v4)                 # every IPv4 first, numerically
     assert ips[len(v4):] == sorted(ips[len(v4):])      # then IPv6, numerically
