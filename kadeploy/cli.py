@@ -17,10 +17,10 @@ from typing import Callable, List, Optional
 import click
 
 from . import relay as relay_mod
-from .benchlib import synthetic
-from .bench import bench_command
-from .demo import demo_command
 from .auth import load_key
+from .bench import bench_command
+from .benchlib import synthetic
+from .demo import demo_command
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from .netio import CONTROL_PORT, DATA_PORT
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__

@@ -18,17 +18,22 @@ from . import auth
 from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_TARGET, default_consumer
-from .errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined
 from .datalink import ChildAcceptor, accept_children, connect_parent
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from .integrity import Verifier
+from .netio import (
+    CONTROL_PORT,
+    DATA_PORT,
+    ControlChannel,
+    connect,
+    format_hostport,
+    listen,
+)
 from .node import DataPhase, Outcome, ServerLink
-from .netio import CONTROL_PORT, DATA_PORT, ControlChannel, connect, format_hostport, listen
 from .progress import ClientBar
-from .version import __version__
+from .version import SOFTWARE
 
 log = logging.getLogger("kadeploy.client")
-SOFTWARE = f"kadeploy {__version__}"
-PROGRESS_INTERVAL = 1.0
 
 
 @dataclass
@@ -121,7 +126,7 @@ class Client:
         if not cfg.consumer:
             target = cfg.target or DEFAULT_TARGET
             if not os.path.isdir(target):
-                raise KadeployError(f"target directory {target} does not exist", exit_code=64)
+                raise KadeployError(f"target directory {target} does not exist", exit_code=EXIT_USAGE)
         self.listener = listen(cfg.data_port, cfg.bind, fallback_to_any_port=True)
         self.data_port = self.listener.getsockname()[1]
         if self.data_port != cfg.data_port:

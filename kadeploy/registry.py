@@ -20,10 +20,9 @@ from . import protocol as P
 from .netio import ControlChannel, format_hostport
 from .progress import RateMeter
 from .topology import NodeInfo, host_matches
-from .version import __version__
+from .version import SOFTWARE
 
 log = logging.getLogger("kadeploy.server")
-SOFTWARE = f"kadeploy {__version__}"
 
 
 @dataclass

@@ -35,11 +35,11 @@ from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
 from .netio import CONTROL_PORT, DATA_PORT, listen, shutdown_close
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
-from .registry import SOFTWARE, Node, Registry
+from .registry import Node, Registry
 from .report import NodeReport, Report
 from .tap import HashTap, Spool, SpoolFeeder
 from .topology import Tree, build_tree, order_nodes, render
-from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
+from .version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 
 log = logging.getLogger("kadeploy.server")
 

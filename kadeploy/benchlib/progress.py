@@ -13,8 +13,13 @@ class Progress:
         if not plain and sys.stderr.isatty():
             try:
                 from rich.console import Console
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP,
-                                           TextColumn, TimeElapsedColumn)
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+                from rich.progress import Progress as RP
             except ImportError:
                 pass
             else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-
 EOF = "eof"
 SOURCE_ERROR = "source-error"
 STOPPED = "stopped"
