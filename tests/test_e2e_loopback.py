@@ -321,3 +321,20 @@ def test_live_table_and_progress_bar_on_a_terminal(dep):
         assert column in table, table[-2000:]
     bar = seen.get(c_tty, b"").decode(errors="replace")
     assert "node 1/1: " in bar and " at " in bar and "MB/s" in bar, bar[-2000:]
+
+
+def test_full_spool_disables_repair_but_not_the_deployment(dep, tmp_path):
+    """The repair spool runs out of space (a 2 MiB tmpfs for a 12 MB stream): the
+    server says repairs are off from then on, and every node still gets every byte."""
+    from kadeploy.vcluster import scratch_fs
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a tmpfs")
+    with scratch_fs("2m") as spool:
+        server = dep.server("-n", "2", "--spool", str(spool), "-e",
+                            f"head -c 12000000 /dev/urandom | tee {tmp_path}/sent")
+        clients = [dep.client("-h", "127.0.0.1", "-e", f"cat > {tmp_path}/got{i}") for i in (1, 2)]
+        assert server.wait(60) == 0, server.err
+        assert [c.wait(30) for c in clients] == [0, 0]
+    assert "repair spool failed" in server.err and "No space left" in server.err
+    sent = (tmp_path / "sent").read_bytes()
+    assert (tmp_path / "got1").read_bytes() == sent == (tmp_path / "got2").read_bytes()
