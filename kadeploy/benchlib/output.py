@@ -140,9 +140,14 @@ def _time_vs_n(ax, summary, reference) -> bool:
         if method == "kadeploy" and all(p["stream_s"] for p in pts):
             ax.plot([p["n"] for p in pts], [p["stream_s"] for p in pts], marker=".",
                     linestyle="--", label=f"kadeploy (report), {_rate_label(rate)}")
-    ax.set_xlabel("nodes N (server included)")
-    ax.set_ylabel("wall time, s")
-    ax.set_title("Time vs N (same data for every method)")
+    return _label(ax, "nodes N (server included)", "wall time, s",
+                  "Time vs N (same data for every method)")
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> bool:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return True
@@ -162,12 +167,8 @@ def _vs_arity(ax, summary, reference) -> bool:
         v.sort(key=lambda s: s["arity"])
         ax.plot([s["arity"] for s in v], [100 * s["stream_link_fraction"] for s in v], marker="o",
                 label=f"N={n}, {_rate_label(rate)}")
-    ax.set_xlabel("arity (1 = chain)")
-    ax.set_ylabel("throughput, % of link rate")
-    ax.set_title("kadeploy: throughput vs arity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return True
+    return _label(ax, "arity (1 = chain)", "throughput, % of link rate",
+                  "kadeploy: throughput vs arity")
 
 
 def _cpu_per_gb(ax, summary, reference) -> bool:
