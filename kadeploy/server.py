@@ -26,18 +26,19 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import auth, repair
+from . import auth
 from . import protocol as P
 from . import relay as relay_mod
 from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
 from .datalink import ChildAcceptor, accept_children
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
+from .healing import Healer
 from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
 from .netio import CONTROL_PORT, DATA_PORT, listen, shutdown_close
 from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
 from .registry import Node, Registry
 from .report import NodeReport, Report
-from .tap import HashTap, Spool, SpoolFeeder
+from .tap import HashTap, Spool
 from .topology import Tree, build_tree, order_nodes, render
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 
@@ -77,7 +78,7 @@ class ServerConfig:
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.cfg = config
-        self.registry = Registry(config, on_lost=self.node_lost)
+        self.registry = Registry(config, on_lost=lambda node, why: self.healer.node_lost(node, why))
         self.nodes = self.registry.nodes
         self.rejected = self.registry.rejected
         self.token = secrets.token_hex(16)
@@ -92,10 +93,7 @@ class Server:
         self.sent_meter = RateMeter()
         self._sink_ids: List[int] = []
         self.by_pos: Dict[int, Node] = {}
-        self.placed = False
-        self.parent_of: Dict[int, int] = {}               # node id -> parent id (0: server)
-        self.server_sinks: Dict[int, socket.socket] = {}  # data sockets the server feeds
-        self.acceptor: Optional[ChildAcceptor] = None
+        self.healer = Healer(config, self.nodes)
         self.hasher: Optional[HashTap] = None
         self.spool: Optional[Spool] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
@@ -108,7 +106,7 @@ class Server:
         data_sock = listen(cfg.data_port, cfg.bind)
         srv = await asyncio.start_server(self.registry.handle_control, sock=ctrl_sock)
         responder = None
-        watchdog = asyncio.ensure_future(self._watch())
+        watchdog = asyncio.ensure_future(self.healer.watch())
         try:
             if cfg.session:
                 responder = await _start_discovery(cfg)
@@ -135,8 +133,8 @@ class Server:
                 await self._collect()
             finally:
                 await progress.stop()
-                if self.acceptor is not None:
-                    self.acceptor.close()
+                if self.healer.acceptor is not None:
+                    self.healer.acceptor.close()
             await self._finish()
             return self._report(time.monotonic() - self.started)
         finally:
@@ -147,7 +145,7 @@ class Server:
             data_sock.close()
             for node in self.nodes.values():
                 node.channel.close()
-            for sock in self.server_sinks.values():
+            for sock in self.healer.server_sinks.values():
                 sock.close()
             if self.spool is not None:
                 self.spool.close()
@@ -184,7 +182,7 @@ class Server:
             else:
                 parent = by_pos[parent_pos]
                 host, port = parent.info.address, parent.info.data_port
-            self.parent_of[node.info.node_id] = by_pos[parent_pos].info.node_id if parent_pos else 0
+            self.healer.parent_of[node.info.node_id] = by_pos[parent_pos].info.node_id if parent_pos else 0
             msg = P.Place(position=pos, depth=self.tree.depth(pos), n_nodes=len(ordered),
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
@@ -194,11 +192,11 @@ class Server:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
                 node.fail(f"lost before it was placed: {e}")
-        self.placed = True
+        self.healer.placed = True
         for node in ordered:
             node.last_heard = time.monotonic()
             if node.error is not None:
-                self.node_lost(node, node.error)
+                self.healer.node_lost(node, node.error)
 
     async def _accept_children(self, data_sock: socket.socket) -> List[socket.socket]:
         """Data connections from the server's own children, checked against the token."""
@@ -208,13 +206,13 @@ class Server:
             self.rejected["data-link"] += 1
             log.warning("rejected data connection from %s: %s", addr, why)
 
-        self.acceptor = ChildAcceptor(data_sock, self.data_key, offsets=True,
+        self.healer.acceptor = ChildAcceptor(data_sock, self.data_key, offsets=True,
                                       handshake_timeout=self.cfg.handshake_timeout,
                                       sockbuf=self.cfg.sockbuf, on_refused=refused)
         conns = await accept_children(
-            self.acceptor, child_ids, timeout=self.cfg.connect_timeout,
+            self.healer.acceptor, child_ids, timeout=self.cfg.connect_timeout,
             gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
-        self.server_sinks.update(conns)
+        self.healer.server_sinks.update(conns)
         for node_id in child_ids:
             if node_id not in conns:
                 self.nodes[node_id].fail(
@@ -227,7 +225,7 @@ class Server:
         relay writes) and a pipe to the digest thread; their places in `fds` come first."""
         cfg, fds = self.cfg, []
         if cfg.repair:
-            self.spool = Spool(cfg.spool_dir)
+            self.spool = self.healer.spool = Spool(cfg.spool_dir)
             fds.append(self.spool.fd)
         if self.algorithm:
             loop = asyncio.get_running_loop()
@@ -266,9 +264,9 @@ class Server:
                 if res is not None and res.sink_errors[0] is not None:
                     self.spool.error = res.sink_errors[0]
                 self.spool.finished = True
-            for node_id, s in list(self.server_sinks.items()):
+            for node_id, s in list(self.healer.server_sinks.items()):
                 if s in sinks:
-                    del self.server_sinks[node_id]
+                    del self.healer.server_sinks[node_id]
                     shutdown_close(s)
             producer.stdout.close()
             if res is None or not res.eof:
@@ -309,68 +307,6 @@ class Server:
         # After every Digest: posts keep their order on each connection.
         self._post_all(P.End(bytes=res.bytes_in, ok=ok, error=error, digest=whole))
         self.stream_error = error
-
-    async def _watch(self) -> None:
-        """Every second: a Ping to every node still at work, and nodes silent for the
-        stall timeout given up (frozen, or cut off from the network)."""
-        stall = self.cfg.stall_timeout
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for node in list(self.nodes.values()):
-                if node.error is not None or node.finished:
-                    continue
-                # Nodes that reported still hear from us: with -w they wait for Finish
-                # (spaced by -d) and give the server up if it falls silent.
-                node.channel.post(P.Ping())
-                if node.done is None and self.placed and node.position and now - node.last_heard > stall:
-                    self.node_lost(node, f"no word from it for {stall:g} s (frozen, or cut off)")
-
-    def node_lost(self, node: Node, reason: str) -> None:
-        """Give a node up, stop its parent feeding it, and re-attach its children."""
-        node_id = node.info.node_id
-        if node.done is not None or node_id not in self.parent_of:
-            return
-        node.fail(reason)
-        node.channel.abort()
-        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
-        actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
-        for action in actions:
-            if isinstance(action, repair.Drop):
-                self._drop(action.parent, action.child)
-            else:
-                self._reattach(self.nodes[action.child], f"parent {node.name} lost: {reason}")
-
-    def _drop(self, parent: int, child: int) -> None:
-        if parent == repair.SERVER:
-            sock = self.server_sinks.get(child)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)   # the relay or feeder retires it
-                except OSError:
-                    pass
-        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
-            self.nodes[parent].channel.post(P.DropChild(node_id=child))
-
-    def _reattach(self, child: Node, why: str) -> None:
-        if self.spool is None or self.spool.error is not None or self.acceptor is None:
-            log.warning("cannot repair %s: no spool of the stream (--no-repair)", child.name)
-            return
-        log.warning("re-attaching %s to the server: %s", child.name, why)
-        fut = self.acceptor.expect(child.info.node_id)
-        fut.add_done_callback(lambda f: self._serve_spool(child, f))
-        child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
-                                      reason=why))
-
-    def _serve_spool(self, child: Node, fut: asyncio.Future) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        sock, offset = fut.result()
-        log.info("serving %s from byte %d of the spool", child.name, offset)
-        self.server_sinks[child.info.node_id] = sock
-        loop = asyncio.get_running_loop()
-        SpoolFeeder(self.spool, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
-            log.warning, "spool feed to %s ended: %s", child.name, err)).start()
 
     async def _collect(self) -> None:
         waits = [n.reported.wait() for n in self.nodes.values()]

@@ -1,0 +1,96 @@
+"""Keeping the tree whole while the stream flows.
+
+Every second the server pings every node still at work and gives up those silent
+for the stall timeout (frozen, or cut off). A node given up, or whose connection
+closed, is cut off: its parent stops feeding it and its children that still need
+data are re-attached to the server, which re-serves them from its spool at their
+exact offset (the plan is kadeploy.repair's; this is its I/O).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Dict, Optional
+
+from . import protocol as P
+from . import repair
+from .datalink import ChildAcceptor
+from .registry import Node
+from .tap import Spool, SpoolFeeder
+
+log = logging.getLogger("kadeploy.server")
+
+
+class Healer:
+    def __init__(self, cfg, nodes: Dict[int, Node]) -> None:
+        self.cfg, self.nodes = cfg, nodes
+        self.placed = False
+        self.parent_of: Dict[int, int] = {}               # node id -> parent id (0: server)
+        self.server_sinks: Dict[int, socket.socket] = {}  # data sockets the server feeds
+        self.acceptor: Optional[ChildAcceptor] = None     # the server's data port, once placed
+        self.spool: Optional[Spool] = None
+
+    async def watch(self) -> None:
+        """Every second: a Ping to every node still at work, and nodes silent for the
+        stall timeout given up (frozen, or cut off from the network)."""
+        stall = self.cfg.stall_timeout
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for node in list(self.nodes.values()):
+                if node.error is not None or node.finished:
+                    continue
+                # Nodes that reported still hear from us: with -w they wait for Finish
+                # (spaced by -d) and give the server up if it falls silent.
+                node.channel.post(P.Ping())
+                if node.done is None and self.placed and node.position and now - node.last_heard > stall:
+                    self.node_lost(node, f"no word from it for {stall:g} s (frozen, or cut off)")
+
+    def node_lost(self, node: Node, reason: str) -> None:
+        """Give a node up, stop its parent feeding it, and re-attach its children."""
+        node_id = node.info.node_id
+        if node.done is not None or node_id not in self.parent_of:
+            return
+        node.fail(reason)
+        node.channel.abort()
+        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
+        actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
+        for action in actions:
+            if isinstance(action, repair.Drop):
+                self._drop(action.parent, action.child)
+            else:
+                self._reattach(self.nodes[action.child], f"parent {node.name} lost: {reason}")
+
+    def _drop(self, parent: int, child: int) -> None:
+        if parent == repair.SERVER:
+            sock = self.server_sinks.get(child)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)   # the relay or feeder retires it
+                except OSError:
+                    pass
+        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
+            self.nodes[parent].channel.post(P.DropChild(node_id=child))
+
+    def _reattach(self, child: Node, why: str) -> None:
+        if self.spool is None or self.spool.error is not None or self.acceptor is None:
+            log.warning("cannot repair %s: no spool of the stream (--no-repair)", child.name)
+            return
+        log.warning("re-attaching %s to the server: %s", child.name, why)
+        fut = self.acceptor.expect(child.info.node_id)
+        fut.add_done_callback(lambda f: self._serve_spool(child, f))
+        child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
+                                      reason=why))
+
+    def _serve_spool(self, child: Node, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        sock, offset = fut.result()
+        log.info("serving %s from byte %d of the spool", child.name, offset)
+        self.server_sinks[child.info.node_id] = sock
+        loop = asyncio.get_running_loop()
+        SpoolFeeder(self.spool, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
+            log.warning, "spool feed to %s ended: %s", child.name, err)).start()
+
