@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import protocol as P
 from . import relay as relay_mod
-from .commands import describe_status, kill_group
+from .commands import describe_status, kill_group, spawn_consumer
 from .errors import NotJoined
 from .integrity import ChunkDigester, Verifier
 from .netio import ControlChannel, shutdown_close
@@ -178,7 +178,6 @@ class DataPhase:
     async def run(self) -> Outcome:
         cfg, place, link = self.cfg, self.place, self.link
         loop = asyncio.get_running_loop()
-        from .commands import spawn_consumer
         consumer = spawn_consumer(cfg.consumer_command(),
                                   cwd=cfg.target if cfg.consumer and cfg.target else None)
         # The consumer is fed by splice like the children; the digest thread reads
@@ -205,6 +204,7 @@ class DataPhase:
                     self.source.fileno(), [fd for _, fd in live], backend=cfg.relay_backend,
                     buffer_size=cfg.buffer_size, counters=counters)
                 self.total += res.bytes_in
+                counters[0] = 0              # now counted in self.total (progress reports)
                 self.backend = res.backend
                 live = self._retire(live, res)
                 self.source.close()
