@@ -43,16 +43,9 @@ cdef _raise_errno(int err, what):
 
 
 def run(int src_fd, sink_fds, *, buffer_size, int stop_fd=-1, counters=None, **_ignored):
-    sinks = list(sink_fds)
-    res = RelayResult(NAME, sink_bytes=[0] * len(sinks), sink_errors=[None] * len(sinks))
-    for fd in (src_fd, *sinks):
-        os.set_blocking(fd, False)
-    if not sinks:
-        res.ended = NO_SINKS
+    res, sinks = _splice.start(NAME, src_fd, sink_fds, counters)
+    if res.ended:
         return res
-    _splice.check_fds(src_fd, sinks)
-    if counters is not None and len(counters) < 1 + len(sinks):
-        raise ValueError(f"counters needs {1 + len(sinks)} slots, has {len(counters)}")
 
     cdef unsigned long long[::1] cview
     cdef Loop L

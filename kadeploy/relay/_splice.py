@@ -115,16 +115,27 @@ class PipeSet:
 
 # ---- the Python loop ---------------------------------------------------------------
 
-def run(sc: Syscalls, name: str, src_fd: int, sink_fds: Sequence[int], *,
-        buffer_size: int, stop_fd: int = -1, counters=None) -> RelayResult:
+def start(name: str, src_fd: int, sink_fds: Sequence[int], counters):
+    """The set-up every splice backend shares: the result, non-blocking fds, checks.
+    Returns (result, sinks); the result has ended (NO_SINKS) when there is no sink."""
     sinks = list(sink_fds)
     res = RelayResult(name, sink_bytes=[0] * len(sinks), sink_errors=[None] * len(sinks))
     for fd in (src_fd, *sinks):
         os.set_blocking(fd, False)
     if not sinks:
         res.ended = NO_SINKS
-        return res
+        return res, sinks
     check_fds(src_fd, sinks)
+    if counters is not None and len(counters) < 1 + len(sinks):
+        raise ValueError(f"counters needs {1 + len(sinks)} slots, has {len(counters)}")
+    return res, sinks
+
+
+def run(sc: Syscalls, name: str, src_fd: int, sink_fds: Sequence[int], *,
+        buffer_size: int, stop_fd: int = -1, counters=None) -> RelayResult:
+    res, sinks = start(name, src_fd, sink_fds, counters)
+    if res.ended:
+        return res
     pipes = PipeSet(sc.set_pipe_size, sc.get_pipe_size, buffer_size)
     try:
         _loop(sc, res, src_fd, sinks, stop_fd, counters, pipes)
