@@ -1,0 +1,200 @@
+"""kadeploy push with real components: an OpenSSH server in each of N network
+namespaces, kadeploy push run on a head namespace through ssh, ClusterShell and pdsh,
+every node's copy checked against the source, and the bad inputs of issue 14."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sshcluster
+from kadeploy.treedigest import tree_digest, tree_manifest, diff_manifests
+
+pytestmark = pytest.mark.netns
+KADEPLOY = str(Path(sys.executable).parent / "kadeploy")
+
+
+@pytest.fixture(autouse=True)
+def _need_ssh():
+    reason = sshcluster.ssh_available()
+    if reason is not None:
+        pytest.skip(f"needs OpenSSH: {reason}")
+
+
+@pytest.fixture
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="kdp-push-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ssh_nodes(vcluster, workdir):
+    """`ssh_nodes(names, rate=None, **faults)` -> SshCluster with sshd on every node."""
+    def make(names, rate=None, unreachable=(), **kw):
+        live = [n for n in names if n not in unreachable]
+        cluster = vcluster(len(live) + 1, prefix="kdp", rate=rate)
+        return sshcluster.start(cluster, workdir / "ssh", names=names, unreachable=unreachable, **kw)
+    return make
+
+
+def make_source(root: Path) -> Path:
+    """A small tree with what a copy gets wrong: modes, owners, a symlink, a hard link,
+    an empty directory, a file of random bytes."""
+    src = root / "data"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "sub" / "notes.txt").write_text("through the chain\n")
+    (src / "random.bin").write_bytes(os.urandom(3 << 20))
+    (src / "secret").write_text("mode 0600, owner 1234\n")
+    os.chmod(src / "secret", 0o600)
+    os.chown(src / "secret", 1234, 5678)
+    os.symlink("sub/notes.txt", src / "link")
+    os.link(src / "sub" / "notes.txt", src / "sub" / "deeper" / "hard")
+    return src
+
+
+def push(sc, *args, launcher="ssh", timeout=120):
+    argv = [KADEPLOY, "push", *args, "--launcher", launcher, "--ssh-option=-F",
+            f"--ssh-option={sc.ssh_config}", "--connect-timeout", "3"]
+    env = dict(os.environ)
+    if launcher == "clush":
+        env["CLUSTERSHELL_CFGDIR"] = str(sc.workdir / "clustershell")   # nothing of the host's
+    return sc.head_run(argv, timeout=timeout, env=env)
+
+
+def leftovers(node, dest) -> list:
+    return [p.name for p in node.path(dest).iterdir() if p.name.startswith(".kadeploy-push-")]
+
+
+def assert_result(proc, status, ok, failed):
+    out = proc.stdout.strip().splitlines()
+    assert proc.returncode == status, f"exit {proc.returncode}, not {status}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert out[-2] == f"ok: {ok}", proc.stdout + proc.stderr
+    assert out[-1] == f"failed: {failed}", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("launcher", ["ssh", "clush"])
+def test_push_a_directory_and_a_file_to_every_node(ssh_nodes, workdir, launcher):
+    names = [f"kdp-n{i}" for i in range(1, 5)]
+    sc = ssh_nodes(names)
+    src = make_source(workdir)
+    extra = workdir / "weights.bin"
+    extra.write_bytes(os.urandom(1 << 20))
+    args = [str(src), str(extra), "-w", "kdp-n[1-4]", "--dest", sc.dest, "--preserve"]
+    if launcher == "clush":
+        args += ["--chains", "2"]
+    proc = push(sc, *args, launcher=launcher)
+    assert_result(proc, 0, "kdp-n[1-4] (4 node(s))", "- (0 node(s))")
+    want = tree_manifest(src)
+    for node in sc.nodes:
+        got = node.path(sc.dest)
+        assert not diff_manifests(want, tree_manifest(got / "data")), node.name
+        assert (got / "weights.bin").read_bytes() == extra.read_bytes()
+        assert leftovers(node, sc.dest) == [], node.name
+        # the host's directory is untouched: every copy is the node's own
+        assert not any(Path(sc.dest).iterdir())
+
+
+def test_push_replaces_an_older_copy_and_keeps_nothing_of_it(ssh_nodes, workdir):
+    sc = ssh_nodes(["kdp-n1", "kdp-n2"])
+    src = workdir / "tree"
+    (src / "old").mkdir(parents=True)
+    (src / "old" / "gone.txt").write_text("first version\n")
+    assert push(sc, str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest).returncode == 0
+    shutil.rmtree(src / "old")
+    (src / "new.txt").write_text("second version\n")
+    proc = push(sc, str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest, "--exclude", "*.tmp")
+    assert_result(proc, 0, "kdp-n[1-2] (2 node(s))", "- (0 node(s))")
+    for node in sc.nodes:
+        tree = node.path(sc.dest) / "tree"
+        assert sorted(p.name for p in tree.iterdir()) == ["new.txt"]
+        assert leftovers(node, sc.dest) == []
+
+
+def test_push_one_file_in_nodeset_order_by_address(ssh_nodes, workdir):
+    sc = ssh_nodes(["kdp-n1", "kdp-n2", "kdp-n3"])
+    blob = workdir / "image.raw"
+    blob.write_bytes(os.urandom(2 << 20))
+    os.chmod(blob, 0o640)
+    proc = push(sc, str(blob), "--file", "--preserve", "-w", "kdp-n[1-3]", "--dest", sc.dest,
+                "--order", "address", "--verbose")
+    assert_result(proc, 0, "kdp-n[1-3] (3 node(s))", "- (0 node(s))")
+    for node in sc.nodes:
+        got = node.path(sc.dest) / "image.raw"
+        assert got.read_bytes() == blob.read_bytes()
+        assert got.stat().st_mode & 0o777 == 0o640
+        assert got.stat().st_mtime_ns == blob.stat().st_mtime_ns
+
+
+def test_bad_nodes_fail_alone_with_the_launchers_own_error(ssh_nodes, workdir):
+    """Unreachable, no kadeploy, a read-only destination: each one line; the others
+    have the data; nothing is left on the failed ones."""
+    names = ["kdp-n1", "kdp-n2", "kdp-n3", "kdp-n4", "kdp-n5"]
+    sc = ssh_nodes(names, no_kadeploy=["kdp-n3"], read_only=["kdp-n4"], unreachable=["kdp-n5"])
+    src = make_source(workdir)
+    proc = push(sc, str(src), "-w", "kdp-n[1-5]", "--dest", sc.dest)
+    assert_result(proc, 2, "kdp-n[1-2] (2 node(s))", "kdp-n[3-5] (3 node(s))")
+    lines = {line.split(": ", 1)[0]: line for line in proc.stdout.splitlines()}
+    assert "kadeploy: command not found" in lines["kdp-n3"], proc.stdout
+    assert "Read-only file system" in lines["kdp-n4"], proc.stdout
+    assert "connect to host" in lines["kdp-n5"] and UNREACHABLE_OK(lines["kdp-n5"]), proc.stdout
+    nodes = sc.by_name()
+    want = tree_manifest(src, mtime=False, owner=False)
+    for name in ("kdp-n1", "kdp-n2"):
+        assert not diff_manifests(want, tree_manifest(nodes[name].path(sc.dest) / "data", mtime=False, owner=False))
+    for name in ("kdp-n3", "kdp-n4"):
+        assert list(nodes[name].path(sc.dest).iterdir()) == [], name
+
+
+def UNREACHABLE_OK(line: str) -> bool:
+    return any(w in line for w in ("No route to host", "timed out", "Connection refused"))
+
+
+def test_a_source_that_vanishes_midway_is_put_in_place_nowhere(ssh_nodes, workdir):
+    sc = ssh_nodes(["kdp-n1", "kdp-n2"], rate="40mbit")
+    src = workdir / "going"
+    (src / "z").mkdir(parents=True)
+    (src / "a_big").write_bytes(os.urandom(24 << 20))   # 5 s at 40 Mbit/s
+    for i in range(200):
+        (src / "z" / f"f{i:03}").write_text(f"{i}\n")
+    proc = sc.head_popen([KADEPLOY, "push", str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest,
+                          "--launcher", "ssh", "--ssh-option=-F", f"--ssh-option={sc.ssh_config}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Once the first node is receiving, the rest of the source goes.
+    node = sc.nodes[0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not leftovers(node, sc.dest):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    shutil.rmtree(src / "z")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    assert out.strip().splitlines()[-1] == "failed: kdp-n[1-2] (2 node(s))", out + err
+    assert "producer failed" in out, out
+    for node in sc.nodes:
+        assert list(node.path(sc.dest).iterdir()) == [], node.name
+
+
+@pytest.mark.skipif(shutil.which("pdsh") is None, reason="pdsh is not installed")
+def test_push_through_pdsh(ssh_nodes, workdir):
+    sc = ssh_nodes(["kdp-n1", "kdp-n2", "kdp-n3"], no_kadeploy=["kdp-n3"])
+    src = make_source(workdir)
+    proc = push(sc, str(src), "-w", "kdp-n[1-3]", "--dest", sc.dest, launcher="pdsh")
+    assert_result(proc, 2, "kdp-n[1-2] (2 node(s))", "kdp-n3 (1 node(s))")
+    assert "command not found" in proc.stdout
+    want = tree_manifest(src, mtime=False, owner=False)
+    for node in sc.nodes[:2]:
+        assert not diff_manifests(want, tree_manifest(node.path(sc.dest) / "data", mtime=False, owner=False))
