@@ -18,14 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import protocol as P
-from . import relay as relay_mod
-from .commands import describe_status, kill_group, spawn_consumer
-from .errors import NotJoined
-from .integrity import ChunkDigester, Verifier
-from .netio import ControlChannel, shutdown_close
-from .progress import ClientBar
-from .tap import HashTap
+from kadeploy import relay as relay_mod
+from kadeploy.control.netio import ControlChannel, shutdown_close
+from kadeploy.core import protocol as P
+from kadeploy.core.integrity import ChunkDigester, Verifier
+from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
+from kadeploy.data.tap import HashTap
+from kadeploy.errors import NotJoined
+from kadeploy.view.progress import ClientBar
 
 log = logging.getLogger("kadeploy.client")
 PROGRESS_INTERVAL = 1.0

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .integrity import ChunkDigester
+from kadeploy.core.integrity import ChunkDigester
 
 READ_SIZE = 1 << 20
 SPOOL_POLL = 0.05   # seconds between looks at a spool that has not grown

@@ -2,14 +2,14 @@
 
 The control plane runs on asyncio; the stream itself runs in the relay, in a thread
 that holds no lock the loop needs. Life of a deployment:
-  register  -> (kadeploy.registry) clients say Hello until -n are in, a client says Go,
+  register  -> (kadeploy.control.registry) clients say Hello until -n are in, a client says Go,
                or --wait-timeout;
   place     -> registration closes, nodes are ordered and each is told its place;
   connect   -> the server's children open data connections to it;
   stream    -> the producer's stdout is relayed to them; nodes send Progress;
-  verify    -> beside the data, every chunk's digest goes to every node (kadeploy.tap);
+  verify    -> beside the data, every chunk's digest goes to every node (kadeploy.data.tap);
   heal      -> a node lost (connection closed, or silent for --stall-timeout) is cut
-               off and its children re-attached to the server's spool (kadeploy.repair);
+               off and its children re-attached to the server's spool (kadeploy.core.repair);
   end       -> the server tells every node the stream's length, digest and whether the
                producer succeeded; nodes answer Done with their verdict;
   finish    -> waiting clients (-w) are released, spaced by -d tenths of a second.
@@ -26,21 +26,33 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import auth
-from . import protocol as P
-from . import relay as relay_mod
-from .commands import DEFAULT_PRODUCER, describe_status, kill_group, spawn_producer
-from .datalink import ChildAcceptor, accept_children
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
-from .healing import Healer
-from .integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
-from .netio import CONTROL_PORT, DATA_PORT, listen, shutdown_close
-from .progress import NodeView, RateMeter, ServerProgress, human_bytes, human_rate
-from .registry import Node, Registry
-from .report import NodeReport, Report
-from .tap import HashTap, Spool
-from .topology import Tree, build_tree, order_nodes, render
-from .version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
+from kadeploy import relay as relay_mod
+from kadeploy.control import auth
+from kadeploy.control.healing import Healer
+from kadeploy.control.netio import listen, shutdown_close
+from kadeploy.control.registry import Node, Registry
+from kadeploy.core import protocol as P
+from kadeploy.core.integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
+from kadeploy.core.topology import Tree, build_tree, order_nodes, render
+from kadeploy.data.commands import (
+    DEFAULT_PRODUCER,
+    describe_status,
+    kill_group,
+    spawn_producer,
+)
+from kadeploy.data.datalink import ChildAcceptor, accept_children
+from kadeploy.data.tap import HashTap, Spool
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
+from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
+from kadeploy.view.progress import (
+    NodeView,
+    RateMeter,
+    ServerProgress,
+    human_bytes,
+    human_rate,
+)
+from kadeploy.view.report import NodeReport, Report
 
 log = logging.getLogger("kadeploy.server")
 
@@ -369,7 +381,7 @@ class Server:
 
 
 async def _start_discovery(cfg: ServerConfig):
-    from .discovery import start_responder
+    from kadeploy.control.discovery import start_responder
     try:
         return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port)
     except OSError as e:

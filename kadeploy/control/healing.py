@@ -4,7 +4,7 @@ Every second the server pings every node still at work and gives up those silent
 for the stall timeout (frozen, or cut off). A node given up, or whose connection
 closed, is cut off: its parent stops feeding it and its children that still need
 data are re-attached to the server, which re-serves them from its spool at their
-exact offset (the plan is kadeploy.repair's; this is its I/O).
+exact offset (the plan is kadeploy.core.repair's; this is its I/O).
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import socket
 import time
 from typing import Dict, Optional
 
-from . import protocol as P
-from . import repair
-from .datalink import ChildAcceptor
-from .registry import Node
-from .tap import Spool, SpoolFeeder
+from kadeploy.control.registry import Node
+from kadeploy.core import protocol as P
+from kadeploy.core import repair
+from kadeploy.data.datalink import ChildAcceptor
+from kadeploy.data.tap import Spool, SpoolFeeder
 
 log = logging.getLogger("kadeploy.server")
 
