@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import sshcluster
-from kadeploy.treedigest import tree_digest, tree_manifest, diff_manifests
+from kadeploy.lab.treedigest import diff_manifests, tree_manifest
 
 pytestmark = pytest.mark.netns
 KADEPLOY = str(Path(sys.executable).parent / "kadeploy")

@@ -6,11 +6,11 @@ import logging
 
 import click
 
-from ..auth import load_key
-from ..errors import UsageError
-from ..netio import CONTROL_PORT, DATA_PORT
-from . import launchers as launchers_mod
-from .nodes import ORDERS
+from kadeploy.control.auth import load_key
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.errors import UsageError
+from kadeploy.push import launchers as launchers_mod
+from kadeploy.push.nodes import ORDERS
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 PORT = click.IntRange(1, 65535)
@@ -20,7 +20,7 @@ SECONDS = click.FloatRange(min=0, min_open=True)
 
 def _logging(prog: str, quiet: bool, verbose: bool) -> None:
     """Push is quiet by default: the server's per-node lines are for --verbose."""
-    from ..cli import setup_logging
+    from kadeploy.cli import setup_logging
     setup_logging(prog, quiet=False, verbose=False)
     logging.getLogger("kadeploy").setLevel(
         logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
@@ -90,7 +90,7 @@ def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run,
     receiver is started on every node by ssh, clush, pdsh or srun, each node renames
     its copy into place once it is verified, and the nodes that have it and those that
     do not are printed as folded node sets."""
-    from .push import PushConfig, plan_lines, prepare, run_push
+    from kadeploy.push.push import PushConfig, plan_lines, prepare, run_push
 
     _logging("kadeploy push", quiet, verbose)
     cfg = PushConfig(
@@ -133,9 +133,9 @@ def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run,
 def receive_command(dest, single_file, name, preserve, file_stat, server, control_port, detach,
                     connect_timeout, key_file, quiet, verbose):
     """The node's side of kadeploy push (started by it, through the launcher)."""
-    from ..cli import setup_logging
-    from ..client import ClientConfig
-    from .receive import Destination, FileStat, receive, server_address
+    from kadeploy.cli import setup_logging
+    from kadeploy.control.client import ClientConfig
+    from kadeploy.push.receive import Destination, FileStat, receive, server_address
 
     setup_logging("kadeploy receive", quiet, verbose)
     if file_stat and not single_file:

@@ -20,8 +20,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import UsageError
-from .nodes import fold
+from kadeploy.errors import UsageError
+from kadeploy.push.nodes import fold
 
 NAMES = ("ssh", "clush", "pdsh", "srun", "none")
 DEFAULT_FANOUT = 64            # ClusterShell's default; ssh's here, pdsh's own is 32

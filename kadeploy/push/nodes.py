@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from ClusterShell.NodeSet import NodeSet, NodeSetException
 
-from ..errors import UsageError
+from kadeploy.errors import UsageError
 
 ORDERS = ("nodeset", "address")
 

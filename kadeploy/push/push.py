@@ -17,14 +17,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError, UsageError
-from ..netio import CONTROL_PORT, DATA_PORT
-from ..report import Report
-from ..server import Server, ServerConfig
-from ..topology import address_key
-from . import launchers as launchers_mod
-from .nodes import Chains, fold, match_name, parse_nodeset, read_order_file
-from .receive import TAR_PRESERVE_CREATE, FileStat
+from kadeploy.control.server import Server, ServerConfig
+from kadeploy.core.topology import address_key
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError, UsageError
+from kadeploy.push import launchers as launchers_mod
+from kadeploy.push.nodes import Chains, fold, match_name, parse_nodeset, read_order_file
+from kadeploy.push.receive import TAR_PRESERVE_CREATE, FileStat
+from kadeploy.view.report import Report
 
 log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"

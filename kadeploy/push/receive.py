@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from .. import protocol as P
-from ..client import Client, ClientConfig
-from ..errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined, UsageError
+from kadeploy.control.client import Client, ClientConfig
+from kadeploy.core import protocol as P
+from kadeploy.errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined, UsageError
 
 log = logging.getLogger("kadeploy.client")
 TEMP_PREFIX = ".kadeploy-push-"
