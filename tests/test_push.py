@@ -219,3 +219,14 @@ def test_dry_run_starts_nothing_and_shows_the_plan():
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0] == "nodes: n[1-5] (5 node(s)), in nodeset order, as 2 chains"
     assert "ssh -o BatchMode=yes" in p.stdout and "... and 2 more" in p.stdout
+
+
+def test_the_control_scale_bench_runs_at_a_small_size(tmp_path):
+    """bench/bench_control_scale.py (run by the lead at 1k-10k) still works."""
+    out = tmp_path / "scale.csv"
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                     "bench_control_scale.py"),
+                        "--sizes", "20,40", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr + p.stdout
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("nodes,register_s,place_s") and len(rows) == 3
