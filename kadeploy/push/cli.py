@@ -125,8 +125,8 @@ def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run,
 @click.option("-p", "--control-port", type=PORT, default=CONTROL_PORT, show_default=True,
               help="TCP port of the control connections.")
 @click.option("--detach", is_flag=True, help="Return once registered; the transfer goes on in the background.")
-@click.option("--connect-timeout", type=SECONDS, default=30.0, show_default=True,
-              help="Seconds to wait for the server and the data links.")
+@click.option("--connect-timeout", type=SECONDS, default=30.0,
+              help="Seconds to wait for the server and the data links (default 30).")
 @click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE", help="Shared key.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
 @click.option("--verbose", is_flag=True, help="Print debugging detail.")
