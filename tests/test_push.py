@@ -230,3 +230,17 @@ def test_the_control_scale_bench_runs_at_a_small_size(tmp_path):
     assert p.returncode == 0, p.stderr + p.stdout
     rows = out.read_text().splitlines()
     assert rows[0].startswith("nodes,register_s,place_s") and len(rows) == 3
+
+
+def test_a_port_in_use_fails_before_any_node_is_started():
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = run("push", "/etc/hostname", "--file", "-w", "n1", "--dest", "/tmp", "--launcher", "none",
+                "-p", str(port))
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"kadeploy: error: cannot listen on TCP port {port}: Address already in use"], p.stderr
+    assert "receive" not in p.stdout      # the command for the nodes was never printed

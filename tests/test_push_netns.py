@@ -94,9 +94,11 @@ def test_push_a_directory_and_a_file_to_every_node(ssh_nodes, workdir, launcher)
     extra.write_bytes(os.urandom(1 << 20))
     args = [str(src), str(extra), "-w", "kdp-n[1-4]", "--dest", sc.dest, "--preserve"]
     if launcher == "clush":
-        args += ["--chains", "2"]
+        args += ["--chains", "2", "--verbose"]
     proc = push(sc, *args, launcher=launcher)
     assert_result(proc, 0, "kdp-n[1-4] (4 node(s))", "- (0 node(s))")
+    if launcher == "clush":   # two chains, each a run of the node set's order
+        assert tree_lines(proc.stderr) == ["server", "  kdp-n1", "    kdp-n2", "  kdp-n3", "    kdp-n4"]
     want = tree_manifest(src)
     for node in sc.nodes:
         got = node.path(sc.dest)
@@ -123,14 +125,29 @@ def test_push_replaces_an_older_copy_and_keeps_nothing_of_it(ssh_nodes, workdir)
         assert leftovers(node, sc.dest) == []
 
 
-def test_push_one_file_in_nodeset_order_by_address(ssh_nodes, workdir):
+def tree_lines(stderr: str) -> list:
+    """The server's tree (logged with --verbose), node names only."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if " tree (" in line) + 1
+    tree = []
+    for line in lines[start:]:
+        if not line.startswith(" ") and line != "server":
+            break
+        tree.append(line.split(" (")[0])
+    return tree
+
+
+def test_push_one_file_in_the_order_of_a_file(ssh_nodes, workdir):
     sc = ssh_nodes(["kdp-n1", "kdp-n2", "kdp-n3"])
     blob = workdir / "image.raw"
     blob.write_bytes(os.urandom(2 << 20))
     os.chmod(blob, 0o640)
+    order = workdir / "order"
+    order.write_text("# rack 3 first\nkdp-n3\nkdp-n[1-2]\n")
     proc = push(sc, str(blob), "--file", "--preserve", "-w", "kdp-n[1-3]", "--dest", sc.dest,
-                "--order", "address", "--verbose")
+                "--order", str(order), "--verbose")
     assert_result(proc, 0, "kdp-n[1-3] (3 node(s))", "- (0 node(s))")
+    assert tree_lines(proc.stderr) == ["server", "  kdp-n3", "    kdp-n1", "      kdp-n2"]
     for node in sc.nodes:
         got = node.path(sc.dest) / "image.raw"
         assert got.read_bytes() == blob.read_bytes()
@@ -198,3 +215,15 @@ def test_push_through_pdsh(ssh_nodes, workdir):
     want = tree_manifest(src, mtime=False, owner=False)
     for node in sc.nodes[:2]:
         assert not diff_manifests(want, tree_manifest(node.path(sc.dest) / "data", mtime=False, owner=False))
+
+
+def test_order_by_address_differs_from_the_nodeset_order(ssh_nodes, workdir):
+    sc = ssh_nodes(["kdp-b", "kdp-a"])          # kdp-b has the lower address
+    src = workdir / "small"
+    src.mkdir()
+    (src / "f").write_text("x\n")
+    by_name = push(sc, str(src), "-w", "kdp-a,kdp-b", "--dest", sc.dest, "--verbose")
+    assert tree_lines(by_name.stderr) == ["server", "  kdp-a", "    kdp-b"], by_name.stderr
+    by_address = push(sc, str(src), "-w", "kdp-a,kdp-b", "--dest", sc.dest, "--verbose", "--order", "address")
+    assert_result(by_address, 0, "kdp-a,kdp-b (2 node(s))", "- (0 node(s))")
+    assert tree_lines(by_address.stderr) == ["server", "  kdp-b", "    kdp-a"], by_address.stderr

@@ -106,10 +106,13 @@ def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run,
         for line in plan_lines(cfg, ordered, chosen, argv):
             click.echo(line)
         return 0
-    if chosen.name == "none":
-        click.echo(f"run on every node of {nodes}:", err=True)
-        click.echo(chosen.command_lines(ordered, argv)[0])
-    result = asyncio.run(run_push(cfg, names, ordered, chosen, argv))
+
+    def listening() -> None:
+        if chosen.name == "none":      # the admin starts the receivers
+            click.echo(f"run on every node of {nodes}:", err=True)
+            click.echo(chosen.command_lines(ordered, argv)[0])
+
+    result = asyncio.run(run_push(cfg, names, ordered, chosen, argv, listening))
     for line in result.lines():
         click.echo(line)
     return result.exit_status

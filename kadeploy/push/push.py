@@ -15,7 +15,7 @@ import shlex
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from kadeploy.control.server import Server, ServerConfig
 from kadeploy.core.topology import address_key
@@ -179,9 +179,14 @@ def server_config(cfg: PushConfig, order: List[str], launcher: launchers_mod.Lau
 
 
 async def run_push(cfg: PushConfig, names: List[str], order: List[str],
-                   launcher: launchers_mod.Launcher, argv: List[str]) -> PushResult:
+                   launcher: launchers_mod.Launcher, argv: List[str],
+                   listening: Callable[[], None] = lambda: None) -> PushResult:
     server = PushServer(server_config(cfg, order, launcher), cfg.order == "address", cfg.chains)
     serving = asyncio.ensure_future(server.run())
+    await asyncio.sleep(0)      # the server binds its ports, or fails, before any node starts
+    if serving.done():
+        serving.result()
+    listening()
     loop = asyncio.get_running_loop()
     launching = loop.run_in_executor(None, launcher.run, names, argv)
     launched: Dict[str, Optional[str]] = {}
