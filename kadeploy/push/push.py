@@ -29,6 +29,7 @@ from kadeploy.view.report import Report
 log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"
 DEFAULT_WAIT_TIMEOUT = 60.0
+LAUNCHER_GRACE = 30.0          # seconds an attached launcher (srun) may take to end after the report
 
 
 @dataclass
@@ -209,8 +210,10 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
         if "no client registered" not in str(e):
             raise
     finally:
+        # srun's step ends once its receivers have reported: its per-node errors
+        # name the nodes that never started.
         if not following.done():
-            await asyncio.wait([following], timeout=None if launcher.detach else 0)
+            await asyncio.wait([following], timeout=None if launcher.detach else LAUNCHER_GRACE)
         following.cancel()
     return gather_result(names, report, launched)
 

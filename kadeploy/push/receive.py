@@ -25,7 +25,7 @@ from typing import Callable, List, Optional
 
 from kadeploy.control.client import Client, ClientConfig
 from kadeploy.core import protocol as P
-from kadeploy.errors import EXIT_FAILED, EXIT_OK, KadeployError, NotJoined, UsageError
+from kadeploy.errors import EXIT_FAILED, EXIT_OK, KadeployError, UsageError
 
 log = logging.getLogger("kadeploy.client")
 TEMP_PREFIX = ".kadeploy-push-"
@@ -108,7 +108,7 @@ class Destination:
         try:
             self._prepare(name)
         except OSError as e:
-            raise KadeployError(f"cannot write into {e.filename or dest}: {e.strerror}")
+            raise KadeployError(f"cannot write into {dest}: {e.strerror}")
 
     def _prepare(self, name: Optional[str]) -> None:
         dest = self.dest
@@ -314,8 +314,6 @@ def receive(cfg: ClientConfig, destination: Destination, detach: bool) -> int:
         return run_receiver(cfg, destination)
     try:
         return detached(lambda on_registered: run_receiver(cfg, destination, on_registered))
-    except NotJoined:
-        raise
     except KadeployError:
-        destination.discard()
+        destination.discard()     # the child failed before it registered
         raise
