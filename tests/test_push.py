@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kadeploy.core.topology import build_tree
 from kadeploy.errors import KadeployError, UsageError
 from kadeploy.push import launchers
-from kadeploy.push.nodes import Chains, fold, match_name, parse_nodeset, read_order_file, split_chains
+from kadeploy.push.nodes import Chains, NameIndex, fold, parse_nodeset, read_order_file, split_chains
 from kadeploy.push.push import PushConfig, PushResult, gather_result, producer_command
 from kadeploy.push.receive import TEMP_PREFIX, Destination, FileStat, put_in_place
 from kadeploy.view.report import NodeReport, Report
@@ -50,12 +50,13 @@ def test_order_file_must_name_exactly_the_nodes(tmp_path):
 
 
 def test_a_client_is_known_by_its_host_name_short_name_or_address():
-    names = ["node1", "node2.cluster", "198.18.0.9"]
-    assert match_name(names, "node1", "10.0.0.1") == "node1"
-    assert match_name(names, "node1.cluster.example", "10.0.0.1") == "node1"
-    assert match_name(names, "node2", "10.0.0.2") == "node2.cluster"
-    assert match_name(names, "whatever", "198.18.0.9") == "198.18.0.9"
-    assert match_name(names, "other", "10.0.0.3") is None
+    index = NameIndex(["node1", "node2.cluster", "198.18.0.9"])
+    assert index.find("node1", "10.0.0.1") == "node1"
+    assert index.find("node1.cluster.example", "10.0.0.1") == "node1"
+    assert index.find("node2", "10.0.0.2") == "node2.cluster"
+    assert index.find("whatever", "198.18.0.9") == "198.18.0.9"
+    assert index.find("other", "10.0.0.3") is None
+    assert index.find("", "10.0.0.3") is None
 
 
 @given(st.integers(1, 300), st.integers(1, 40))

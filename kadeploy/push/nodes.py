@@ -42,10 +42,15 @@ def read_order_file(path: str, names: Sequence[str]) -> List[str]:
     except OSError as e:
         raise UsageError(f"cannot read order file {path}: {e.strerror}")
     order: List[str] = []
+    seen = set()
     for line in filter(None, lines):
-        order += [n for n in parse_nodeset(line) if n not in order]
-    missing = [n for n in names if n not in order]
-    extra = [n for n in order if n not in set(names)]
+        for n in parse_nodeset(line):
+            if n not in seen:
+                seen.add(n)
+                order.append(n)
+    wanted = set(names)
+    missing = [n for n in names if n not in seen]
+    extra = [n for n in order if n not in wanted]
     if missing:
         raise UsageError(f"order file {path} does not list {fold(missing)}")
     if extra:
@@ -66,18 +71,22 @@ def split_chains(n: int, chains: int) -> List[range]:
     return runs
 
 
-def match_name(names: Sequence[str], hostname: str, address: str,
-               resolved: Optional[Dict[str, str]] = None) -> Optional[str]:
+class NameIndex:
     """Which node of the node set a registered client is: by host name, by short host
-    name, or by address (the name itself, or what it resolved to)."""
-    short = hostname.split(".", 1)[0]
-    for name in names:
-        if name == hostname or (short and name.split(".", 1)[0] == short):
-            return name
-    for name in names:
-        if name == address or (resolved and resolved.get(name) == address):
-            return name
-    return None
+    name, or by address; indexed once, so that 10,000 reports are matched in linear
+    time."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._exact: Dict[str, str] = {}
+        self._short: Dict[str, str] = {}
+        for name in names:
+            self._exact.setdefault(name, name)
+            self._short.setdefault(name.split(".", 1)[0], name)
+
+    def find(self, hostname: str, address: str) -> Optional[str]:
+        short = hostname.split(".", 1)[0]
+        return (self._exact.get(hostname) or (self._short.get(short) if short else None)
+                or self._exact.get(address))
 
 
 class Chains:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import shlex
 import socket
 import stat
@@ -22,7 +23,7 @@ from kadeploy.core.topology import address_key
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError, UsageError
 from kadeploy.push import launchers as launchers_mod
-from kadeploy.push.nodes import Chains, fold, match_name, parse_nodeset, read_order_file
+from kadeploy.push.nodes import Chains, NameIndex, fold, parse_nodeset, read_order_file
 from kadeploy.push.receive import TAR_PRESERVE_CREATE, FileStat
 from kadeploy.view.report import Report
 
@@ -179,9 +180,22 @@ def server_config(cfg: PushConfig, order: List[str], launcher: launchers_mod.Lau
         max_connections=max(4096, 2 * len(order) + 64))
 
 
+def raise_open_files_limit(n_nodes: int) -> None:
+    """One control connection per node, plus the ssh processes' pipes: a soft limit
+    of 1024 would stop a push to a few hundred nodes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * n_nodes + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open files limited to %d (ulimit -Hn): too few for %d node(s)", new, n_nodes)
+
+
 async def run_push(cfg: PushConfig, names: List[str], order: List[str],
                    launcher: launchers_mod.Launcher, argv: List[str],
                    listening: Callable[[], None] = lambda: None) -> PushResult:
+    raise_open_files_limit(len(names))
     server = PushServer(server_config(cfg, order, launcher), cfg.order == "address", cfg.chains)
     serving = asyncio.ensure_future(server.run())
     await asyncio.sleep(0)      # the server binds its ports, or fails, before any node starts
@@ -222,8 +236,9 @@ def gather_result(names: Sequence[str], report: Optional[Report],
                   launched: Dict[str, Optional[str]]) -> PushResult:
     rows: Dict[str, object] = {}
     if report is not None:
+        index = NameIndex(names)
         for row in report.nodes:
-            name = match_name(names, row.hostname, row.address)
+            name = index.find(row.hostname, row.address)
             if name is not None:
                 rows[name] = row
     ok, failed = [], {}
