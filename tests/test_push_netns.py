@@ -59,6 +59,7 @@ def make_source(root: Path) -> Path:
     os.chown(src / "secret", 1234, 5678)
     os.symlink("sub/notes.txt", src / "link")
     os.link(src / "sub" / "notes.txt", src / "sub" / "deeper" / "hard")
+    os.setxattr(src / "secret", "user.kdp", b"kept with --preserve")
     return src
 
 
@@ -102,6 +103,7 @@ def test_push_a_directory_and_a_file_to_every_node(ssh_nodes, workdir, launcher)
         got = node.path(sc.dest)
         assert not diff_manifests(want, tree_manifest(got / "data")), node.name
         assert (got / "weights.bin").read_bytes() == extra.read_bytes()
+        assert os.getxattr(got / "data" / "secret", "user.kdp") == b"kept with --preserve"
         assert leftovers(node, sc.dest) == [], node.name
         # the host's directory is untouched: every copy is the node's own
         assert not any(Path(sc.dest).iterdir())
