@@ -71,15 +71,17 @@ def _keygen(path: Path) -> str:
 
 
 def start(cluster, workdir: Path, *, names: List[str],
-          no_kadeploy=(), read_only=(), unreachable=()) -> SshCluster:
+          no_kadeploy=(), read_only=(), unreachable=(), no_key=()) -> SshCluster:
     """sshd on cluster nodes 1..len(names) (node 0 is the head). Nodes in
     `no_kadeploy` have no kadeploy on their PATH, those in `read_only` a read-only
-    destination; names in `unreachable` point at an address nobody answers."""
+    destination, those in `no_key` refuse our key; names in `unreachable` point at an
+    address nobody answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
     host_pub = _keygen(workdir / "host_key")
     user_pub = _keygen(workdir / "user_key")
     (workdir / "authorized_keys").write_text(user_pub + "\n")
+    (workdir / "no_keys").write_text("")
     (workdir / "known_hosts").write_text(f"198.18.0.* {' '.join(host_pub.split()[:2])}\n")
     dest = str(workdir / "dest")
     os.makedirs(dest, exist_ok=True)
@@ -101,7 +103,8 @@ def start(cluster, workdir: Path, *, names: List[str],
         config = workdir / f"sshd_{node.name}"
         config.write_text(
             f"Port 22\nListenAddress {node.address}\nHostKey {workdir / 'host_key'}\n"
-            f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPidFile none\nUsePAM no\n"
+            f"AuthorizedKeysFile {workdir / ('no_keys' if node.name in no_key else 'authorized_keys')}\n"
+            "PidFile none\nUsePAM no\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nStrictModes no\nMaxStartups 100\n"
             f"SetEnv PATH={path}\n")
