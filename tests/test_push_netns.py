@@ -155,14 +155,15 @@ def test_push_one_file_in_the_order_of_a_file(ssh_nodes, workdir):
         assert got.stat().st_mtime_ns == blob.stat().st_mtime_ns
 
 
-def test_bad_nodes_fail_alone_with_the_launchers_own_error(ssh_nodes, workdir):
+@pytest.mark.parametrize("launcher", ["ssh", "clush"])
+def test_bad_nodes_fail_alone_with_the_launchers_own_error(ssh_nodes, workdir, launcher):
     """Unreachable, no kadeploy, a read-only destination, permission denied: each one
     line; the others have the data; nothing is left on the failed ones."""
     names = ["kdp-n1", "kdp-n2", "kdp-n3", "kdp-n4", "kdp-n5", "kdp-n6"]
     sc = ssh_nodes(names, no_kadeploy=["kdp-n3"], read_only=["kdp-n4"], unreachable=["kdp-n5"],
                    no_key=["kdp-n6"])
     src = make_source(workdir)
-    proc = push(sc, str(src), "-w", "kdp-n[1-6]", "--dest", sc.dest)
+    proc = push(sc, str(src), "-w", "kdp-n[1-6]", "--dest", sc.dest, launcher=launcher)
     assert_result(proc, 2, "kdp-n[1-2] (2 node(s))", "kdp-n[3-6] (4 node(s))")
     lines = {line.split(": ", 1)[0]: line for line in proc.stdout.splitlines()}
     assert "kadeploy: command not found" in lines["kdp-n3"], proc.stdout
