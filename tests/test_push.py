@@ -21,6 +21,13 @@ from kadeploy.view.report import NodeReport, Report
 KADEPLOY = [sys.executable, "-m", "kadeploy"]
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ------------------------------------------------------------------ node sets
 
 def test_nodeset_expands_in_rack_order_and_folds_back():
@@ -136,7 +143,7 @@ def test_every_node_is_ok_failed_or_explained():
     assert res.ok == ["n1"]
     assert res.failed == {"n2": "consumer failed (exit status 2)",
                           "n3": "ssh: connect to host n3: No route to host",
-                          "n4": "started, but never registered with the server"}
+                          "n4": "never registered with the server"}
     assert res.exit_status == 2
     assert res.lines()[-2:] == ["ok: n1 (1 node(s))", "failed: n[2-4] (3 node(s))"]
     assert PushResult(ok=[], failed={"n1": "x"}, report=None).exit_status == 1
@@ -245,3 +252,14 @@ def test_a_port_in_use_fails_before_any_node_is_started():
     assert p.stderr.strip().splitlines() == [
         f"kadeploy: error: cannot listen on TCP port {port}: Address already in use"], p.stderr
     assert "receive" not in p.stdout      # the command for the nodes was never printed
+
+
+def test_with_launcher_none_nodes_that_never_register_are_each_reported(tmp_path):
+    p = run("push", "/etc/hostname", "--file", "-w", "n[1-2]", "--dest", "/tmp", "--launcher", "none",
+            "-p", str(free_port()), "-P", str(free_port()), "--wait-timeout", "1")
+    assert p.returncode == 1, p.stderr
+    first, *rest = p.stdout.strip().splitlines()
+    assert first.startswith("kadeploy receive --dest /tmp -p ") and " --file --name hostname" in first
+    assert rest == ["n1: never registered with the server", "n2: never registered with the server",
+                    "ok: - (0 node(s))", "failed: n[1-2] (2 node(s))"], p.stdout
+    assert "Traceback" not in p.stderr

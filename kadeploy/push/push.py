@@ -220,9 +220,10 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
     report: Optional[Report] = None
     try:
         report = await serving
-    except KadeployError as e:
-        if "no client registered" not in str(e):
+    except KadeployError:
+        if server.registry.nodes:
             raise
+        # nobody registered: every node is reported below, with why if it is known
     finally:
         # srun's step ends once its receivers have reported: its per-node errors
         # name the nodes that never started.
@@ -253,7 +254,7 @@ def gather_result(names: Sequence[str], report: Optional[Report],
         elif report is not None and report.stream_error:
             failed[name] = f"never registered; the stream failed: {report.stream_error}"
         else:
-            failed[name] = "started, but never registered with the server"
+            failed[name] = "never registered with the server"
     return PushResult(ok=ok, failed=failed, report=report)
 
 
