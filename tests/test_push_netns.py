@@ -230,3 +230,30 @@ def test_order_by_address_differs_from_the_nodeset_order(ssh_nodes, workdir):
     by_address = push(sc, str(src), "-w", "kdp-a,kdp-b", "--dest", sc.dest, "--verbose", "--order", "address")
     assert_result(by_address, 0, "kdp-a,kdp-b (2 node(s))", "- (0 node(s))")
     assert tree_lines(by_address.stderr) == ["server", "  kdp-b", "    kdp-a"], by_address.stderr
+
+
+def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(vcluster, workdir):
+    """No ssh at all: the nodes run the printed command themselves (here in their own
+    UTS and mount namespaces), finding the server by --server-address."""
+    cluster = vcluster(3, prefix="kdp")
+    src = make_source(workdir)
+    dest = workdir / "dest"
+    dest.mkdir()
+    head = cluster.popen(0, [KADEPLOY, "push", str(src), "-w", "kdp-n[1-2]", "--dest", str(dest),
+                             "--launcher", "none", "--server-address", cluster.node(0).addr],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = head.stdout.readline().strip()
+    assert command.startswith("kadeploy receive ") and "--server 198.18.0.1" in command, command
+    receivers = []
+    for i in (1, 2):
+        script = (f"hostname kdp-n{i}; mount -t tmpfs kdp-dest {dest}; "
+                  f"PATH={sshcluster.VENV_BIN}:$PATH {command} && exec sleep 600")
+        receivers.append(cluster.popen(i, ["unshare", "--uts", "--mount", "--propagation", "private",
+                                           "sh", "-c", script]))
+    out, err = head.communicate(timeout=120)
+    assert head.returncode == 0, out + err
+    assert out.strip().splitlines()[-2:] == ["ok: kdp-n[1-2] (2 node(s))", "failed: - (0 node(s))"], out
+    want = tree_manifest(src, mtime=False, owner=False)
+    for proc in receivers:   # the sleep keeps each node's mount namespace for the check
+        got = Path(f"/proc/{proc.pid}/root") / str(dest).lstrip("/") / "data"
+        assert not diff_manifests(want, tree_manifest(got, mtime=False, owner=False))

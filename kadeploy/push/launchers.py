@@ -41,6 +41,9 @@ def describe_failure(status: int, stderr: str) -> str:
 class Launcher:
     name = ""
     detach = True              # receivers return once registered
+    # run() returns once every node it could start has registered (detached
+    # receivers), so the transfer may start then; else --wait-timeout bounds the wait.
+    returns_when_registered = True
 
     def __init__(self, fanout: Optional[int] = None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  ssh_options: Sequence[str] = ()) -> None:
@@ -182,6 +185,7 @@ class SrunLauncher(Launcher):
     the receivers stay attached to the job step until the end."""
     name = "srun"
     detach = False
+    returns_when_registered = False
 
     def check(self) -> None:
         _need_binary("srun", "slurm-client")
@@ -212,6 +216,7 @@ class SrunLauncher(Launcher):
 class PrintLauncher(Launcher):
     """`none`: print the command; the admin starts it on every node by any means."""
     name = "none"
+    returns_when_registered = False
 
     def command_lines(self, nodes, argv):
         return [shlex.join(argv)]

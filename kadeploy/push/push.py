@@ -174,7 +174,7 @@ def server_config(cfg: PushConfig, order: List[str], launcher: launchers_mod.Lau
     return ServerConfig(
         n_clients=len(order), arity=cfg.arity, producer=producer_command(cfg),
         control_port=cfg.control_port, data_port=cfg.data_port, bind=None,
-        wait_timeout=None if launcher.detach else cfg.wait_timeout, hosts=order,
+        wait_timeout=None if launcher.returns_when_registered else cfg.wait_timeout, hosts=order,
         connect_timeout=max(cfg.connect_timeout, 30), key=cfg.key, live=False,
         progress_interval=5.0, stall_timeout=cfg.stall_timeout,
         max_connections=max(4096, 2 * len(order) + 64))
@@ -213,7 +213,7 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
         if failed:
             log.warning("%d node(s) could not be started: %s", failed,
                         fold(n for n, why in launched.items() if why is not None))
-        if launcher.detach or len(server.registry.nodes) >= len(names) - failed:
+        if launcher.returns_when_registered or len(server.registry.nodes) >= len(names) - failed:
             server.registry.start_now.set()   # every node that could start has registered
 
     following = asyncio.ensure_future(follow_launcher())
@@ -228,7 +228,8 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
         # srun's step ends once its receivers have reported: its per-node errors
         # name the nodes that never started.
         if not following.done():
-            await asyncio.wait([following], timeout=None if launcher.detach else LAUNCHER_GRACE)
+            await asyncio.wait([following],
+                               timeout=None if launcher.returns_when_registered else LAUNCHER_GRACE)
         following.cancel()
     return gather_result(names, report, launched)
 
