@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -257,3 +258,35 @@ def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(vcluster,
     for proc in receivers:   # the sleep keeps each node's mount namespace for the check
         got = Path(f"/proc/{proc.pid}/root") / str(dest).lstrip("/") / "data"
         assert not diff_manifests(want, tree_manifest(got, mtime=False, owner=False))
+
+
+def test_a_node_killed_midway_fails_alone_and_keeps_no_copy_in_place(ssh_nodes, workdir):
+    """The server re-attaches the lost node's child; the killed node is reported with
+    the reason, and its unverified copy was never renamed into place."""
+    sc = ssh_nodes(["kdp-n1", "kdp-n2", "kdp-n3"], rate="40mbit")
+    src = workdir / "big"
+    src.mkdir()
+    (src / "blob").write_bytes(os.urandom(24 << 20))     # about 5 s at 40 Mbit/s
+    head = sc.head_popen([KADEPLOY, "push", str(src), "-w", "kdp-n[1-3]", "--dest", sc.dest,
+                          "--launcher", "ssh", "--ssh-option=-F", f"--ssh-option={sc.ssh_config}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = sc.by_name()["kdp-n2"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not leftovers(victim, sc.dest):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    pids = subprocess.run(["ip", "netns", "pids", sc.cluster.node(victim.index).ns],
+                          capture_output=True, text=True).stdout.split()
+    receivers = [int(p) for p in pids if b"receive" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert receivers, "no receiver on kdp-n2"
+    for pid in receivers:
+        os.kill(pid, signal.SIGKILL)
+    out, err = head.communicate(timeout=120)
+    assert head.returncode == 2, out + err
+    lines = out.strip().splitlines()
+    assert lines[-2:] == ["ok: kdp-n[1,3] (2 node(s))", "failed: kdp-n2 (1 node(s))"], out + err
+    assert lines[0].startswith("kdp-n2: lost the control connection"), out
+    for name in ("kdp-n1", "kdp-n3"):
+        node = sc.by_name()[name]
+        assert (node.path(sc.dest) / "big" / "blob").read_bytes() == (src / "blob").read_bytes()
+    assert not (victim.path(sc.dest) / "big").exists()
