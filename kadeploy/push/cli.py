@@ -11,6 +11,7 @@ from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import UsageError
 from kadeploy.push import launchers as launchers_mod
 from kadeploy.push.nodes import ORDERS
+from kadeploy.push.push import DEFAULT_REMOTE_COMMAND, DEFAULT_STALL_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 PORT = click.IntRange(1, 65535)
@@ -54,7 +55,7 @@ class OrderType(click.ParamType):
               help="Print the node order, the producer and the launcher's commands; start nothing.")
 @click.option("--launcher", type=click.Choice(["auto", *launchers_mod.NAMES]), default="auto", show_default=True,
               help="How the receivers are started: auto is clush when ClusterShell imports, else ssh.")
-@click.option("--remote-command", metavar="CMD", default="kadeploy", show_default=True,
+@click.option("--remote-command", metavar="CMD", default=DEFAULT_REMOTE_COMMAND, show_default=True,
               help="How a node starts kadeploy (its receive subcommand is appended).")
 @click.option("--order", type=OrderType(), default="nodeset", show_default=True,
               help="Chain order: the node set's, by address, or the order of the nodes in FILE.")
@@ -74,9 +75,9 @@ class OrderType(click.ParamType):
               help="Seconds the launcher waits for a node's ssh connection.")
 @click.option("--ssh-option", "ssh_options", metavar="OPT", multiple=True,
               help="An argument for ssh (ssh, clush and pdsh launchers), e.g. -F FILE or -oPort=2222; may be repeated.")
-@click.option("--wait-timeout", type=SECONDS, default=60.0, show_default=True,
+@click.option("--wait-timeout", type=SECONDS, default=DEFAULT_WAIT_TIMEOUT, show_default=True,
               help="srun and none: seconds to wait for the nodes to register before starting with those that did.")
-@click.option("--stall-timeout", type=SECONDS, default=3.0, show_default=True,
+@click.option("--stall-timeout", type=SECONDS, default=DEFAULT_STALL_TIMEOUT, show_default=True,
               help="Seconds of silence after which a node is given up.")
 @click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",
               help="Shared key, at the same path on every node (see ka-d-server --key-file).")

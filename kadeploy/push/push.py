@@ -30,6 +30,7 @@ from kadeploy.view.report import Report
 log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"
 DEFAULT_WAIT_TIMEOUT = 60.0
+DEFAULT_STALL_TIMEOUT = ServerConfig.stall_timeout
 LAUNCHER_GRACE = 30.0          # seconds an attached launcher (srun) may take to end after the report
 
 
@@ -54,7 +55,7 @@ class PushConfig:
     connect_timeout: float = launchers_mod.DEFAULT_CONNECT_TIMEOUT
     ssh_options: List[str] = field(default_factory=list)
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    stall_timeout: float = 3.0
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     key_file: Optional[str] = None
     key: Optional[bytes] = None
     quiet: bool = False
