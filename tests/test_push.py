@@ -263,3 +263,19 @@ def test_with_launcher_none_nodes_that_never_register_are_each_reported(tmp_path
     assert rest == ["n1: never registered with the server", "n2: never registered with the server",
                     "ok: - (0 node(s))", "failed: n[1-2] (2 node(s))"], p.stdout
     assert "Traceback" not in p.stderr
+
+
+def test_a_broken_clustershell_topology_fails_every_node_with_its_error(tmp_path):
+    """ClusterShell's tree mode with a gateway that cannot be reached: the launcher
+    itself raises, and push says so for every node instead of waiting for ever."""
+    import socket
+    (tmp_path / "topology.conf").write_text(
+        f"[routes]\n{socket.gethostname().split('.', 1)[0]}: kdp-nowhere-gw\nkdp-nowhere-gw: n[1-2]\n")
+    env = dict(os.environ, CLUSTERSHELL_CFGDIR=str(tmp_path))
+    p = subprocess.run([*KADEPLOY, "push", "/etc/hostname", "--file", "-w", "n[1-2]", "--dest", "/tmp",
+                        "--launcher", "clush", "-p", str(free_port()), "-P", str(free_port())],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("n1: the clush launcher failed: RouteResolvingError"), p.stdout
+    assert lines[-1] == "failed: n[1-2] (2 node(s))"

@@ -70,6 +70,9 @@ def push(sc, *args, launcher="ssh", timeout=120):
     env = dict(os.environ)
     if launcher == "clush":
         env["CLUSTERSHELL_CFGDIR"] = str(sc.workdir / "clustershell")   # nothing of the host's
+        # tree mode: the gateway runs ClusterShell with this interpreter (ssh sessions
+        # read root's ~/.bashrc, whose PATH may find another python first)
+        env["CLUSTERSHELL_GW_PYTHON_EXECUTABLE"] = sys.executable
     return sc.head_run(argv, timeout=timeout, env=env)
 
 
@@ -290,3 +293,25 @@ def test_a_node_killed_midway_fails_alone_and_keeps_no_copy_in_place(ssh_nodes, 
         node = sc.by_name()[name]
         assert (node.path(sc.dest) / "big" / "blob").read_bytes() == (src / "blob").read_bytes()
     assert not (victim.path(sc.dest) / "big").exists()
+
+
+def test_clush_tree_mode_through_a_gateway(ssh_nodes, workdir):
+    """ClusterShell's tree mode, configured in its own topology.conf: the head reaches
+    the nodes through a gateway node, and the data still goes through the chain."""
+    import socket
+    sc = ssh_nodes(["kdp-gw", "kdp-n1", "kdp-n2"])
+    cfgdir = sc.workdir / "clustershell"
+    cfgdir.mkdir()
+    head = socket.gethostname().split(".", 1)[0]
+    (cfgdir / "topology.conf").write_text(f"[routes]\n{head}: kdp-gw\nkdp-gw: kdp-n[1-2]\n")
+    src = make_source(workdir)
+    proc = push(sc, str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest, "--server-address",
+                sc.cluster.node(0).addr, launcher="clush")
+    assert_result(proc, 0, "kdp-n[1-2] (2 node(s))", "- (0 node(s))")
+    gateway = sc.by_name()["kdp-gw"].address
+    for name in ("kdp-n1", "kdp-n2"):
+        log = (sc.workdir / f"sshd_{name}.log").read_text()
+        assert f"Accepted publickey for root from {gateway} " in log, log    # not from the head
+        got = sc.by_name()[name].path(sc.dest) / "data"
+        assert not diff_manifests(tree_manifest(src, mtime=False, owner=False),
+                                  tree_manifest(got, mtime=False, owner=False))

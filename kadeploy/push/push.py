@@ -209,7 +209,12 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
 
     async def follow_launcher() -> None:
         nonlocal launched
-        launched = await launching
+        try:
+            launched = await launching
+        except Exception as e:  # the launcher itself broke (e.g. no route in ClusterShell's topology)
+            why = f"the {launcher.name} launcher failed: {type(e).__name__}: {e}"
+            log.error("%s", why)
+            launched = {n: why for n in names}
         failed = sum(1 for why in launched.values() if why is not None)
         if failed:
             log.warning("%d node(s) could not be started: %s", failed,
