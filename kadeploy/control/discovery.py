@@ -1,8 +1,8 @@
 """Finding the server by session name over UDP broadcast, as the original did.
 
-The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times; a server
-of that session answers the sender. The original answered its version string to
-port 4958; we answer to the request's source port instead (so several clients on one
+The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times (both in
+kadeploy.defaults); a server of that session answers the sender. The original
+answered its version string to port 4958; we answer to the request's source port instead (so several clients on one
 host all get their answer), with the version and the control port:
 ``kadeploy <version> <control port>\\0``. The answer's source address is the server.
 """
@@ -15,10 +15,10 @@ import struct
 import time
 from typing import List, Optional, Tuple
 
+from kadeploy.defaults import DISCOVERY_PORT, DISCOVERY_TRIES
 from kadeploy.errors import NotJoined, UsageError
 from kadeploy.version import __version__
 
-DISCOVERY_PORT = 4957
 MAX_SESSION_NAME = 255
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFFLAGS = 0x8913
@@ -115,7 +115,7 @@ async def start_responder(session: str, control_port: int, log, port: int = DISC
     return transport
 
 
-def discover(session: str, *, tries: int = 10, interval: float = 1.0,
+def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = 1.0,
              port: int = DISCOVERY_PORT) -> Tuple[str, int]:
     """(server address, control port) for a session, or NotJoined after `tries` seconds."""
     req = request(session)

@@ -42,7 +42,17 @@ from kadeploy.data.commands import (
 )
 from kadeploy.data.datalink import ChildAcceptor, accept_children
 from kadeploy.data.tap import HashTap, Spool
-from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.defaults import (
+    BUFFER_SIZE,
+    CONNECT_TIMEOUT,
+    CONTROL_PORT,
+    DATA_PORT,
+    DISCOVERY_PORT,
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    PROGRESS_INTERVAL,
+    STALL_TIMEOUT,
+)
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
@@ -70,21 +80,21 @@ class ServerConfig:
     wait_timeout: Optional[float] = None
     hosts: Optional[List[str]] = None
     relay_backend: Optional[str] = None
-    buffer_size: int = relay_mod.DEFAULT_BUFFER_SIZE
+    buffer_size: int = BUFFER_SIZE
     sockbuf: Optional[int] = None
-    connect_timeout: float = 30.0
-    handshake_timeout: float = 10.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     report_file: Optional[str] = None
-    discovery_port: int = 4957
-    progress_interval: float = 5.0
+    discovery_port: int = DISCOVERY_PORT
+    progress_interval: float = PROGRESS_INTERVAL
     live: Optional[bool] = None        # live table; None: when stderr is a terminal
     expected_size: Optional[int] = None
     key: Optional[bytes] = None
-    max_connections: int = 4096
+    max_connections: int = MAX_CONNECTIONS
     verify: bool = True                # chunk digests beside the data, checked by every node
     repair: bool = True                # spool the stream; re-attach the orphans of a lost node
     spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
-    stall_timeout: float = 3.0         # a node silent this long is given up
+    stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
 
 
 class Server:

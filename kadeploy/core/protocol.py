@@ -21,6 +21,7 @@ import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple, Type, Union
 
+from kadeploy.defaults import STALL_TIMEOUT
 from kadeploy.version import PROTOCOL_VERSION
 
 MAGIC = b"KD"
@@ -111,7 +112,7 @@ class Place(Message):
     token: str = ""        # secret of this deployment, proves membership on data links
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 0
-    stall_timeout: float = 3.0     # silence after which either side gives the other up
+    stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
 
 
 @dataclass

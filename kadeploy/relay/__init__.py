@@ -24,6 +24,7 @@ import importlib
 import os
 from typing import Dict, Optional, Sequence
 
+from kadeploy import defaults
 from kadeploy.relay.result import (
     EOF,
     NO_SINKS,
@@ -43,7 +44,7 @@ BACKENDS = ("cython", "cffi", "python", "copy")
 # segment at a time) the copy loop beats the splice loops written in Python, whose
 # per-iteration overhead outweighs the copies they save.
 AUTO_ORDER = ("cython", "copy", "cffi", "python")
-DEFAULT_BUFFER_SIZE = 1 << 20
+DEFAULT_BUFFER_SIZE = defaults.BUFFER_SIZE
 
 _MODULES = {
     "cython": "kadeploy.relay.cython_backend",
