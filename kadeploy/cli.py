@@ -179,7 +179,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         finish_delay=delay / 10, control_port=control_port, data_port=data_port, bind=bind,
         wait_timeout=wait_timeout, hosts=hosts, relay_backend=relay_backend,
         buffer_size=buffer_size, sockbuf=sockbuf, connect_timeout=connect_timeout,
-        report_file=report_file, discovery_port=discovery_port,
+        discovery_port=discovery_port,
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,

@@ -89,10 +89,9 @@ def broadcast_addresses() -> List[str]:
 class Responder(asyncio.DatagramProtocol):
     """Server side: answer requests for our session name."""
 
-    def __init__(self, session: str, control_port: int, log) -> None:
-        self.session, self.control_port, self.log = session, control_port, log
+    def __init__(self, session: str, control_port: int) -> None:
+        self.session, self.control_port = session, control_port
         self.transport = None
-        self.ignored = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -100,18 +99,16 @@ class Responder(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if parse_request(data) == self.session:
             self.transport.sendto(answer(self.control_port), addr)
-        else:
-            self.ignored += 1
 
 
-async def start_responder(session: str, control_port: int, log, port: int = DISCOVERY_PORT):
+async def start_responder(session: str, control_port: int, port: int = DISCOVERY_PORT):
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.bind(("0.0.0.0", port))
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: Responder(session, control_port, log), sock=sock)
+        lambda: Responder(session, control_port), sock=sock)
     return transport
 
 

@@ -17,6 +17,7 @@ from typing import Dict, Optional
 from kadeploy.control.registry import Node
 from kadeploy.core import protocol as P
 from kadeploy.core import repair
+from kadeploy.core.states import PLACED_ALIVE, RECEIVING
 from kadeploy.data.datalink import ChildAcceptor
 from kadeploy.data.tap import Spool, SpoolFeeder
 
@@ -55,7 +56,7 @@ class Healer:
             return
         node.fail(reason)
         node.channel.abort()
-        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
+        needs = {i for i, n in self.nodes.items() if n.position and n.state in RECEIVING}
         actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
         for action in actions:
             if isinstance(action, repair.Drop):
@@ -71,7 +72,7 @@ class Healer:
                     sock.shutdown(socket.SHUT_RDWR)   # the relay or feeder retires it
                 except OSError:
                     pass
-        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
+        elif self.nodes[parent].state in PLACED_ALIVE:
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
     def _reattach(self, child: Node, why: str) -> None:

@@ -33,6 +33,7 @@ from kadeploy.control.netio import listen, shutdown_close
 from kadeploy.control.registry import Node, Registry
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
+from kadeploy.core.states import RECEIVING, NodeState, Verdict
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
 from kadeploy.data.commands import (
     DEFAULT_PRODUCER,
@@ -84,7 +85,6 @@ class ServerConfig:
     sockbuf: Optional[int] = None
     connect_timeout: float = CONNECT_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
-    report_file: Optional[str] = None
     discovery_port: int = DISCOVERY_PORT
     progress_interval: float = PROGRESS_INTERVAL
     live: Optional[bool] = None        # live table; None: when stderr is a terminal
@@ -233,7 +233,7 @@ class Server:
                                       sockbuf=self.cfg.sockbuf, on_refused=refused)
         conns = await accept_children(
             self.healer.acceptor, child_ids, timeout=self.cfg.connect_timeout,
-            gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
+            gone=lambda: {i for i, n in self.nodes.items() if n.state == NodeState.FAILED})
         self.healer.server_sinks.update(conns)
         for node_id in child_ids:
             if node_id not in conns:
@@ -261,7 +261,7 @@ class Server:
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():
-            if node.position and node.state in ("connecting", "streaming"):
+            if node.position and node.state in RECEIVING:
                 node.channel.post(msg)
 
     async def _stream(self, sinks: List[socket.socket]) -> None:
@@ -373,7 +373,7 @@ class Server:
                 data_port=node.info.data_port,
                 parent=self.tree.parent(node.position) if node.position and self.tree else None,
                 bytes=node.bytes, seconds=d.seconds if d else None,
-                status="ok" if node.ok else "failed",
+                status=Verdict.OK if node.ok else Verdict.FAILED,
                 error=node.error or (d.error if d and not d.ok else None),
                 consumer_status=d.consumer_status if d else None,
                 backend=d.backend if d else "",
@@ -393,7 +393,7 @@ class Server:
 async def _start_discovery(cfg: ServerConfig):
     from kadeploy.control.discovery import start_responder
     try:
-        return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port)
+        return await start_responder(cfg.session, cfg.control_port, port=cfg.discovery_port)
     except OSError as e:
         raise KadeployError(f"cannot listen for discovery on UDP port {cfg.discovery_port}: {e.strerror}")
 
@@ -403,7 +403,7 @@ async def _start_discovery(cfg: ServerConfig):
 def exit_status(report: Report) -> int:
     if report.stream_error or not report.nodes:
         return EXIT_FAILED
-    failed = sum(1 for n in report.nodes if n.status != "ok")
+    failed = sum(1 for n in report.nodes if n.status != Verdict.OK)
     if failed == 0:
         return EXIT_OK
     return EXIT_FAILED if failed == len(report.nodes) else EXIT_SOME_FAILED

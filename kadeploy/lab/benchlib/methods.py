@@ -24,7 +24,6 @@ from kadeploy import defaults
 from kadeploy.data.synthetic import synthetic_producer
 
 METHODS = ("kadeploy", "diy", "star", "udpcast")
-BASELINES = ("diy", "star", "udpcast")
 # Debian packages each baseline needs, and the command that proves it is there.
 NEEDS = {"diy": ("socat", "socat"), "star": ("socat", "socat"),
          "udpcast": ("udp-sender", "udpcast")}
