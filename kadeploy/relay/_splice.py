@@ -1,4 +1,4 @@
-"""The splice/tee relay loop in Python, shared by the cffi and python backends.
+"""The splice/tee loop in Python (the python backend) and the set-up all splice backends share.
 
 The loop is written once and parametrized by a ``Syscalls`` object (how to call
 splice, tee and F_SETPIPE_SZ). The setup helpers (sink checks, pipe sizing) are also
