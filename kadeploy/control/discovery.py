@@ -15,7 +15,7 @@ import struct
 import time
 from typing import List, Optional, Tuple
 
-from kadeploy.defaults import DISCOVERY_PORT, DISCOVERY_TRIES
+from kadeploy.defaults import DISCOVERY_INTERVAL, DISCOVERY_PORT, DISCOVERY_TRIES
 from kadeploy.errors import NotJoined, UsageError
 from kadeploy.version import __version__
 
@@ -112,7 +112,7 @@ async def start_responder(session: str, control_port: int, port: int = DISCOVERY
     return transport
 
 
-def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = 1.0,
+def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = DISCOVERY_INTERVAL,
              port: int = DISCOVERY_PORT) -> Tuple[str, int]:
     """(server address, control port) for a session, or NotJoined after `tries` seconds."""
     req = request(session)

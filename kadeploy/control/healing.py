@@ -20,6 +20,7 @@ from kadeploy.core import repair
 from kadeploy.core.states import PLACED_ALIVE, RECEIVING
 from kadeploy.data.datalink import ChildAcceptor
 from kadeploy.data.tap import Spool, SpoolFeeder
+from kadeploy.defaults import PING_INTERVAL
 
 log = logging.getLogger("kadeploy.server")
 
@@ -38,7 +39,7 @@ class Healer:
         stall timeout given up (frozen, or cut off from the network)."""
         stall = self.cfg.stall_timeout
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             for node in list(self.nodes.values()):
                 if node.error is not None or node.finished:
