@@ -26,6 +26,7 @@ from kadeploy.options import (
     POSITIVE,
     SECONDS,
     Size,
+    arity_option,
     check_backend,
     network_options,
 )
@@ -122,8 +123,7 @@ def read_hosts_file(path: str) -> List[str]:
 @click.command("server", context_settings=CONTEXT)
 @click.option("-n", "--clients", "n_clients", type=POSITIVE, default=None,
               help="Number of clients to wait for before the tree is built (default 1, or the number of --hosts).")
-@click.option("-a", "--arity", type=POSITIVE, default=1, show_default=True,
-              help="Children per node: 1 is a chain, the fastest on a switched full-duplex network.")
+@arity_option
 @click.option("-s", "--session", metavar="NAME", help="Session name; clients may find the server by UDP broadcast of it.")
 @click.option("-e", "--command", "producer", metavar="CMD", default=None,
               help="Producer command, run by /bin/sh; its stdout is the stream. [default: (cd /; tar --create --one-file-system --sparse /)]")

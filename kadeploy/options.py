@@ -82,6 +82,15 @@ def check_backend(name: Optional[str]) -> None:
         raise KadeployError(str(e), exit_code=EXIT_USAGE)
 
 
+# ----------------------------------------------------------------- the tree
+
+def arity_option(f: Callable) -> Callable:
+    """-a/--arity N, children per node (ka-d-server and kadeploy demo)."""
+    return click.option("-a", "--arity", type=POSITIVE, default=1, show_default=True,
+                        help="Children per node: 1 is a chain, the fastest on a switched "
+                             "full-duplex network.")(f)
+
+
 # ------------------------------------------------------- the two commands' bundle
 
 def network_options(f: Callable) -> Callable:

@@ -33,6 +33,13 @@ def test_every_relay_option_is_the_shared_one(cmd):
     assert p.help == options.RELAY_HELP and p.default is None
 
 
+@pytest.mark.parametrize("cmd", [cli.server_command, demo_command], ids=["server", "demo"])
+def test_every_arity_option_is_the_shared_one(cmd):
+    p = params(cmd)["arity"]
+    assert p.opts == ["-a", "--arity"] and p.default == 1 and p.type.min == 1
+    assert p.help == params(cli.server_command)["arity"].help
+
+
 def test_relay_help_names_the_order_auto_tries():
     assert ", ".join(relay_mod.AUTO_ORDER) in options.RELAY_HELP
 

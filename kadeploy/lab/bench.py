@@ -145,7 +145,8 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="Cluster sizes N to sweep, server included (comma-separated).")
 @click.option("--arity", "arities", default="1", show_default=True, callback=int_list(1, 249),
               help="kadeploy arities to sweep (1 = chain).")
-@click.option("--buffer-size", "buffers", default=format_size(defaults.BUFFER_SIZE), show_default=True, callback=size_list,
+@click.option("--buffer-size", "buffers", default=format_size(defaults.BUFFER_SIZE), show_default=True,
+              callback=size_list,
               help="kadeploy relay buffer sizes to sweep (suffixes K, M).")
 @click.option("--backend", "backends", default="auto", show_default=True,
               callback=choice_list(list(RELAY_CHOICES)),

@@ -19,7 +19,7 @@ from typing import Iterator, List
 import click
 
 from kadeploy.lab.treedigest import diff_manifests, tree_digest, tree_manifest
-from kadeploy.options import CONTEXT, relay_option
+from kadeploy.options import CONTEXT, arity_option, relay_option
 
 
 def make_sample_tree(root: str, *, big_mib: int = 32, n_files: int = 300, seed: int = 1) -> None:
@@ -70,8 +70,7 @@ def workdir() -> Iterator[str]:
 @click.command("demo", context_settings=CONTEXT)
 @click.option("-n", "--clients", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Number of clients.")
-@click.option("-a", "--arity", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Arity of the tree (1 is a chain).")
+@arity_option
 @relay_option
 @click.option("--source", type=click.Path(exists=True, file_okay=False), default=None,
               help="Clone this directory instead of a generated sample tree.")
