@@ -2,8 +2,8 @@
 
 `ka-d-server`, `ka-d-client` (and their `kadeploy server`/`kadeploy client` twins),
 `kadeploy demo` and `kadeploy bench` take these from here: the value types (sizes,
-ports, seconds), the relay backend's option and its list of choices, and the bundle
-of network options both deployment commands have. A bundle is a decorator that adds
+ports, seconds), the relay backend's option and its list of choices, the arity, and
+the bundle of network options both deployment commands have. A bundle is a decorator that adds
 its options in the order --help lists them. The lab (bench, demo) imports this module,
 never kadeploy.cli, so that the layers stay apart.
 """
@@ -16,6 +16,7 @@ import click
 
 from kadeploy import defaults
 from kadeploy import relay as relay_mod
+from kadeploy.control.auth import ENV_KEY, ENV_KEY_FILE
 from kadeploy.errors import EXIT_USAGE, KadeployError
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
@@ -113,9 +114,9 @@ def network_options(f: Callable) -> Callable:
                      help="Seconds a new connection may take to introduce itself (and authenticate) before it is dropped."),
         click.option("--discovery-port", type=PORT, default=defaults.DISCOVERY_PORT, show_default=True,
                      help="UDP port of discovery by session name."),
-        click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",
+        click.option("--key-file", type=click.Path(dir_okay=False), envvar=ENV_KEY_FILE,
                      help="Shared secret: only peers with the same key take part (mutual HMAC "
-                          "challenge-response); also $KADEPLOY_KEY_FILE, or the key itself in $KADEPLOY_KEY."),
+                          f"challenge-response); also ${ENV_KEY_FILE}, or the key itself in ${ENV_KEY}."),
         click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors."),
         click.option("--verbose", is_flag=True, help="Print debugging detail."),
     ]
