@@ -71,11 +71,13 @@ def _keygen(path: Path) -> str:
 
 
 def start(cluster, workdir: Path, *, names: List[str],
-          no_kadeploy=(), read_only=(), unreachable=(), no_key=()) -> SshCluster:
+          no_kadeploy=(), read_only=(), unreachable=(), no_key=(),
+          devices: Optional[Dict[str, str]] = None) -> SshCluster:
     """sshd on cluster nodes 1..len(names) (node 0 is the head). Nodes in
     `no_kadeploy` have no kadeploy on their PATH, those in `read_only` a read-only
     destination, those in `no_key` refuse our key; names in `unreachable` point at an
-    address nobody answers."""
+    address nobody answers. `devices` maps a node to a block device that it sees at
+    DEST/disk (a bind mount in its mount namespace)."""
     workdir.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
     host_pub = _keygen(workdir / "host_key")
@@ -111,8 +113,10 @@ def start(cluster, workdir: Path, *, names: List[str],
         ro = ",ro" if node.name in read_only else ""
         # The destination: a private tmpfs at `dest`, seen only in this node's mount
         # namespace (the host keeps an empty directory there).
+        device = (devices or {}).get(node.name)
+        bind = f"touch {dest}/disk; mount --bind {device} {dest}/disk; " if device else ""
         script = (f"set -e; hostname {node.name}; mount -t tmpfs -o size=256m{ro} kdp-dest {dest}; "
-                  f"exec {SSHD} -D -e -f {config}")
+                  f"{bind}exec {SSHD} -D -e -f {config}")
         node.sshd = cluster.popen(node.index, ["unshare", "--uts", "--mount", "--propagation", "private",
                                                "sh", "-c", script],
                                   stdout=subprocess.DEVNULL, stderr=open(workdir / f"sshd_{node.name}.log", "w"))

@@ -315,3 +315,41 @@ def test_clush_tree_mode_through_a_gateway(ssh_nodes, workdir):
         got = sc.by_name()[name].path(sc.dest) / "data"
         assert not diff_manifests(tree_manifest(src, mtime=False, owner=False),
                                   tree_manifest(got, mtime=False, owner=False))
+
+
+@pytest.fixture
+def loop_devices(workdir):
+    """`loop_devices(n, size)` -> n loop devices over files in the test's tmp dir,
+    detached at the end."""
+    made = []
+
+    def make(n, size):
+        for i in range(n):
+            backing = workdir / f"kdp-disk{i}.img"
+            with open(backing, "wb") as f:
+                f.truncate(size)
+            made.append(subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                                       capture_output=True, text=True).stdout.strip())
+        return list(made)
+
+    try:
+        yield make
+    finally:
+        for dev in made:
+            subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def test_push_a_raw_image_onto_each_nodes_block_device(ssh_nodes, workdir, loop_devices):
+    """--file onto a block device: written in place (a device has no temporary name),
+    and each node's device holds the image."""
+    image = workdir / "rootfs.img"
+    image.write_bytes(os.urandom(3 << 20))
+    devs = loop_devices(2, 8 << 20)
+    sc = ssh_nodes(["kdp-n1", "kdp-n2"], devices={"kdp-n1": devs[0], "kdp-n2": devs[1]})
+    proc = push(sc, str(image), "--file", "-w", "kdp-n[1-2]", "--dest", f"{sc.dest}/disk")
+    assert_result(proc, 0, "kdp-n[1-2] (2 node(s))", "- (0 node(s))")
+    want = image.read_bytes()
+    for dev, node in zip(devs, sc.nodes):
+        with open(dev, "rb") as f:
+            assert f.read(len(want)) == want, dev
+        assert leftovers(node, sc.dest) == [], node.name
