@@ -80,6 +80,17 @@ def leftovers(node, dest) -> list:
     return [p.name for p in node.path(dest).iterdir() if p.name.startswith(".kadeploy-push-")]
 
 
+def wait_receiving(node, dest, timeout=60) -> None:
+    """Until the node's temporary copy holds data (the stream flows to it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for temp in node.path(dest).glob(".kadeploy-push-*"):
+            if any(f.is_file() and f.stat().st_size > 0 for f in temp.rglob("*")):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{node.name} received nothing within {timeout} s")
+
+
 def assert_result(proc, status, ok, failed):
     out = proc.stdout.strip().splitlines()
     assert proc.returncode == status, f"exit {proc.returncode}, not {status}\n{proc.stdout}\n{proc.stderr}"
@@ -196,12 +207,8 @@ def test_a_source_that_vanishes_midway_is_put_in_place_nowhere(ssh_nodes, workdi
     proc = sc.head_popen([KADEPLOY, "push", str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest,
                           "--launcher", "ssh", "--ssh-option=-F", f"--ssh-option={sc.ssh_config}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Once the first node is receiving, the rest of the source goes.
-    node = sc.nodes[0]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not leftovers(node, sc.dest):
-        time.sleep(0.1)
-    time.sleep(1.0)
+    # Once the first node is receiving a_big (tar sorts by name), the rest of the source goes.
+    wait_receiving(sc.nodes[0], sc.dest)
     shutil.rmtree(src / "z")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err
@@ -274,10 +281,7 @@ def test_a_node_killed_midway_fails_alone_and_keeps_no_copy_in_place(ssh_nodes, 
                           "--launcher", "ssh", "--ssh-option=-F", f"--ssh-option={sc.ssh_config}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = sc.by_name()["kdp-n2"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not leftovers(victim, sc.dest):
-        time.sleep(0.1)
-    time.sleep(1.0)
+    wait_receiving(victim, sc.dest)
     pids = subprocess.run(["ip", "netns", "pids", sc.cluster.node(victim.index).ns],
                           capture_output=True, text=True).stdout.split()
     receivers = [int(p) for p in pids if b"receive" in Path(f"/proc/{p}/cmdline").read_bytes()]

@@ -108,7 +108,7 @@ def producer_command(cfg: PushConfig) -> str:
     bytes themselves."""
     if cfg.single_file:
         return shlex.join(["cat", "--", cfg.sources[0]])
-    argv = ["tar", "--create", "--sparse", "--file", "-"]
+    argv = ["tar", "--create", "--sparse", "--sort=name", "--file", "-"]   # the same stream each time
     argv += TAR_PRESERVE_CREATE if cfg.preserve else []
     argv += [f"--exclude={pattern}" for pattern in cfg.excludes]
     for src in cfg.sources:
