@@ -132,6 +132,7 @@ def test_push_replaces_an_older_copy_and_keeps_nothing_of_it(ssh_nodes, workdir)
     assert push(sc, str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest).returncode == 0
     shutil.rmtree(src / "old")
     (src / "new.txt").write_text("second version\n")
+    (src / "junk.tmp").write_text("left out by --exclude\n")
     proc = push(sc, str(src), "-w", "kdp-n[1-2]", "--dest", sc.dest, "--exclude", "*.tmp")
     assert_result(proc, 0, "kdp-n[1-2] (2 node(s))", "- (0 node(s))")
     for node in sc.nodes:
