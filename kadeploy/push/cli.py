@@ -57,7 +57,7 @@ class OrderType(click.ParamType):
               help="How the receivers are started: auto is clush when ClusterShell imports, else ssh.")
 @click.option("--remote-command", metavar="CMD", default=DEFAULT_REMOTE_COMMAND, show_default=True,
               help="How a node starts kadeploy (its receive subcommand is appended).")
-@click.option("--order", type=OrderType(), default="nodeset", show_default=True,
+@click.option("--order", type=OrderType(), metavar="nodeset|address|FILE", default="nodeset", show_default=True,
               help="Chain order: the node set's, by address, or the order of the nodes in FILE.")
 @click.option("--chains", type=POSITIVE, default=1, show_default=True,
               help="Send K chains at once, each a run of consecutive nodes in the order.")
