@@ -87,6 +87,8 @@ def start(cluster, workdir: Path, *, names: List[str],
     (workdir / "known_hosts").write_text(f"198.18.0.* {' '.join(host_pub.split()[:2])}\n")
     dest = str(workdir / "dest")
     os.makedirs(dest, exist_ok=True)
+    tmpdir = workdir / "tmp"     # the receivers' logs, removed with the test's tmp dir
+    tmpdir.mkdir(exist_ok=True)
     sc = SshCluster(cluster=cluster, workdir=workdir, dest=dest, ssh_config=workdir / "ssh_config")
     hosts = []
     live = [n for n in names if n not in unreachable]
@@ -109,7 +111,7 @@ def start(cluster, workdir: Path, *, names: List[str],
             "PidFile none\nUsePAM no\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nStrictModes no\nMaxStartups 100\n"
-            f"SetEnv PATH={path}\n")
+            f"SetEnv PATH={path} TMPDIR={tmpdir}\n")
         ro = ",ro" if node.name in read_only else ""
         # The destination: a private tmpfs at `dest`, seen only in this node's mount
         # namespace (the host keeps an empty directory there).

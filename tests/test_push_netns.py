@@ -38,7 +38,7 @@ def workdir():
 
 
 @pytest.fixture
-def ssh_nodes(vcluster, workdir):
+def ssh_nodes(workdir, vcluster):
     """`ssh_nodes(names, rate=None, **faults)` -> SshCluster with sshd on every node."""
     def make(names, rate=None, unreachable=(), **kw):
         live = [n for n in names if n not in unreachable]
@@ -244,7 +244,7 @@ def test_order_by_address_differs_from_the_nodeset_order(ssh_nodes, workdir):
     assert tree_lines(by_address.stderr) == ["server", "  kdp-b", "    kdp-a"], by_address.stderr
 
 
-def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(vcluster, workdir):
+def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(workdir, vcluster):
     """No ssh at all: the nodes run the printed command themselves (here in their own
     UTS and mount namespaces), finding the server by --server-address."""
     cluster = vcluster(3, prefix="kdp")
@@ -259,7 +259,7 @@ def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(vcluster,
     receivers = []
     for i in (1, 2):
         script = (f"hostname kdp-n{i}; mount -t tmpfs kdp-dest {dest}; "
-                  f"PATH={sshcluster.VENV_BIN}:$PATH {command} && exec sleep 600")
+                  f"PATH={sshcluster.VENV_BIN}:$PATH TMPDIR={workdir} {command} && exec sleep 600")
         receivers.append(cluster.popen(i, ["unshare", "--uts", "--mount", "--propagation", "private",
                                            "sh", "-c", script]))
     out, err = head.communicate(timeout=120)
