@@ -161,6 +161,11 @@ def main(argv: List[str] = None) -> None:
     for r in rows:
         print("  ".join(str(r[c]).rjust(len(c)) for c in cols))
     print(f"written to {args.out}")
+    print("\nFor bench/RESULTS.md:\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
 
 
 if __name__ == "__main__":
