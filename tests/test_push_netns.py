@@ -3,6 +3,7 @@ namespaces, kadeploy push run on a head namespace through ssh, ClusterShell and 
 every node's copy checked against the source, and the bad inputs of issue 14."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -179,8 +180,14 @@ def test_bad_nodes_fail_alone_with_the_launchers_own_error(ssh_nodes, workdir, l
     sc = ssh_nodes(names, no_kadeploy=["kdp-n3"], read_only=["kdp-n4"], unreachable=["kdp-n5"],
                    no_key=["kdp-n6"])
     src = make_source(workdir)
-    proc = push(sc, str(src), "-w", "kdp-n[1-6]", "--dest", sc.dest, launcher=launcher)
+    report = workdir / "push.json"
+    proc = push(sc, str(src), "-w", "kdp-n[1-6]", "--dest", sc.dest, "--report", str(report),
+                launcher=launcher)
     assert_result(proc, 2, "kdp-n[1-2] (2 node(s))", "kdp-n[3-6] (4 node(s))")
+    rep = json.loads(report.read_text())
+    assert (rep["ok"], rep["ok_nodeset"], rep["failed_nodeset"]) == (["kdp-n1", "kdp-n2"], "kdp-n[1-2]", "kdp-n[3-6]")
+    assert "Read-only file system" in rep["failed"]["kdp-n4"]
+    assert rep["deployment"]["totals"] == {"nodes": 2, "ok": 2, "failed": 0}
     lines = {line.split(": ", 1)[0]: line for line in proc.stdout.splitlines()}
     assert "kadeploy: command not found" in lines["kdp-n3"], proc.stdout
     assert "Read-only file system" in lines["kdp-n4"], proc.stdout

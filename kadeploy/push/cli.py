@@ -81,12 +81,14 @@ class OrderType(click.ParamType):
               help="Seconds of silence after which a node is given up.")
 @click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",
               help="Shared key, at the same path on every node (see ka-d-server --key-file).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the result as JSON: the nodes ok and failed (with why), and the server's report.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
 @click.option("--verbose", is_flag=True, help="Print the server's progress and every node's registration.")
 def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run, launcher,
                  remote_command, order, chains, arity, server_address, control_port, data_port,
                  fanout, connect_timeout, ssh_options, wait_timeout, stall_timeout, key_file,
-                 quiet, verbose):
+                 report_file, quiet, verbose):
     """Send files or directories to many running nodes through the chain: a
     receiver is started on every node by ssh, clush, pdsh or srun, each node renames
     its copy into place once it is verified, and the nodes that have it and those that
@@ -116,6 +118,8 @@ def push_command(sources, nodes, dest, single_file, excludes, preserve, dry_run,
     result = asyncio.run(run_push(cfg, names, ordered, chosen, argv, listening))
     for line in result.lines():
         click.echo(line)
+    if report_file:
+        result.write_json(report_file)
     return result.exit_status
 
 

@@ -9,12 +9,14 @@ the launcher's own error, and the others go on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
 import shlex
 import socket
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +33,7 @@ log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"
 DEFAULT_WAIT_TIMEOUT = 60.0
 DEFAULT_STALL_TIMEOUT = ServerConfig.stall_timeout
+PUSH_REPORT_FORMAT = 1
 LAUNCHER_GRACE = 30.0          # seconds an attached launcher (srun) may take to end after the report
 
 
@@ -72,6 +75,24 @@ class PushResult:
         if not self.failed:
             return EXIT_OK
         return EXIT_FAILED if not self.ok else EXIT_SOME_FAILED
+
+    def to_dict(self) -> dict:
+        return {"format": PUSH_REPORT_FORMAT, "ok": self.ok, "failed": self.failed,
+                "ok_nodeset": fold(self.ok), "failed_nodeset": fold(self.failed),
+                "deployment": self.report.to_dict() if self.report is not None else None}
+
+    def write_json(self, path: str) -> None:
+        """Written to a temporary name and renamed: a reader never sees half of it."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".kadeploy-push-report-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     def lines(self) -> List[str]:
         out = [f"{node}: {why}" for node, why in sorted(self.failed.items())]
