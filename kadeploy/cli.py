@@ -22,6 +22,7 @@ from .bench import bench_command
 from .benchlib import synthetic
 from .demo import demo_command
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from .netboot.cli import netboot_group
 from .netio import CONTROL_PORT, DATA_PORT
 from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
@@ -330,6 +331,7 @@ kadeploy_group.add_command(server_command, "server")
 kadeploy_group.add_command(client_command, "client")
 kadeploy_group.add_command(demo_command, "demo")
 kadeploy_group.add_command(bench_command, "bench")
+kadeploy_group.add_command(netboot_group, "netboot")
 
 
 @kadeploy_group.command("backends", context_settings=CONTEXT)
