@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from .netio import format_hostport
+from kadeploy.core.addresses import format_hostport
 
 REPORT_FORMAT = 1
 
