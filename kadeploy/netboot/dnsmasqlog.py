@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-_PREFIX = re.compile(r"^(?:\w{3} +\d+ [\d:]+ )?dnsmasq(?:-(?P<sub>dhcp|tftp))?\[\d+\]: (?P<rest>.*)$")
+_PREFIX = re.compile(r"^(?:\w{3} +\d+ [\d:]+ )?dnsmasq(?:-(?P<sub>dhcp|tftp))?(?:\[\d+\])?: (?P<rest>.*)$")
 _DHCP = re.compile(r"^(?:(?P<xid>\d+) )?(?P<kind>DHCP[A-Z]+|PXE|BOOTP)\((?P<iface>[^)]*)\) "
                    r"(?:(?P<ip>\d+\.\d+\.\d+\.\d+) )?(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})\s*(?P<extra>.*)$")
 _XID_INFO = re.compile(r"^(?P<xid>\d+) (?P<key>vendor class|user class|bootfile name): (?P<value>.*)$")
