@@ -177,7 +177,7 @@ dnsmasq-dhcp[3304]: 1297363470 vendor class: PXEClient:Arch:00007:UNDI:003016
 dnsmasq-dhcp[3304]: 1297363470 DHCPREQUEST(br0) 198.18.0.11 52:54:00:6b:64:01 
 dnsmasq-dhcp[3304]: 1297363470 bootfile name: ipxe.efi
 dnsmasq-dhcp[3304]: 1297363470 DHCPACK(br0) 198.18.0.11 52:54:00:6b:64:01 node1
-dnsmasq-tftp[3304]: error 0 TFTP Aborted received from 198.18.0.11
+dnsmasq-tftp[3304]: error 0 User aborted the transfer received from 198.18.0.11
 dnsmasq-tftp[3304]: sent /srv/tftp/ipxe.efi to 198.18.0.11
 dnsmasq-dhcp[3304]: 88 user class: iPXE
 dnsmasq-dhcp[3304]: 88 DHCPDISCOVER(br0) 52:54:00:6b:64:01 

@@ -18,7 +18,7 @@ _DHCP = re.compile(r"^(?:(?P<xid>\d+) )?(?P<kind>DHCP[A-Z]+|PXE|BOOTP)\((?P<ifac
                    r"(?:(?P<ip>\d+\.\d+\.\d+\.\d+) )?(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})\s*(?P<extra>.*)$")
 _XID_INFO = re.compile(r"^(?P<xid>\d+) (?P<key>vendor class|user class|bootfile name): (?P<value>.*)$")
 _TFTP_SENT = re.compile(r"^sent (?P<file>\S+) to (?P<ip>[\d.]+)$")
-_TFTP_ERROR = re.compile(r"^(?:error \d+ (?P<msg>.*) received from (?P<ip>[\d.]+)|"
+_TFTP_ERROR = re.compile(r"^(?:error (?P<code>\d+) (?P<msg>.*) received from (?P<ip>[\d.]+)|"
                          r"file (?P<file>\S+) not found for (?P<ip2>[\d.]+)|"
                          r"failed sending (?P<file2>\S+) to (?P<ip3>[\d.]+))$")
 
@@ -109,8 +109,9 @@ class DnsmasqLogParser:
             ip = m.group("ip") or m.group("ip2") or m.group("ip3")
             what = m.group("msg") or (f"{m.group('file')} not found" if m.group("file") else
                                       f"failed sending {m.group('file2')}")
-            # iPXE aborts the first transfer on purpose to learn the size: not a failure.
-            aborted = "Aborted" in (m.group("msg") or "")
+            # iPXE and UEFI PXE abort a first transfer on purpose, to learn the size: a
+            # client's error 0 ("not defined") is that, not a failure.
+            aborted = m.group("code") == "0"
             return [BootEvent(self.mac_of_ip.get(ip), "tftp " + ("aborted" if aborted else "error"),
                               ip, what, failed=not aborted)]
         if rest.startswith("TFTP root"):
