@@ -48,13 +48,18 @@ PRUNE = (
     "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
     "usr/share/lintian", "usr/share/bash-completion", "var/cache/apt", "var/lib/apt/lists",
     "var/log", "usr/share/grub/themes",
+    "usr/lib/udev/hwdb.d", "usr/lib/udev/hwdb.bin",   # only udev reads them; none runs here
 )
 # Kernel module trees an installer does not need (under lib/modules/VERSION/kernel).
 PRUNE_MODULES = (
     "drivers/gpu", "sound", "drivers/media", "drivers/staging", "drivers/bluetooth",
     "net/bluetooth", "drivers/net/wireless", "net/wireless", "net/mac80211",
     "drivers/iio", "drivers/hid", "drivers/input/joystick", "drivers/input/touchscreen",
-    "drivers/isdn", "drivers/video",
+    "drivers/isdn", "drivers/video", "drivers/infiniband", "drivers/net/can", "drivers/net/usb",
+    "drivers/usb/gadget", "drivers/usb/serial", "drivers/usb/misc", "drivers/atm", "drivers/mtd",
+    "drivers/nfc", "drivers/w1", "drivers/leds", "drivers/hwmon", "drivers/watchdog",
+    "drivers/comedi", "drivers/input/misc", "drivers/input/tablet", "net/netfilter",
+    "net/ipv4/netfilter", "net/ipv6/netfilter", "net/bridge/netfilter", "net/sched",
 )
 
 ZSTD_LEVEL = 9  # level 19 halves nothing more worth the minutes it costs on 2 cores
