@@ -8,9 +8,10 @@ mirror and the package list, so a rebuild with another kadeploy takes seconds.
 
 Steps, each timed into ``build.json`` beside the image: debootstrap (or cache),
 extract into a private tmpfs, prune what an installer never uses (docs, locales,
-drivers for graphics/sound/media), add kadeploy (a wheel of its source tree and its
-Python dependencies, installed by pip), check that ``ka-d-client --version`` runs in
-the image, pack. Needs root (debootstrap, chroot, mount).
+drivers for graphics/sound/media), add kadeploy (a wheel of its source tree built and
+installed by pip, and its Python dependencies copied as they are installed for this
+Python, so the build needs no package index), check that ``ka-d-client --version``
+runs in the image, pack. Needs root (debootstrap, chroot, mount).
 """
 from __future__ import annotations
 
@@ -194,8 +195,9 @@ def _install_kadeploy(root: Path, work: Path, source: Optional[Path], wheel: Opt
              "building the kadeploy wheel")
         wheel = next(wheels.glob("kadeploy-*.whl"))
     site = root / f"usr/local/lib/python{image_py}/dist-packages"
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--no-warn-script-location",
-          "--target", str(site), str(wheel)], "installing kadeploy into the image")
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+          "--no-warn-script-location", "--target", str(site), str(wheel)], "installing kadeploy into the image")
+    copy_dependencies(site)
     shutil.rmtree(site / "bin", ignore_errors=True)   # their shebangs name this machine's Python
     bindir = root / "usr/local/bin"
     bindir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,54 @@ def _install_kadeploy(root: Path, work: Path, source: Optional[Path], wheel: Opt
     out = _run(["chroot", str(root), "/usr/local/bin/ka-d-client", "--version"],
                "ka-d-client --version in the image").stdout
     return " ".join(out.split())
+
+
+def runtime_requirements(name: str = "kadeploy") -> List[str]:
+    """The distributions kadeploy needs at run time, with theirs, as installed here
+    (extras such as [test] left out)."""
+    from importlib import metadata
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:   # pip vendors it: the build runs pip anyway
+        from pip._vendor.packaging.requirements import Requirement
+
+    seen: Dict[str, None] = {}
+    todo = [name]
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            key = req.name.lower().replace("_", "-")
+            if key not in seen:
+                seen[key] = None
+                todo.append(req.name)
+    return list(seen)
+
+
+def copy_dependencies(site: Path) -> List[str]:
+    """Copy kadeploy's dependencies, as installed for this Python, into the image's
+    site-packages: the versions the tests ran against, and no index needed at build
+    time (the image's Python is this one's version, checked above)."""
+    from importlib import metadata
+
+    names = runtime_requirements()
+    for name in names:
+        dist = metadata.distribution(name)
+        base = Path(dist.locate_file(""))
+        for rel in dist.files or []:
+            src = Path(dist.locate_file(rel))
+            try:
+                inside = src.resolve().relative_to(base.resolve())
+            except ValueError:
+                continue          # scripts in bin/ and the like: not needed in the image
+            if src.suffix == ".pyc" or not src.is_file():
+                continue
+            dest = site / inside
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    return names
 
 
 def _add_init(root: Path) -> None:
