@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -90,13 +91,18 @@ def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quie
               help="With --exit-when-done: give up after this many seconds (exit 1).")
 @click.option("--progress-interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds between the lines that count the nodes in each state.")
+@click.option("--install", "install_manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also run the install server, ka-d-server --install MANIFEST, with the node table "
+                   "(--nodes-table); implies --exit-when-done.")
+@click.option("-n", "--clients", "n_clients", type=click.IntRange(min=1), default=None,
+              help="With --install: the number of nodes the install server waits for (default: the table's).")
 @click.option("--print-config", is_flag=True, help="Print the dnsmasq configuration and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
 @click.option("--verbose", is_flag=True, help="Print debugging detail (every dnsmasq line).")
 def serve_command(image_dir, interface, nodes_file, mode, address, http_port, state_dir, ipxe_dir,
                   dhcp_range, router, unknown, name_rule, install_server, session, disk, key_file,
                   after, on_failure, kernel_args, max_transfers, reply_delay, exit_when_done, timeout,
-                  progress_interval, print_config, quiet, verbose):
+                  progress_interval, install_manifest, n_clients, print_config, quiet, verbose):
     """Serve IMAGE_DIR (vmlinuz, initrd.img) to the nodes of the boot network: dnsmasq for
     DHCP or proxy-DHCP and TFTP (iPXE), HTTP for the rest; logs every node's steps."""
     from ..cli import setup_logging
@@ -117,6 +123,19 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
         name_rule.format(mac="525400000001", index=1)
     except (KeyError, IndexError, ValueError) as e:
         raise UsageError(f"--name-rule {name_rule!r}: only {{mac}} and {{index}} may be used ({e})")
+    install_command = None
+    if install_manifest:
+        if not nodes_file:
+            raise UsageError("--install needs the node table (--nodes): it names the nodes to install")
+        if install_server:
+            raise UsageError("--install runs the install server here: not with --server")
+        install_command = [sys.executable, "-m", "kadeploy", "server", "--install", install_manifest,
+                           "-n", str(n_clients or len(table)), "--nodes-table", nodes_file]
+        install_command += ["-s", session] if session else []
+        install_command += ["--key-file", key_file] if key_file else []
+        exit_when_done = True
+    elif n_clients is not None:
+        raise UsageError("-n goes with --install")
     params = {"server": install_server, "session": session, "disk": disk,
               "after": after, "onfail": on_failure}
     if key_file:
@@ -128,7 +147,8 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
                       router=router, unknown=unknown, name_rule=name_rule,
                       install_params={k: v for k, v in params.items() if v},
                       kernel_args=kernel_args, max_transfers=max_transfers, reply_delay=reply_delay,
-                      exit_when_done=exit_when_done, progress_interval=progress_interval)
+                      exit_when_done=exit_when_done, progress_interval=progress_interval,
+                      install_command=install_command)
     service = NetbootService(cfg)
     if print_config:
         click.echo(service.prepare(), nl=False)

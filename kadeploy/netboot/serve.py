@@ -63,6 +63,7 @@ class ServeConfig:
     reply_delay: int = 0
     exit_when_done: bool = False
     progress_interval: float = 10.0
+    install_command: Optional[List[str]] = None   # the install server run beside the kit
 
 
 # ------------------------------------------------------------------ preflight
@@ -128,6 +129,8 @@ class NetbootService:
         self._stopping = False
         self.conf_path = cfg.state_dir / "dnsmasq.conf"
         self.done = threading.Event()
+        self.installer: Optional[subprocess.Popen] = None
+        self.installer_status: Optional[int] = None
 
     # -- set-up
 
@@ -213,6 +216,14 @@ class NetbootService:
             self.stop()
             raise
         log.info("dnsmasq serves %s in %s mode; its configuration is %s", cfg.interface, cfg.mode, self.conf_path)
+        if cfg.install_command:
+            log.info("starting the install server: %s", " ".join(cfg.install_command))
+            try:
+                self.installer = subprocess.Popen(cfg.install_command, stdin=subprocess.DEVNULL,
+                                                  start_new_session=True)
+            except OSError as e:
+                self.stop()
+                raise KadeployError(f"cannot start the install server {cfg.install_command[0]}: {e.strerror}")
 
     def _mac_of_ip(self, ip: str) -> Optional[str]:
         with self.lock:
@@ -306,6 +317,13 @@ class NetbootService:
                 log.error("dnsmasq exited with status %s (%s); restarting it", self.dnsmasq.returncode, last)
                 time.sleep(1)
                 self._start_dnsmasq()
+            if self.installer is not None and self.installer_status is None and self.installer.poll() is not None:
+                self.installer_status = self.installer.returncode
+                if self.installer_status not in (EXIT_OK, EXIT_SOME_FAILED):
+                    raise KadeployError(f"the install server exited with status {self.installer_status}: "
+                                        "see its messages above")
+                log.info("the install server is done (status %d); waiting for the nodes to boot their disks",
+                         self.installer_status)
             if time.monotonic() >= next_progress:
                 with self.lock:
                     log.info("%s", self.tracker.summary())
@@ -314,7 +332,10 @@ class NetbootService:
                 raise KadeployError("timed out before every node was done: " + self.tracker.summary())
         with self.lock:
             log.info("%s", self.tracker.summary())
-            return self.exit_status()
+            status = self.exit_status()
+        if self.installer_status is not None and status == EXIT_OK:
+            status = self.installer_status
+        return status
 
     def _kill_dnsmasq(self) -> None:
         p = self.dnsmasq
@@ -328,6 +349,13 @@ class NetbootService:
             p.wait()
 
     def stop(self) -> None:
+        if self.installer is not None and self.installer.poll() is None:
+            os.killpg(self.installer.pid, signal.SIGTERM)
+            try:
+                self.installer.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.installer.pid, signal.SIGKILL)
+                self.installer.wait()
         self._kill_dnsmasq()
         if self.http is not None:
             self.http.shutdown()
