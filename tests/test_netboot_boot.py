@@ -29,6 +29,7 @@ KADEPLOY = [sys.executable, "-m", "kadeploy"]
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.netns,
+    pytest.mark.timeout(2400),   # an image build (minutes) and two TCG boots on a shared machine
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, namespaces, taps)"),
     pytest.mark.skipif(any(shutil.which(t) is None for t in ("qemu-system-x86_64", "dnsmasq", "debootstrap")),
                        reason="needs qemu-system-x86, dnsmasq and debootstrap (tools/setup-env installs them)"),

@@ -73,8 +73,9 @@ def test_dhcp_mode_static_leases_and_ipxe_chainloading():
     assert "dhcp-host=52:54:00:6b:64:01,198.18.0.11,node1,1h" in conf
     assert "dhcp-ignore=tag:!known" in conf
     # a PXE ROM gets iPXE by TFTP, by architecture; iPXE gets the HTTP script (no loop)
-    assert "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,198.18.0.254" in conf
-    assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,198.18.0.254" in conf
+    assert "dhcp-boot=tag:pxe,tag:!ipxe,tag:!efi64,undionly.kpxe,,198.18.0.254" in conf
+    assert "dhcp-boot=tag:pxe,tag:!ipxe,tag:efi64,ipxe.efi,,198.18.0.254" in conf
+    assert "dhcp-vendorclass=set:pxe,PXEClient" in conf   # other DHCP clients get no boot file
     assert "dhcp-boot=tag:ipxe,http://198.18.0.254:8067/boot.ipxe" in conf
     assert {"dhcp-match=set:ipxe,175", "dhcp-userclass=set:ipxe,iPXE",
             "dhcp-match=set:efi64,option:client-arch,7"} <= set(conf)
@@ -182,6 +183,8 @@ dnsmasq-tftp[3304]: sent /srv/tftp/ipxe.efi to 198.18.0.11
 dnsmasq-dhcp[3304]: 88 user class: iPXE
 dnsmasq-dhcp[3304]: 88 DHCPDISCOVER(br0) 52:54:00:6b:64:01 
 dnsmasq-dhcp[3304]: 99 DHCPDISCOVER(br0) 52:54:00:00:00:99 ignored
+dnsmasq-dhcp[3304]: 77 vendor class: kadeploy-install
+dnsmasq-dhcp[3304]: 77 DHCPACK(br0) 198.18.0.11 52:54:00:6b:64:01 node1
 dnsmasq-tftp[3304]: file /srv/tftp/pxelinux.0 not found for 198.18.0.11
 dnsmasq: failed to create listening socket for port 53: Address already in use
 """
@@ -202,13 +205,14 @@ def test_log_parser_follows_dhcp_and_tftp_per_node():
     mac = "52:54:00:6b:64:01"
     assert steps == [(mac, "dhcp discover"), (mac, "dhcp offer"), (mac, "dhcp request"), (mac, "dhcp ack"),
                      (mac, "tftp aborted"), (mac, "tftp sent"), (mac, "dhcp discover"),
-                     ("52:54:00:00:00:99", "dhcp discover ignored"), (mac, "tftp error")]
+                     ("52:54:00:00:00:99", "dhcp discover ignored"), (mac, "dhcp ack"), (mac, "tftp error")]
     assert boot_events[0].detail == "from a PXE ROM (UEFI x86-64)"
     assert boot_events[3].detail == "from a PXE ROM (UEFI x86-64), boot ipxe.efi, node1"
     assert boot_events[5].detail == "ipxe.efi" and boot_events[5].ip == "198.18.0.11"
     assert not boot_events[4].failed                  # iPXE's size probe, not an error
     assert boot_events[6].detail == "from iPXE"
-    assert boot_events[8].failed and "pxelinux.0 not found" in boot_events[8].detail
+    assert boot_events[8].detail == "from the install system, node1"
+    assert boot_events[9].failed and "pxelinux.0 not found" in boot_events[9].detail
     assert parser.mac_of_ip == {"198.18.0.11": mac}
 
 

@@ -126,14 +126,16 @@ def render(opts: DnsmasqOptions, nodes: NodeTable) -> str:
         "# a PXE ROM gets iPXE itself by TFTP (BIOS or UEFI by the client architecture).",
         "dhcp-userclass=set:ipxe,iPXE",
         "dhcp-match=set:ipxe,175",
+        "# Only PXE firmware gets a boot file (not the install system, not the installed OS).",
+        "dhcp-vendorclass=set:pxe,PXEClient",
         *[f"dhcp-match=set:efi64,option:client-arch,{arch}" for arch in UEFI_ARCHES],
         "enable-tftp",
         f"tftp-root={opts.tftp_root}",
     ]
     if opts.mode == "dhcp":
         out += [
-            f"dhcp-boot=tag:!ipxe,tag:!efi64,{BIOS_LOADER},,{opts.server_address}",
-            f"dhcp-boot=tag:!ipxe,tag:efi64,{UEFI_LOADER},,{opts.server_address}",
+            f"dhcp-boot=tag:pxe,tag:!ipxe,tag:!efi64,{BIOS_LOADER},,{opts.server_address}",
+            f"dhcp-boot=tag:pxe,tag:!ipxe,tag:efi64,{UEFI_LOADER},,{opts.server_address}",
             f"dhcp-boot=tag:ipxe,{opts.boot_url}",
         ]
     else:

@@ -22,6 +22,9 @@ _TFTP_ERROR = re.compile(r"^(?:error (?P<code>\d+) (?P<msg>.*) received from (?P
                          r"file (?P<file>\S+) not found for (?P<ip2>[\d.]+)|"
                          r"failed sending (?P<file2>\S+) to (?P<ip3>[\d.]+))$")
 
+# The vendor class the install system's DHCP client sends (init.sh).
+INSTALL_VENDOR_CLASS = "kadeploy-install"
+
 # The steps a node goes through, in order; the HTTP server adds its own after these.
 DHCP_STEPS = {"DHCPDISCOVER": "dhcp discover", "DHCPOFFER": "dhcp offer",
               "DHCPREQUEST": "dhcp request", "DHCPACK": "dhcp ack", "DHCPNAK": "dhcp nak",
@@ -85,6 +88,8 @@ class DnsmasqLogParser:
         client = xid.get("user class") or xid.get("vendor class")
         if xid.get("user class") == "iPXE":
             details.append("from iPXE")
+        elif client == INSTALL_VENDOR_CLASS:
+            details.append("from the install system")
         elif client and client.startswith("PXEClient"):
             details.append("from a PXE ROM (" + _arch(client) + ")")
         if kind == "DHCPACK" and xid.get("bootfile name"):

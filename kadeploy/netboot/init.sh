@@ -74,7 +74,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
 done
 for name in $candidates; do
   ip link set "$name" up
-  if busybox udhcpc -i "$name" -n -q -t 10 -T 2 -s /usr/share/kadeploy/udhcpc.script; then
+  if busybox udhcpc -i "$name" -V kadeploy-install -n -q -t 10 -T 2 -s /usr/share/kadeploy/udhcpc.script; then
     up=$name; break
   fi
 done
