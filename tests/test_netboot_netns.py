@@ -202,3 +202,32 @@ def test_a_second_dhcp_server_on_the_port_is_a_clear_error(net, kit):
     assert len(lines) == 1, p.stderr
     assert re.fullmatch(rf"kadeploy: error: UDP port 67 \(DHCP\) is already taken by dnsmasq \(pid {other.pid}\): "
                         r"stop it first .*", lines[0])
+
+
+def test_max_transfers_makes_the_other_nodes_wait_their_turn(net, kit):
+    scratch, image, nodes = kit
+    (image / "initrd.img").write_bytes(bytes(range(256)) * (16 * 1024))      # 4 MiB
+    serve = Serve(net, scratch, image, nodes, "--max-transfers", "1")
+    serve.wait_for(r"dnsmasq serves br0")
+    peers = [net.add_peer(mac) for mac in (NODE1_MAC, NODE2_MAC)]
+    for ns in peers:
+        assert udhcpc(net, ns).returncode == 0
+    # 40 Mbit/s towards each node: one transfer takes most of a second
+    for port in ("v0", "v1"):
+        subprocess.run(["tc", "-n", net.ns, "qdisc", "add", "dev", port, "root", "tbf",
+                        "rate", "40mbit", "burst", "32k", "latency", "400ms"], check=True)
+    code = ("import sys, urllib.request\n"
+            "data = urllib.request.urlopen(sys.argv[1], timeout=60).read()\n"
+            "print(len(data))\n")
+    url = f"http://{lab.SERVER_IP}:8067/initrd.img"
+    fetches = [net.popen([sys.executable, "-c", code, url], ns=ns, stdout=subprocess.PIPE, text=True)
+               for ns in peers]
+    sizes = [int(p.communicate(timeout=60)[0]) for p in fetches]
+    assert sizes == [4 * 1024 * 1024] * 2
+    serve.wait_for(r"node\d 52:54:00:6b:64:0\d: initrd queued \(waiting for a free transfer slot\)")
+    log = serve.log()
+    sent = [m.start() for m in re.finditer(r"initrd sent", log)]
+    queued = log.index("initrd queued")
+    starts = [m.start() for m in re.finditer(r": initrd \(\d+ bytes\)", log)]
+    # the waiting node started only after the first one had finished
+    assert len(sent) == 2 and len(starts) == 2 and queued < sent[0] < starts[1]
