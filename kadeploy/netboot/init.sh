@@ -83,6 +83,9 @@ if [ -z "$up" ]; then
   finish "$KD_ONFAIL"
 fi
 say "network up on $up: $(ip -4 -o addr show dev "$up" | awk '{print $4}')"
+# The node's name from its iPXE script: the install server also matches nodes by the
+# host name they report (in proxy mode the site's DHCP server chose the address).
+[ -n "$KD_NODE" ] && hostname "$KD_NODE"
 report network "$up"
 
 set -- ka-d-client --install
