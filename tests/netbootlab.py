@@ -180,8 +180,9 @@ class Machine:
                      # no option ROM: OVMF's own PXE asks for ipxe.efi by TFTP
                      "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
         else:
-            # SeaBIOS with qemu's iPXE option ROM of the e1000
-            argv += ["-device", f"e1000,netdev=n0,mac={mac}"]
+            # SeaBIOS with qemu's iPXE option ROM of the e1000; graphics=off makes SeaBIOS
+            # (and so iPXE) write to the serial console too
+            argv += ["-machine", "graphics=off", "-device", f"e1000,netdev=n0,mac={mac}"]
         self.argv = argv
         self.proc: Optional[subprocess.Popen] = None
         self.started = 0.0

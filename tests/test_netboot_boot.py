@@ -122,3 +122,38 @@ def test_two_machines_pxe_boot_the_install_system_and_reach_ka_d_client(image, n
             assert any(s.startswith(step) for s in steps), (step, mine)
         assert any(s.startswith(("installed", "failed")) for s in steps), mine
     print("seconds from power-on: " + json.dumps(times))
+
+
+def test_an_installed_node_that_reboots_boots_its_disk_not_the_installer(image, net, scratch):
+    """The kit's saved state says node1 is installed (as its /init reports at the end of
+    an install): at its next PXE boot iPXE gets the local-boot script, so the machine
+    leaves iPXE for its disk, and no kernel or initrd is sent. The disk is empty here,
+    so SeaBIOS then finds nothing to boot, which its console says."""
+    accel = lab.qemu_accel(image / "vmlinuz")
+    name, mac, addr, _fw = MACHINES[0]
+    nodes = scratch / "nodes.csv"
+    nodes.write_text(f"name,mac,address\n{name},{mac},{addr}\n")
+    state = scratch / "state"
+    state.mkdir()
+    (state / "nodes.json").write_text(json.dumps({"installed": {mac: time.time()}}))
+    serve_log = scratch / "serve.log"
+    serve = net.popen([*KADEPLOY, "netboot", "serve", str(image), "-i", "br0", "--nodes", str(nodes),
+                       "--state-dir", str(state), "--progress-interval", "30"],
+                      stdout=open(serve_log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while "dnsmasq serves br0" not in serve_log.read_text():
+        assert serve.poll() is None and time.monotonic() < deadline, serve_log.read_text()
+        time.sleep(0.2)
+    m = lab.Machine(net, scratch, name, mac, firmware="bios", accel=accel)
+    m.start()
+    try:
+        t_local = m.wait_for(rf"kadeploy: {name} is installed; booting from its disk", 300)
+        t_nodisk = m.wait_for(r"No bootable device|Boot failed: not a bootable disk", 300)
+    finally:
+        print(f"\n{serve_log.read_text()}\n--- console tail\n{m.console()[-2000:]}")
+    log = serve_log.read_text()
+    assert f"{name} {mac}: ipxe script (local)" in log
+    assert "no boot script from the server" not in m.console()
+    assert "kernel" not in log.split("ipxe script (local)", 1)[1]
+    assert ": kernel (" not in log and ": initrd (" not in log
+    print(f"local-boot script after {t_local:.1f} s, left iPXE for the disk after {t_nodisk:.1f} s")

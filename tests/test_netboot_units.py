@@ -137,7 +137,9 @@ def boot(**kw):
 def test_chain_script_names_the_node_by_mac():
     s = ipxe.chain_script("http://198.18.0.254:8067")
     assert s.startswith("#!ipxe\n")
-    assert "chain --autofree http://198.18.0.254:8067/node/${net0/mac:hexhyp}/boot.ipxe" in s
+    chain = "chain --autofree http://198.18.0.254:8067/node/${net0/mac:hexhyp}/boot.ipxe || goto failed\n"
+    # a node script that returns (local boot) ends here, and does not fall into :failed
+    assert chain + "exit 0\n:failed\n" in s
 
 
 def test_install_script_loads_kernel_and_initrd_over_http_with_the_cmdline():

@@ -20,6 +20,7 @@ def chain_script(base_url: str) -> str:
     return (HEADER +
             "echo kadeploy: ${net0/mac} asks for its boot script\n"
             f"chain --autofree {base_url}/node/${{net0/mac:hexhyp}}/boot.ipxe || goto failed\n"
+            "exit 0\n"   # the node's script ended well (e.g. it chose the local disk)
             ":failed\n"
             "echo kadeploy: no boot script from the server; booting from the next device\n"
             "sleep 5\n"
