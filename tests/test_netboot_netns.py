@@ -231,3 +231,18 @@ def test_max_transfers_makes_the_other_nodes_wait_their_turn(net, kit):
     starts = [m.start() for m in re.finditer(r": initrd \(\d+ bytes\)", log)]
     # the waiting node started only after the first one had finished
     assert len(sent) == 2 and len(starts) == 2 and queued < sent[0] < starts[1]
+
+
+def test_an_install_server_that_fails_as_a_whole_stops_the_kit(net, kit):
+    scratch, image, nodes = kit
+    manifest = scratch / "broken.toml"
+    manifest.write_text("this is [ not a manifest\n")
+    p = net.run([*KADEPLOY, "netboot", "serve", str(image), "-i", "br0", "--nodes", str(nodes),
+                 "--state-dir", str(scratch / "state"), "--install", str(manifest), "-n", "2"], timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "starting the install server: " in p.stderr
+    assert f"server --install {manifest} -n 2 --nodes-table {nodes}" in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last == "kadeploy: error: the install server exited with status 64: see its messages above"
+    # dnsmasq went with it: the DHCP port is free again
+    assert net.run(["ss", "-H", "-lun", "sport = :67"]).stdout.strip() == ""
