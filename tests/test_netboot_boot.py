@@ -157,3 +157,40 @@ def test_an_installed_node_that_reboots_boots_its_disk_not_the_installer(image, 
     assert "kernel" not in log.split("ipxe script (local)", 1)[1]
     assert ": kernel (" not in log and ": initrd (" not in log
     print(f"local-boot script after {t_local:.1f} s, left iPXE for the disk after {t_nodisk:.1f} s")
+
+
+def test_proxy_mode_beside_the_site_dhcp_server_boots_a_pxe_machine(image, net, scratch):
+    """The site's DHCP server (a plain dnsmasq, no PXE) hands out the address; the kit
+    in proxy mode answers the PXE requests only; the machine's iPXE puts the two
+    together and loads the install system from the kit."""
+    accel = lab.qemu_accel(image / "vmlinuz")
+    name, mac, _addr, _fw = MACHINES[0]
+    nodes = scratch / "nodes.csv"
+    nodes.write_text(f"name,mac\n{name},{mac}\n")
+    site = net.add_peer("52:54:00:6b:64:fe", "198.18.0.1/24")
+    net.popen(["dnsmasq", "--keep-in-foreground", "--port=0", "--interface=eth0", "--bind-interfaces",
+               "--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,1h", "--pid-file=",
+               f"--dhcp-leasefile={scratch}/site.leases"], ns=site,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve_log = scratch / "serve.log"
+    serve = net.popen([*KADEPLOY, "netboot", "serve", str(image), "-i", "br0", "--nodes", str(nodes),
+                       "--mode", "proxy", "--state-dir", str(scratch / "state"),
+                       "--kernel-arg", "console=ttyS0,115200", "--progress-interval", "30"],
+                      stdout=open(serve_log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while "dnsmasq serves br0 in proxy mode" not in serve_log.read_text():
+        assert serve.poll() is None and time.monotonic() < deadline, serve_log.read_text()
+        time.sleep(0.2)
+    m = lab.Machine(net, scratch, name, mac, firmware="bios", accel=accel)
+    m.start()
+    try:
+        t_net = m.wait_for(r"net0: 198\.18\.0\.5\d/255\.255\.255\.0", 300)    # the site's address
+        t_script = m.wait_for(rf"kadeploy: {name} \({mac}\) boots the install system", 300)
+        t_init = m.wait_for(r"kadeploy-init: network up on \w+: 198\.18\.0\.5\d/24", 600)
+    finally:
+        print(f"\n{serve_log.read_text()}\n--- console tail\n{m.console()[-2500:]}")
+    log = serve_log.read_text()
+    assert f"{name} {mac}: pxe proxy" in log
+    assert f"{name} {mac}: ipxe script (install)" in log and f"{name} {mac}: initrd sent (" in log
+    print(f"site address after {t_net:.1f} s, install script after {t_script:.1f} s, "
+          f"install system on the network after {t_init:.1f} s")

@@ -47,11 +47,13 @@ class BootHTTPServer(http.server.ThreadingHTTPServer):
         self.lock = lock or threading.Lock()     # the tracker is shared with the dnsmasq reader
         super().__init__(address, BootRequestHandler)
 
-    def script_for(self, mac: str) -> str:
+    def script_for(self, mac: str, ip: str) -> str:
+        # The client's address is noted: in proxy mode no DHCP lease of ours ties it to
+        # the MAC, and the kernel and initrd requests that follow name only the address.
         with self.lock:
             choice = self.tracker.boot_choice(mac)
             rec = self.tracker.record(mac)
-            self.tracker.step(mac, "ipxe script", choice)
+            self.tracker.step(mac, "ipxe script", choice, ip=ip)
         if choice == "local":
             return ipxe.local_script(rec.name)
         if choice == "ignore":
@@ -96,7 +98,7 @@ class BootRequestHandler(http.server.BaseHTTPRequestHandler):
             if mac is None:
                 self._send(404, b"bad MAC\n")
                 return
-            self._send(200, self.server.script_for(mac).encode())
+            self._send(200, self.server.script_for(mac, self.client_address[0]).encode())
             return
         name = path.lstrip("/")
         if name in IMAGE_FILES:
