@@ -16,6 +16,7 @@ import http.server
 import logging
 import os
 import re
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -46,6 +47,15 @@ class BootHTTPServer(http.server.ThreadingHTTPServer):
         self.mac_of_ip = mac_of_ip
         self.lock = lock or threading.Lock()     # the tracker is shared with the dnsmasq reader
         super().__init__(address, BootRequestHandler)
+
+    def handle_error(self, request, client_address):
+        # One line, never socketserver's traceback: firmware often drops its
+        # keep-alive connections, and a node's failure is already a tracker step.
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.debug("%s: connection dropped (%s)", client_address[0], err)
+        else:
+            log.warning("%s: HTTP request failed: %s: %s", client_address[0], type(err).__name__, err)
 
     def script_for(self, mac: str, ip: str) -> str:
         # The client's address is noted: in proxy mode no DHCP lease of ours ties it to
