@@ -99,7 +99,8 @@ def test_proxy_mode_answers_pxe_beside_the_site_server():
     assert not any(line.startswith("dhcp-authoritative") for line in conf)
     assert 'pxe-service=tag:!ipxe,x86PC,"kadeploy: iPXE",undionly.kpxe,198.18.0.254' in conf
     assert 'pxe-service=tag:!ipxe,x86-64_EFI,"kadeploy: iPXE",ipxe.efi,198.18.0.254' in conf
-    assert "dhcp-boot=tag:ipxe,http://198.18.0.254:8067/boot.ipxe" in conf
+    assert 'pxe-service=tag:ipxe,x86PC,"kadeploy",http://198.18.0.254:8067/boot.ipxe' in conf
+    assert 'pxe-service=tag:ipxe,x86-64_EFI,"kadeploy",http://198.18.0.254:8067/boot.ipxe' in conf
 
 
 @pytest.mark.parametrize("kw, rows, message", [

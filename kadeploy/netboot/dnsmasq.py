@@ -139,14 +139,13 @@ def render(opts: DnsmasqOptions, nodes: NodeTable) -> str:
             f"dhcp-boot=tag:ipxe,{opts.boot_url}",
         ]
     else:
-        # Beside another DHCP server, PXE clients are answered as a boot server.
-        out += [
-            "pxe-prompt=\"kadeploy\",0",
-            f"pxe-service=tag:!ipxe,x86PC,\"kadeploy: iPXE\",{BIOS_LOADER},{opts.server_address}",
-            f"pxe-service=tag:!ipxe,BC_EFI,\"kadeploy: iPXE\",{UEFI_LOADER},{opts.server_address}",
-            f"pxe-service=tag:!ipxe,x86-64_EFI,\"kadeploy: iPXE\",{UEFI_LOADER},{opts.server_address}",
-            f"dhcp-boot=tag:ipxe,{opts.boot_url}",
-        ]
+        # Beside another DHCP server, PXE clients are answered as a boot server. iPXE
+        # takes its file name only from a PXE service here (dhcp-boot is not enough:
+        # measured with qemu's iPXE, it then finds "nothing to boot").
+        out.append("pxe-prompt=\"kadeploy\",0")
+        for csa, loader in (("x86PC", BIOS_LOADER), ("BC_EFI", UEFI_LOADER), ("x86-64_EFI", UEFI_LOADER)):
+            out += [f"pxe-service=tag:!ipxe,{csa},\"kadeploy: iPXE\",{loader},{opts.server_address}",
+                    f"pxe-service=tag:ipxe,{csa},\"kadeploy\",{opts.boot_url}"]
     if opts.ra:
         out += ["enable-ra", f"dhcp-range=::,constructor:{opts.interface},ra-only"]
     return "\n".join(out) + "\n"
