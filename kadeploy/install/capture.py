@@ -59,7 +59,9 @@ def root_disk() -> str:
     return f"/dev/{parent}" if parent else src
 
 
-def capture(device: Optional[str] = None) -> str:
+def capture(device: Optional[str] = None, root: str = "/") -> str:
+    """Manifest text for `device` (default: the disk of /); mount points are taken
+    relative to `root`, for a machine mounted elsewhere."""
     dev = device or root_disk()
     data = _json(["lsblk", "--json", "--bytes", "--output",
                   "NAME,PATH,SIZE,TYPE,PTTYPE,PARTTYPE,PARTLABEL,START", dev])
@@ -86,7 +88,8 @@ def capture(device: Optional[str] = None) -> str:
         if ptype == "swap" or fs == "swap":
             fs, ptype = "swap", ("swap" if ptype in ("linux", "swap") else ptype)
         has.add(ptype)
-        mount = mounts.get(os.path.realpath(part["path"])) if fs and fs != "swap" else None
+        source_dir = mounts.get(os.path.realpath(part["path"])) if fs and fs != "swap" else None
+        mount = _relative(source_dir, root)
         size = "fill" if i == len(parts) - 1 and ptype != "swap" else Size(bytes=int(part["size"])).text()
         out += ["", "[[partition]]", f"name = {_toml_str(_name(mount, ptype, fs, i))}",
                 f"size = {_toml_str(size)}", f"type = {_toml_str(ptype)}"]
@@ -96,9 +99,9 @@ def capture(device: Optional[str] = None) -> str:
         if label:
             out.append(f"label = {_toml_str(label)}")
         if mount:
-            out.append(f"mount = {_toml_str(mount if mount.startswith('/') else '/' + mount)}")
+            out.append(f"mount = {_toml_str(mount)}")
             exclude = list(DEFAULT_EXCLUDES) if mount == "/" else []
-            out.append(f"source = {{ tar = {_toml_str(mount)}, exclude = [{', '.join(map(_toml_str, exclude))}] }}")
+            out.append(f"source = {{ tar = {_toml_str(source_dir)}, exclude = [{', '.join(map(_toml_str, exclude))}] }}")
         elif fs != "swap" and ptype not in ("bios-boot", "extended"):
             if ptype == "esp":
                 out.append('mount = "/boot/efi"')
@@ -112,11 +115,25 @@ def capture(device: Optional[str] = None) -> str:
     return text
 
 
+def _relative(path: Optional[str], root: str) -> Optional[str]:
+    """A mount point as the installed machine sees it; None outside `root`."""
+    if path is None:
+        return None
+    root = os.path.normpath(root)
+    if root == "/":
+        return path
+    if path == root:
+        return "/"
+    if path.startswith(root + "/"):
+        return path[len(root):]
+    return None
+
+
 def _name(mount: Optional[str], ptype: str, fs: Optional[str], i: int) -> str:
     if mount == "/":
         return "root"
     if mount:
-        n = mount.strip("/").replace("/", "-").lower()
+        n = mount.strip("/").replace("/", "-").replace(".", "-").lower()
         if n and n[0].isalpha():
             return n[:31]
     if ptype in ("esp", "bios-boot", "swap"):

@@ -124,12 +124,14 @@ def convert_command(file, fmt):
 @click.argument("device", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the manifest to this file (default: standard output).")
-def capture_command(device, output):
+@click.option("--root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="Where the machine's root is mounted: mount points are taken relative to it.")
+def capture_command(device, output, root):
     """Write a manifest from this machine: DEVICE (default: the disk of /), its partitions,
     file systems and mounts."""
     from .capture import CaptureError, capture
     try:
-        text = capture(device)
+        text = capture(device, root)
     except (CaptureError, ManifestError) as e:
         raise KadeployError(str(e))
     if output:

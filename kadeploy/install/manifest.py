@@ -247,9 +247,16 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
     files = tuple(_parse_file(top.sub("file", {}).sub(i, f)) if isinstance(f, dict)
                   else _bad_table(top, "file")
                   for i, f in enumerate(top.get("file", list, default=[])))
-    hooks = top.get("hooks", list, default=[])
-    if not all(isinstance(h, str) and h.strip() for h in hooks):
-        raise top.error("hooks", "must be a list of non-empty shell commands")
+    hooks = []
+    for i, h in enumerate(top.get("hook", list, default=[])):
+        if not isinstance(h, dict):
+            _bad_table(top, "hook")
+        hr = top.sub("hook", {}).sub(i, h)
+        run = hr.get("run", str, required=True)
+        if not run.strip():
+            raise hr.error("run", "is empty")
+        hr.finish()
+        hooks.append(run)
     boot = top.sub("boot", top.get("boot", dict, default={}))
     loader = boot.get("loader", str, default="none")
     if loader not in LOADERS:

@@ -42,7 +42,8 @@ def run(argv: List[str], what: str, env: Optional[dict] = None, input: Optional[
     except FileNotFoundError:
         raise StepFailed(f"{argv[0]} is not installed")
     if r.returncode != 0:
-        lines = (r.stderr or r.stdout).strip().splitlines()
+        lines = [l.strip() for l in (r.stderr or r.stdout).strip().splitlines()
+                 if l.strip() and "dmesg(1)" not in l]
         raise StepFailed(f"{what} failed (exit status {r.returncode})" + (f": {lines[-1]}" if lines else ""))
     return r.stdout
 
