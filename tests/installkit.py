@@ -170,13 +170,18 @@ loader = "{loader}"
 
 # What an install changes on purpose: the node's identity and its boot loader.
 IDENTITY_PATHS = (b"etc/hostname", b"etc/hosts", b"etc/fstab", b"etc/machine-id",
-                  b"etc/ssh/ssh_host_", b"boot/grub/", b"etc/kdi-hook")
+                  b"etc/ssh/ssh_host_", b"boot/grub/", b"etc/kdi-hook", b"etc/kdi-role",
+                  b"boot/efi")
+# The manifest's default excludes: sent as empty directories.
+ROOT_EXCLUDES = (b"dev/", b"proc/", b"sys/", b"run/", b"tmp/")
 
 
-def fs_differences(src: str, dst: str, changed=IDENTITY_PATHS) -> List[str]:
+def fs_differences(src: str, dst: str, changed=IDENTITY_PATHS, excluded=ROOT_EXCLUDES) -> List[str]:
     """Differences of content and metadata between two file systems, leaving out
-    the identity files and the mtimes of the directories that hold them."""
+    what the source's excludes hold, the identity files and the mtimes of the
+    directories that hold them."""
     a, b = tree_manifest(src), tree_manifest(dst)
+    a = [e for e in a if not any(e.path.startswith(x) for x in excluded)]
 
     def keep(e):
         return not any(e.path.startswith(p) for p in changed)

@@ -80,12 +80,15 @@ class FrameWriter:
 # ------------------------------------------------------------------ reading
 
 def _read_exact(inp: BinaryIO, n: int, what: str) -> bytes:
-    buf = bytearray()
+    got = inp.read(n)
+    if len(got) == n:
+        return got
+    buf = bytearray(got)
     while len(buf) < n:
-        got = inp.read(n - len(buf))
-        if not got:
+        more = inp.read(n - len(buf))
+        if not more:
             raise StreamError(f"the stream ended inside {what} ({len(buf)} of {n} bytes)")
-        buf += got
+        buf += more
     return bytes(buf)
 
 
