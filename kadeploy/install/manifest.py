@@ -164,6 +164,8 @@ def _locate(text: str, path: Tuple) -> int:
             name = m.group(1)
             counts[name] = counts.get(name, 0) + 1
             table = (name, counts[name] - 1)
+            if want == (name,) and counts[name] == 1:
+                best = no            # the array as a whole: its first table
         elif (m := re.fullmatch(r"\[\s*([\w.-]+)\s*\]", line)):
             table = tuple(m.group(1).split("."))
         else:

@@ -121,6 +121,12 @@ class FrameReader:
         self.bytes = 0
 
     def __iter__(self) -> Iterator[Tuple[bool, int, bytes]]:
+        try:
+            yield from self._frames()
+        except StreamError as e:
+            raise StreamError(f"{e}, after {self.bytes} bytes of it") from None
+
+    def _frames(self) -> Iterator[Tuple[bool, int, bytes]]:
         while True:
             head = _read_exact(self.inp, WORD.size, self.what)
             self.hash.update(head)
