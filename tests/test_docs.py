@@ -164,7 +164,10 @@ def all_commands() -> list[tuple[list[str], click.Command]]:
     ctx = click.Context(cli.kadeploy_group, info_name="kadeploy")
     out = [([], cli.kadeploy_group)]
     for name in cli.kadeploy_group.list_commands(ctx):
-        out.append(([name], cli.kadeploy_group.get_command(ctx, name)))
+        sub = cli.kadeploy_group.get_command(ctx, name)
+        out.append(([name], sub))
+        if isinstance(sub, click.Group):      # kadeploy manifest check, ...
+            out += [([name, n], sub.get_command(ctx, n)) for n in sub.list_commands(ctx)]
     return out
 
 
@@ -250,7 +253,11 @@ def synopsis_options(page: str) -> list[click.Option]:
         for name in cli.kadeploy_group.list_commands(ctx):
             if name not in SUBCOMMAND_PAGES:
                 sub = cli.kadeploy_group.get_command(ctx, name)
-                params += [p for p in cli_options(sub, name) if "--help" not in p.opts]
+                # A group's own subcommands (kadeploy manifest check ...) too.
+                nested = [sub.get_command(ctx, n) for n in sub.list_commands(ctx)] \
+                    if isinstance(sub, click.Group) else []
+                for cmd in [sub, *nested]:
+                    params += [p for p in cli_options(cmd, name) if "--help" not in p.opts]
     return params
 
 

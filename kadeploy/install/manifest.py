@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
+try:
+    import tomllib
+except ImportError:   # Python < 3.11: the same parser, from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import tomllib
+try:
+    import tomllib
+except ImportError:   # Python < 3.11: the same parser, from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-import shutil
+import stat
 import struct
 import subprocess
 import tempfile
@@ -317,13 +317,44 @@ class Installer:
         return env
 
     def _bind_system_dirs(self) -> None:
+        if os.path.join(self.root, "proc") in self.mounted:
+            return
+        uuids = {p.name: self.uuid(p) for p in self.m.partitions if p.fs}
+        udev = all(os.path.exists(f"/dev/disk/by-uuid/{u}") for u in uuids.values())
         for d in ("dev", "proc", "sys", "run"):
             where = os.path.join(self.root, d)
-            if os.path.isdir(where) and where not in self.mounted:
-                src = "/" + d
-                run(["mount", "--rbind", src, where], f"mount --rbind {src}")
-                run(["mount", "--make-rslave", where], "mount --make-rslave")
-                self.mounted.append(where)
+            if not os.path.isdir(where):
+                continue
+            if d == "dev" and not udev:
+                self._private_dev(where, uuids)
+                continue
+            run(["mount", "--rbind", "/" + d, where], f"mount --rbind /{d}")
+            run(["mount", "--make-rslave", where], "mount --make-rslave")
+            self.mounted.append(where)
+
+    def _private_dev(self, where: str, uuids: Dict[str, str]) -> None:
+        """Without udev there is no /dev/disk/by-uuid, and grub-mkconfig then names
+        the root by its device (/dev/loop1p3, a name the booted clone will not have).
+        The new root gets its own /dev instead: a tmpfs with the host's device nodes
+        and the by-uuid links udev would make. The host's /dev is not touched."""
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=4m", "kadeploy-dev", where],
+            "mount a private /dev")
+        self.mounted.append(where)
+        for entry in os.scandir("/dev"):
+            target = os.path.join(where, entry.name)
+            st = entry.stat(follow_symlinks=False)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+                os.mknod(target, stat.S_IMODE(st.st_mode) | stat.S_IFMT(st.st_mode), st.st_rdev)
+            elif entry.is_dir() and entry.name in ("pts", "shm", "mqueue"):
+                os.mkdir(target)
+                run(["mount", "--bind", entry.path, target], f"mount --bind {entry.path}")
+                self.mounted.append(target)
+        links = os.path.join(where, "disk", "by-uuid")
+        os.makedirs(links)
+        for name, uuid in uuids.items():
+            os.symlink(self.devices[name], os.path.join(links, uuid))
 
     def in_root(self, command: str, what: str) -> str:
         self._bind_system_dirs()
