@@ -33,9 +33,9 @@ def can_compile_extensions() -> bool:
 setup(
     ext_modules=[
         Extension(
-            "kadeploy._relay",
-            sources=["kadeploy/_relay.pyx"],
-            include_dirs=["kadeploy/includes"],
+            "kadeploy.relay._relay",
+            sources=["kadeploy/relay/_relay.pyx"],
+            include_dirs=["kadeploy/relay/includes"],
             optional=True,
         )
     ],

@@ -1,6 +1,6 @@
 """cffi (API mode) bindings for the relay: splice, tee, vmsplice and pipe sizing.
 
-Built at install time as ``kadeploy._libc_cffi`` (see setup.py, which only asks for
+Built at install time as ``kadeploy.relay._libc_cffi`` (see setup.py, which only asks for
 it when a C compiler works). Only what the relay needs is declared. fcntl is variadic,
 awkward through cffi, so two tiny non-variadic helpers wrap F_SETPIPE_SZ/F_GETPIPE_SZ.
 """
@@ -19,7 +19,7 @@ ffibuilder.cdef("""
     int kd_get_pipe_size(int fd);
 """)
 
-ffibuilder.set_source("kadeploy._libc_cffi", r"""
+ffibuilder.set_source("kadeploy.relay._libc_cffi", r"""
     #ifndef _GNU_SOURCE
     #define _GNU_SOURCE
     #endif

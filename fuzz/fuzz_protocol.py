@@ -15,7 +15,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from kadeploy import protocol as P
+    from kadeploy.core import protocol as P
 
 CODES = sorted(P.MESSAGE_TYPES)
 

@@ -1,4 +1,4 @@
 """kadeploy: clone one machine onto many through a chain or tree of TCP connections."""
-from .version import __version__
+from kadeploy.version import __version__
 
 __all__ = ["__version__"]

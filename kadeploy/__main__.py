@@ -1,3 +1,3 @@
-from .cli import kadeploy_main
+from kadeploy.cli import kadeploy_main
 
 kadeploy_main()

@@ -16,15 +16,13 @@ from typing import Callable, List, Optional
 
 import click
 
-from . import relay as relay_mod
-from .auth import load_key
-from .bench import bench_command
-from .benchlib import synthetic
-from .demo import demo_command
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
-from .install import cli as install_cli
-from .netio import CONTROL_PORT, DATA_PORT
-from .version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
+from kadeploy import relay as relay_mod
+from kadeploy.control.auth import load_key
+from kadeploy.data import synthetic
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from kadeploy.install import cli as install_cli
+from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 RELAY_CHOICES = ["auto", *relay_mod.BACKENDS]
@@ -118,7 +116,7 @@ def common_options(f):
 
 def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    from .progress import StderrHandler
+    from kadeploy.view.progress import StderrHandler
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("kadeploy")
@@ -229,9 +227,9 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
-    from .commands import DEFAULT_PRODUCER
-    from .discovery import check_session_name
-    from .server import ServerConfig, exit_status, serve
+    from kadeploy.control.discovery import check_session_name
+    from kadeploy.control.server import ServerConfig, exit_status, serve
+    from kadeploy.data.commands import DEFAULT_PRODUCER
 
     setup_logging("ka-d-server", quiet, verbose)
     if session is not None:
@@ -286,8 +284,8 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
                    handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
-    from .client import Client, ClientConfig, exit_status, go_now
-    from .discovery import check_session_name
+    from kadeploy.control.client import Client, ClientConfig, exit_status, go_now
+    from kadeploy.control.discovery import check_session_name
 
     setup_logging("ka-d-client", quiet, verbose)
     if not host and not session:
@@ -326,7 +324,24 @@ def print_client_summary(outcome, elapsed: float) -> None:
 
 # --------------------------------------------------------------- kadeploy
 
-@click.group("kadeploy", context_settings=CONTEXT)
+class LazyGroup(click.Group):
+    """A group whose lab commands (demo, bench) are imported only when run or listed,
+    so that ka-d-client and ka-d-server never load the benchmark lab."""
+
+    lazy = {"demo": "kadeploy.lab.demo:demo_command", "bench": "kadeploy.lab.bench:bench_command"}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group("kadeploy", cls=LazyGroup, context_settings=CONTEXT)
 @version_option
 def kadeploy_group():
     """Clone one machine onto many, or broadcast any stream to many nodes,
@@ -335,8 +350,6 @@ def kadeploy_group():
 
 kadeploy_group.add_command(server_command, "server")
 kadeploy_group.add_command(client_command, "client")
-kadeploy_group.add_command(demo_command, "demo")
-kadeploy_group.add_command(bench_command, "bench")
 kadeploy_group.add_command(install_cli.manifest_group, "manifest")
 
 
@@ -353,7 +366,7 @@ def backends_command():
 def digest_command(directory):
     """Print a digest of a directory tree's content and metadata, to compare a
     clone with its source."""
-    from .treedigest import tree_digest
+    from kadeploy.lab.treedigest import tree_digest
     click.echo(f"{tree_digest(directory)}  {directory}")
 
 

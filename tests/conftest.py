@@ -18,8 +18,9 @@ settings.register_profile("ci", max_examples=400, deadline=None)
 settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-from kadeploy import vcluster as vc
 from treegen import make_hard_tree
+
+from kadeploy.lab import vcluster as vc
 
 
 def pytest_sessionstart(session):

@@ -130,6 +130,6 @@ def make_targets(root, n: int) -> List[str]:
 
 
 def assert_same_tree(src, dst) -> None:
-    from kadeploy.treedigest import diff_manifests, tree_manifest
+    from kadeploy.lab.treedigest import diff_manifests, tree_manifest
     diffs = diff_manifests(tree_manifest(str(src)), tree_manifest(str(dst)))
     assert not diffs, f"{dst} differs from {src}:\n" + "\n".join(diffs[:20])

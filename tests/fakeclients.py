@@ -6,10 +6,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import List, Optional
 
-from kadeploy import auth
-from kadeploy import protocol as P
-from kadeploy.datalink import connect_parent
-from kadeploy.netio import ControlChannel, connect
+from kadeploy.control import auth
+from kadeploy.control.netio import ControlChannel, connect
+from kadeploy.core import protocol as P
+from kadeploy.data.datalink import connect_parent
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from typing import Dict, Iterator, List
 
 import golden
-from kadeploy.treedigest import diff_manifests, tree_manifest
+from kadeploy.lab.treedigest import diff_manifests, tree_manifest
 
 MiB = 1 << 20
 # The golden disk: GPT, BIOS boot, ESP (vfat), root ext4, /var xfs (300 MiB is

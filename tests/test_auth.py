@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from kadeploy import auth
+from kadeploy.control import auth
 from kadeploy.errors import UsageError
 
 

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from deploy import Deployment
 
 SIZE_MIB = 48

@@ -20,10 +20,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from kadeploy import auth, cli, commands, errors
-from kadeploy import report as report_mod
+from kadeploy import cli, errors
 from kadeploy import relay as relay_mod
+from kadeploy.control import auth
+from kadeploy.data import commands
 from kadeploy.version import __version__
+from kadeploy.view import report as report_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
@@ -401,7 +403,7 @@ def test_report_section_documents_every_field():
 def rejection_categories() -> set[str]:
     """The kinds of rejected connections the server counts (registry.py and server.py)."""
     src = "".join((ROOT / "kadeploy" / name).read_text(encoding="utf-8")
-                  for name in ("registry.py", "server.py"))
+                  for name in ("control/registry.py", "control/server.py"))
     cats = set(re.findall(r'Rejection\(\s*"([\w-]+)"', src))
     cats |= set(re.findall(r'_reject\(\s*\w+,\s*"([\w-]+)"', src))
     cats |= set(re.findall(r'rejected\[\s*"([\w-]+)"\s*\]', src))

@@ -1,16 +1,22 @@
 """Whole deployments on loopback through the real commands."""
 import os
 import signal
-import subprocess
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
-
-from deploy import (KD, Deployment, assert_one_line_error, assert_same_tree, load_report,
-                    make_targets, tar_producer)
+from deploy import (
+    KD,
+    Deployment,
+    assert_one_line_error,
+    assert_same_tree,
+    load_report,
+    make_targets,
+    tar_producer,
+)
 
 
 @pytest.fixture
@@ -326,7 +332,7 @@ def test_live_table_and_progress_bar_on_a_terminal(dep):
 def test_full_spool_disables_repair_but_not_the_deployment(dep, tmp_path):
     """The repair spool runs out of space (a 2 MiB tmpfs for a 12 MB stream): the
     server says repairs are off from then on, and every node still gets every byte."""
-    from kadeploy.vcluster import scratch_fs
+    from kadeploy.lab.vcluster import scratch_fs
     if os.geteuid() != 0:
         pytest.skip("needs root for a tmpfs")
     with scratch_fs("2m") as spool:

@@ -3,8 +3,13 @@ address on one virtual switch, the real commands with the original's default por
 import time
 
 import pytest
-
-from deploy import assert_one_line_error, assert_same_tree, load_report, make_targets, tar_producer
+from deploy import (
+    assert_one_line_error,
+    assert_same_tree,
+    load_report,
+    make_targets,
+    tar_producer,
+)
 
 pytestmark = pytest.mark.netns
 

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from deploy import load_report
 
 pytestmark = pytest.mark.netns

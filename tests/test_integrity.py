@@ -2,9 +2,16 @@
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kadeploy.integrity import ChunkDigester, IntegrityError, Verifier, default_algorithm, new_hasher
+from kadeploy.core.integrity import (
+    ChunkDigester,
+    IntegrityError,
+    Verifier,
+    default_algorithm,
+    new_hasher,
+)
 
 ALGS = ["sha256", "blake3"]
 

@@ -5,7 +5,6 @@ import socket
 import threading
 
 import pytest
-
 from deploy import Deployment, load_report
 
 pytestmark = pytest.mark.netns

@@ -1,5 +1,12 @@
 """The progress display's pure parts."""
-from kadeploy.progress import NodeView, RateMeter, eta, human_bytes, render_table, summary_line
+from kadeploy.view.progress import (
+    NodeView,
+    RateMeter,
+    eta,
+    human_bytes,
+    render_table,
+    summary_line,
+)
 
 
 def test_rate_meter_uses_a_window():

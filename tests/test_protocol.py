@@ -3,9 +3,10 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kadeploy import protocol as P
+from kadeploy.core import protocol as P
 
 HELLO = P.Hello(software="kadeploy test", hostname="node1", data_port=30764, session="s1")
 CONVERSATION = [  # (sender, message): a whole deployment of one node, in order

@@ -1,9 +1,10 @@
 """Repair planning as properties: after any losses, every node still receiving has a
 path of parent links to the server, and no lost node is fed."""
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kadeploy import repair
-from kadeploy.topology import build_tree
+from kadeploy.core import repair
+from kadeploy.core.topology import build_tree
 
 
 def tree_parents(n, arity):

@@ -5,11 +5,11 @@ import socket
 import time
 
 import pytest
-
 from deploy import assert_one_line_error, load_report
-from kadeploy import auth
-from kadeploy import protocol as P
-from kadeploy.netio import recv_frame, send_frame
+
+from kadeploy.control import auth
+from kadeploy.control.netio import recv_frame, send_frame
+from kadeploy.core import protocol as P
 
 pytestmark = pytest.mark.netns
 KEY = b"correct horse battery staple 42"

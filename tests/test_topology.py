@@ -2,9 +2,16 @@
 import ipaddress
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kadeploy.topology import NodeInfo, address_key, build_tree, order_nodes, render
+from kadeploy.core.topology import (
+    NodeInfo,
+    address_key,
+    build_tree,
+    order_nodes,
+    render,
+)
 
 
 @settings(deadline=None)

@@ -9,10 +9,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from kadeploy.treedigest import (compare_trees, diff_manifests, manifest_digest, tree_digest,
-                                 tree_manifest)
 from treegen import make_hard_tree
+
+from kadeploy.lab.treedigest import (
+    compare_trees,
+    diff_manifests,
+    manifest_digest,
+    tree_digest,
+    tree_manifest,
+)
 
 TAR_CREATE = ["tar", "--create", "--numeric-owner", "--sparse", "--file", "-"]
 TAR_EXTRACT = ["tar", "--extract", "--numeric-owner", "--same-permissions", "--same-owner",
@@ -91,7 +96,7 @@ def small_tree(tmp_path_factory):
     """A small hard tree and its manifest; tests mutate tar copies of it."""
     if os.geteuid() != 0:
         pytest.skip("needs root (device nodes, owners, tmpfs)")
-    from kadeploy.vcluster import scratch_fs
+    from kadeploy.lab.vcluster import scratch_fs
     with scratch_fs("1g") as d:
         src = make_hard_tree(d / "src", big_mib=1, n_small=50, seed=1, sparse_mib=8)
         yield src, tree_manifest(src)

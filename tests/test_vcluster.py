@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from kadeploy import vcluster as vc
-from kadeploy.vcluster import NetemUnavailable, VClusterError, VirtualCluster
+from kadeploy.lab import vcluster as vc
+from kadeploy.lab.vcluster import NetemUnavailable, VClusterError, VirtualCluster
 
 DISCOVERY_PORT = 4957
 

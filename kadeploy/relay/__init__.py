@@ -24,7 +24,14 @@ import importlib
 import os
 from typing import Dict, Optional, Sequence
 
-from .result import EOF, NO_SINKS, SOURCE_ERROR, STOPPED, RelayResult, SpliceUnsupported
+from kadeploy.relay.result import (
+    EOF,
+    NO_SINKS,
+    SOURCE_ERROR,
+    STOPPED,
+    RelayResult,
+    SpliceUnsupported,
+)
 
 ENV_BACKEND = "KADEPLOY_RELAY"
 # Set when a run must use the compiled core (CI): a missing backend is then an error

@@ -17,7 +17,14 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, List, Sequence
 
-from .result import EOF, NO_SINKS, SOURCE_ERROR, STOPPED, RelayResult, SpliceUnsupported
+from kadeploy.relay.result import (
+    EOF,
+    NO_SINKS,
+    SOURCE_ERROR,
+    STOPPED,
+    RelayResult,
+    SpliceUnsupported,
+)
 
 SPLICE_F_MOVE = 1
 SPLICE_F_NONBLOCK = 2

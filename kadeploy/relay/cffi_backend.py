@@ -1,6 +1,6 @@
 """The cffi backend: the shared Python splice/tee loop over cffi's libc bindings.
 
-Needs ``kadeploy._libc_cffi``, built at install by buildutils/build_cffi.py; when it
+Needs ``kadeploy.relay._libc_cffi``, built at install by buildutils/build_cffi.py; when it
 did not build, importing this module raises ImportError and the backend is reported
 unavailable.
 """
@@ -9,9 +9,8 @@ from __future__ import annotations
 import errno
 import os
 
-from kadeploy._libc_cffi import ffi, lib
-
-from . import _splice
+from kadeploy.relay import _splice
+from kadeploy.relay._libc_cffi import ffi, lib
 
 NAME = "cffi"
 

@@ -10,7 +10,7 @@ import os
 import select
 from typing import Optional, Sequence
 
-from .result import EOF, NO_SINKS, SOURCE_ERROR, STOPPED, RelayResult
+from kadeploy.relay.result import EOF, NO_SINKS, SOURCE_ERROR, STOPPED, RelayResult
 
 NAME = "copy"
 _WAIT = (errno.EAGAIN, errno.EWOULDBLOCK)

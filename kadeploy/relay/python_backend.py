@@ -12,7 +12,7 @@ import ctypes.util
 import errno
 import os
 
-from . import _splice
+from kadeploy.relay import _splice
 
 NAME = "python"
 
@@ -38,7 +38,7 @@ def _ctypes_tee():
 
 
 try:
-    from .cffi_backend import tee as _tee
+    from kadeploy.relay.cffi_backend import tee as _tee
     TEE_FROM = "cffi"
 except ImportError:
     try:

@@ -8,7 +8,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, ENOSYS
 from libc.stdlib cimport calloc, free
 
-from kadeploy.includes.libc cimport (
+from kadeploy.relay.includes.libc cimport (
     splice, tee, fcntl, poll, pollfd, nfds_t, SPLICE_F_MOVE, SPLICE_F_NONBLOCK,
     SPLICE_F_MORE, F_SETPIPE_SZ, F_GETPIPE_SZ, POLLIN, POLLOUT)
 

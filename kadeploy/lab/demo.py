@@ -18,8 +18,8 @@ from typing import Iterator, List
 
 import click
 
-from .relay import BACKENDS
-from .treedigest import diff_manifests, tree_digest, tree_manifest
+from kadeploy.lab.treedigest import diff_manifests, tree_digest, tree_manifest
+from kadeploy.relay import BACKENDS
 
 
 def make_sample_tree(root: str, *, big_mib: int = 32, n_files: int = 300, seed: int = 1) -> None:
@@ -57,7 +57,7 @@ def workdir() -> Iterator[str]:
     else a plain temporary directory."""
     if os.geteuid() == 0:
         try:
-            from .vcluster import scratch_fs
+            from kadeploy.lab.vcluster import scratch_fs
             with scratch_fs("1G") as path:
                 yield path
                 return

@@ -1,4 +1,4 @@
-"""Run one command and record what it cost: ``python -m kadeploy.benchlib.runner
+"""Run one command and record what it cost: ``python -m kadeploy.lab.benchlib.runner
 OUT.json LOG -- ARGV...``.
 
 Written to OUT.json when the command ends: start and end (wall clock, comparable
@@ -20,7 +20,7 @@ import time
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m kadeploy.benchlib.runner OUT.json LOG -- ARGV...", file=sys.stderr)
+        print("usage: python -m kadeploy.lab.benchlib.runner OUT.json LOG -- ARGV...", file=sys.stderr)
         return 64
     out, log, cmd = argv[0], argv[1], argv[3:]
     with open(log, "wb") as f:

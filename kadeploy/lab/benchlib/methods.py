@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .synthetic import synthetic_producer
+from kadeploy.data.synthetic import synthetic_producer
 
 METHODS = ("kadeploy", "diy", "star", "udpcast")
 BASELINES = ("diy", "star", "udpcast")
@@ -109,7 +109,7 @@ def star_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
     port = BASE_PORT
     targets = " ".join(f"{addr(i)}:{port}" for i in range(1, e.n))
     cmds = {0: f"{synthetic_producer(e.size)} | {shlex.quote(sys.executable)} "
-               f"-m kadeploy.benchlib.star {targets}"}
+               f"-m kadeploy.lab.benchlib.star {targets}"}
     for i in range(1, e.n):
         cmds[i] = f"{_socat_listen(port)} | {COUNT_CONSUMER}"
     return Plan(cmds, {i: port for i in range(1, e.n)}, check_bytes=True)

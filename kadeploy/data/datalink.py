@@ -16,10 +16,11 @@ import logging
 import socket
 from typing import Callable, Dict, Iterable, Optional, Set
 
-from . import auth
-from . import protocol as P
-from .errors import NotJoined
-from .netio import connect, normalize_address, recv_frame, send_frame, set_sockbuf
+from kadeploy.control import auth
+from kadeploy.control.netio import connect, recv_frame, send_frame, set_sockbuf
+from kadeploy.core import protocol as P
+from kadeploy.core.addresses import normalize_address
+from kadeploy.errors import NotJoined
 
 log = logging.getLogger("kadeploy.data")
 

@@ -8,26 +8,9 @@ import os
 import socket
 from typing import Optional, Tuple
 
-from . import protocol
-from .errors import KadeployError, NotJoined
-
-CONTROL_PORT = 30765
-DATA_PORT = 30764
-
-
-def normalize_address(address: str) -> str:
-    """'::ffff:1.2.3.4' -> '1.2.3.4'; other addresses as they are, without scope."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return address
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+from kadeploy.core import protocol
+from kadeploy.core.addresses import format_hostport, normalize_address
+from kadeploy.errors import KadeployError, NotJoined
 
 
 def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,

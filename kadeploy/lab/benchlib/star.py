@@ -1,4 +1,4 @@
-"""The star baseline's sender: ``python -m kadeploy.benchlib.star HOST:PORT...``.
+"""The star baseline's sender: ``python -m kadeploy.lab.benchlib.star HOST:PORT...``.
 
 Reads stdin in 1 MiB chunks and writes each chunk to every receiver over its own TCP
 connection, one after the other, so the sender's single link carries every copy. A
@@ -28,7 +28,7 @@ def connect(target: str, timeout: float = 30.0) -> socket.socket:
 def main(argv=None) -> int:
     targets = list(sys.argv[1:] if argv is None else argv)
     if not targets:
-        print("usage: python -m kadeploy.benchlib.star HOST:PORT...", file=sys.stderr)
+        print("usage: python -m kadeploy.lab.benchlib.star HOST:PORT...", file=sys.stderr)
         return 64
     socks = [connect(t) for t in targets]
     src = sys.stdin.buffer.raw

@@ -1,5 +1,5 @@
 # State of one run of the compiled relay loop; plain C, so the loop needs no GIL.
-from kadeploy.includes.libc cimport pollfd
+from kadeploy.relay.includes.libc cimport pollfd
 
 
 cdef struct Sink:

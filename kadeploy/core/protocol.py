@@ -21,7 +21,7 @@ import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple, Type, Union
 
-from .version import PROTOCOL_VERSION
+from kadeploy.version import PROTOCOL_VERSION
 
 MAGIC = b"KD"
 HEADER = struct.Struct(">2sBBI")
@@ -175,7 +175,7 @@ class DataWelcome(Message):
 
 @dataclass
 class Challenge(Message):
-    """The answerer's nonce and its proof that it knows the key (see kadeploy.auth)."""
+    """The answerer's nonce and its proof that it knows the key (see kadeploy.control.auth)."""
     CODE = 14
     nonce: str
     proof: str
@@ -442,7 +442,7 @@ class ControlConnection:
 
 
 # Data connections carry a fixed handshake before raw bytes: DataHello, Challenge,
-# Auth, DataWelcome (see kadeploy.datalink); checked in order with expect().
+# Auth, DataWelcome (see kadeploy.data.datalink); checked in order with expect().
 def expect(msg: Message, *types: Type[Message]) -> Message:
     if not isinstance(msg, types):
         names = " or ".join(t.__name__ for t in types)

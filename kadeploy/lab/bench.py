@@ -29,10 +29,10 @@ from typing import List, Optional
 
 import click
 
-from .benchlib import execute, output
-from .benchlib.methods import METHODS, NEEDS, Experiment
-from .benchlib.progress import Progress
-from .errors import EXIT_USAGE, KadeployError
+from kadeploy.errors import EXIT_USAGE, KadeployError
+from kadeploy.lab.benchlib import execute, output
+from kadeploy.lab.benchlib.methods import METHODS, NEEDS, Experiment
+from kadeploy.lab.benchlib.progress import Progress
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
@@ -54,7 +54,7 @@ def int_list(lo: int, hi: int):
 
 
 def size_list(ctx, param, value):
-    from .cli import parse_size
+    from kadeploy.cli import parse_size
     out = [parse_size(t) for t in _split(value)]
     if not out or min(out) <= 0:
         raise click.BadParameter("sizes must be greater than 0")
@@ -72,7 +72,7 @@ def choice_list(choices):
 
 
 def rate_list(ctx, param, value):
-    from .vcluster import parse_rate
+    from kadeploy.lab.vcluster import parse_rate
     out = []
     for t in _split(value):
         if t.lower() in ("none", "unshaped"):
@@ -101,7 +101,7 @@ def check_prerequisites(methods: List[str], delay, loss) -> None:
     if os.geteuid() != 0:
         raise KadeployError("kadeploy bench needs root: it builds network namespaces, veths and "
                             "tc qdiscs (run it as root, e.g. with sudo)")
-    from . import vcluster as vc
+    from kadeploy.lab import vcluster as vc
     reason = vc.netns_support()
     if reason is not None:
         raise KadeployError(f"kadeploy bench cannot build a virtual cluster: {reason}")
@@ -173,7 +173,7 @@ def bench_command(nodes, arities, buffers, backends, integrity, methods, rates, 
     size and relay backend) and for a DIY socat chain, a star and udpcast. Needs root."""
     check_prerequisites(methods, delay, loss)
     if "kadeploy" in methods:
-        from .cli import check_backend
+        from kadeploy.cli import check_backend
         for b in backends:
             check_backend(b)
     size = size[0]
@@ -210,7 +210,12 @@ def _f(v: Optional[float]) -> str:
 
 def run_sweep(experiments: List[Experiment], rates, delay, loss, timeout: float,
               plain: bool, outdir: str) -> List[dict]:
-    from .vcluster import NetemUnavailable, VClusterError, VirtualCluster, scratch_fs
+    from kadeploy.lab.vcluster import (
+        NetemUnavailable,
+        VClusterError,
+        VirtualCluster,
+        scratch_fs,
+    )
     n_max = max(e.n for e in experiments)
     rows: List[dict] = []
     with Progress(len(experiments) * len(rates), plain=plain) as progress, \

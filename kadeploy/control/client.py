@@ -14,25 +14,20 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from . import auth
-from . import protocol as P
-from . import relay as relay_mod
-from .commands import DEFAULT_TARGET, default_consumer
-from .datalink import ChildAcceptor, accept_children, connect_parent
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
-from .install.job import InstallJob
-from .integrity import Verifier
-from .netio import (
-    CONTROL_PORT,
-    DATA_PORT,
-    ControlChannel,
-    connect,
-    format_hostport,
-    listen,
-)
-from .node import DataPhase, Outcome, ServerLink
-from .progress import ClientBar
-from .version import SOFTWARE
+from kadeploy import relay as relay_mod
+from kadeploy.control import auth
+from kadeploy.control.netio import ControlChannel, connect, listen
+from kadeploy.core import protocol as P
+from kadeploy.core.addresses import format_hostport
+from kadeploy.core.integrity import Verifier
+from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
+from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
+from kadeploy.data.node import DataPhase, Outcome, ServerLink
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
+from kadeploy.install.job import InstallJob
+from kadeploy.version import SOFTWARE
+from kadeploy.view.progress import ClientBar
 
 log = logging.getLogger("kadeploy.client")
 
@@ -69,7 +64,7 @@ def find_server(cfg: ClientConfig):
     """(host, control port) from -h, or by discovery with -s."""
     if cfg.host:
         return cfg.host, cfg.control_port
-    from .discovery import discover
+    from kadeploy.control.discovery import discover
     log.info("looking for session %r by broadcast", cfg.session)
     host, port = discover(cfg.session, tries=cfg.discovery_tries, port=cfg.discovery_port)
     log.info("found the server of session %r at %s", cfg.session, format_hostport(host, port))

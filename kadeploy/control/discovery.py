@@ -15,8 +15,8 @@ import struct
 import time
 from typing import List, Optional, Tuple
 
-from .errors import NotJoined, UsageError
-from .version import __version__
+from kadeploy.errors import NotJoined, UsageError
+from kadeploy.version import __version__
 
 DISCOVERY_PORT = 4957
 MAX_SESSION_NAME = 255

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from .netio import format_hostport
+from kadeploy.core.addresses import format_hostport
 
 REPORT_FORMAT = 1
 
@@ -103,7 +103,7 @@ class Report:
         lines.append(f"{ok} of {len(self.nodes)} node(s) ok; {self.stream_bytes} bytes in "
                      f"{self.seconds:.2f} s ({rate:.1f} MB/s); relay backend {self.backend or '-'}")
         if any(n.steps for n in self.nodes):
-            from .install.report import steps_table
+            from kadeploy.install.report import steps_table
             lines += steps_table(self.nodes)
         if self.stream_error:
             lines.append(f"stream failed: {self.stream_error}")

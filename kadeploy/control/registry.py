@@ -2,7 +2,7 @@
 
 Every control connection starts here: a Hello (or a Go from ka-d-client -g) checked
 against the session, the hosts list, the key (mutual challenge-response, see
-kadeploy.auth) and whether registration is still open. Whatever is turned away is
+kadeploy.control.auth) and whether registration is still open. Whatever is turned away is
 counted by category for the report and logged on one line; the deployment goes on.
 After the start, a lost node is handed to the server (`on_lost`) to be repaired.
 """
@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
-from . import auth
-from . import protocol as P
-from .netio import ControlChannel, format_hostport
-from .progress import RateMeter
-from .topology import NodeInfo, host_matches
-from .version import SOFTWARE
+from kadeploy.control import auth
+from kadeploy.control.netio import ControlChannel
+from kadeploy.core import protocol as P
+from kadeploy.core.addresses import format_hostport
+from kadeploy.core.topology import NodeInfo, host_matches
+from kadeploy.version import SOFTWARE
+from kadeploy.view.progress import RateMeter
 
 log = logging.getLogger("kadeploy.server")
 
@@ -131,7 +132,7 @@ class Registry:
         log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
 
     async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
-        """With a key, the mutual challenge-response (kadeploy.auth); Rejection if it fails."""
+        """With a key, the mutual challenge-response (kadeploy.control.auth); Rejection if it fails."""
         key = self.cfg.key
         if key is None:
             return

@@ -19,7 +19,7 @@ import secrets
 import stat
 from typing import Optional
 
-from .errors import UsageError
+from kadeploy.errors import UsageError
 
 ENV_KEY = "KADEPLOY_KEY"
 ENV_KEY_FILE = "KADEPLOY_KEY_FILE"

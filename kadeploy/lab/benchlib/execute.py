@@ -14,10 +14,10 @@ import sys
 import time
 from typing import Dict, Optional
 
-from .methods import Experiment, Plan, counted_bytes, plan
+from kadeploy.lab.benchlib.methods import Experiment, Plan, counted_bytes, plan
 
-RUNNER = [sys.executable, "-m", "kadeploy.benchlib.runner"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNNER = [sys.executable, "-m", "kadeploy.lab.benchlib.runner"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 GB = 1e9
 
 

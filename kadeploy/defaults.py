@@ -1,0 +1,6 @@
+"""Ports and default values, named once: the CLI, the server, the client and the docs
+take them from here."""
+
+CONTROL_PORT = 30765     # TCP, the original's control port (-p)
+DATA_PORT = 30764        # TCP, the original's data port (-P)
+DISCOVERY_PORT = 4957    # UDP, where a session name is broadcast (-s)
