@@ -120,7 +120,7 @@ def golden_disk(directory: str) -> Iterator[GoldenDisk]:
 
 
 def manifest_text(golden_disk: GoldenDisk, hooks: List[str] = (), loader: str = "grub-bios",
-                  root_size: str = "fill", extra: str = "") -> str:
+                  root_size: str = "fill", extra: str = "", esp_source: str = "image") -> str:
     g = golden_disk
     hook_lines = "".join(f"\n[[hook]]\nrun = '''{h}'''\n" for h in hooks)
     return f"""# The install of the golden machine's disk (tests/installkit.py).
@@ -138,7 +138,7 @@ size = "32MiB"
 type = "esp"
 fs = "vfat"
 mount = "/boot/efi"
-source = {{ image = "{g.parts['esp']}" }}
+source = {{ {esp_source} = "{g.parts['esp']}" }}
 
 [[partition]]
 name = "root"

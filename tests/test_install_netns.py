@@ -194,10 +194,11 @@ def test_each_failure_is_reported_per_node_and_step(net, golden, disks, tmp_path
 
 def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
     """Node 2 of a chain dies while the root file system flows (no repair): node 3's
-    stream is cut inside it, and it says so for that step; node 1 is installed."""
+    stream is cut inside it, and it says so for that step; node 1 is installed. The ESP
+    goes as partclone's used blocks here (as a raw image elsewhere)."""
     cluster, dep = net(4, rate="200mbit")
     targets = disks(3)
-    manifest = write(tmp_path / "m.toml", K.manifest_text(golden, loader="none"))
+    manifest = write(tmp_path / "m.toml", K.manifest_text(golden, loader="none", esp_source="partclone"))
     report = str(tmp_path / "report.json")
     server = dep.server("-n", "3", "--install", manifest, "--no-repair", "--report", report, where=0)
     clients = [dep.client("-h", cluster.node(0).addr, "--install", "--disk", d, where=i)
@@ -212,6 +213,33 @@ def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
                         rows[2]["error"]), rows[2]["error"]
     assert clients[0].wait(60) == 0 and clients[2].wait(60) == 1
     assert "Traceback" not in clients[2].err
+    st = steps_of(rows[0])
+    assert st["receive esp"]["status"] == "ok" and st["receive esp"]["verified"] is True
+    esp = K.partition_nodes(targets[0])[1]
+    K.sh("fsck.vfat", "-n", esp)
+    assert K.sh("mtype", "-i", esp, "::/EFI/kdi/note.txt") == "golden ESP\n"
+    assert blkid(esp, "LABEL") == "GOLDESP"
+
+
+def test_capture_writes_a_manifest_that_checks(golden, tmp_path):
+    out = tmp_path / "captured.toml"
+    r = subprocess.run([*K_CLI, "manifest", "capture", "--root", golden.root, "-o", str(out),
+                        golden.dev], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from kadeploy.install.manifest import load_manifest
+    m = load_manifest(str(out))
+    got = [(p.name, p.type, p.fs, p.mount, p.source and (p.source.kind, p.source.path))
+           for p in m.partitions]
+    assert got == [("bios", "bios-boot", None, None, None),
+                   ("esp", "esp", "vfat", "/boot/efi", ("image", golden.parts["esp"])),
+                   ("root", "linux", "ext4", "/", ("tar", golden.root)),
+                   ("var", "linux", "xfs", "/var", ("tar", golden.root + "/var")),
+                   ("swap", "swap", "swap", None, None)]
+    assert m.partition("esp").size.bytes == 32 << 20 and m.partition("swap").size.bytes == 32 << 20
+    assert m.partition("root").size.fill and m.partition("var").size.bytes == 320 << 20
+    assert m.partition("root").label == "goldroot" and m.loader == "grub-bios"
+    r = subprocess.run([*K_CLI, "manifest", "check", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and ": ok: gpt, 5 partition(s), 3 stream(s)" in r.stdout
 
 
 def test_a_bad_manifest_is_refused_in_one_line(tmp_path):

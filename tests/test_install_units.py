@@ -3,6 +3,7 @@ original's formats), layouts, the install stream, identity text, node tables."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -259,3 +260,80 @@ def test_manifest_check_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kadeploy", "manifest", "convert", "--from", "original",
                         str(orig)], capture_output=True, text=True)
     assert r.returncode == 0 and 'table = "mbr"' in r.stdout and 'size = "500MiB"' in r.stdout
+
+
+def test_the_disk_rule_takes_the_first_fixed_disk_large_enough():
+    from kadeploy.install.disk import BlockDisk, choose_by_rule
+
+    def d(name, gib, removable=False, physical=True, ro=False):
+        return BlockDisk(name=name, path=f"/dev/{name}", size=gib << 30, removable=removable,
+                         read_only=ro, sector_size=512, physical=physical)
+    disks = [d("loop0", 100, physical=False), d("sdc", 500), d("sda", 8), d("sdb", 64, removable=True),
+             d("nvme0n1", 256), d("sr0", 1, removable=True), d("sdd", 900, ro=True)]
+    assert choose_by_rule(disks, 16 << 30).name == "nvme0n1"
+    assert choose_by_rule(disks, 300 << 30).name == "sdc"
+    assert choose_by_rule(disks, 1000 << 30) is None
+
+
+def test_a_live_source_is_a_warning_unless_strict(tmp_path):
+    """GNU tar exits 1 when a file changes while it reads it: the producer says so in
+    the step's trailer, as a warning, or as an error with --strict."""
+    import threading
+    from kadeploy.install.produce import send_step
+    src = tmp_path / "src"
+    src.mkdir()
+    growing = src / "log"
+    growing.write_bytes(os.urandom(1 << 20) * 64)
+    m = parse_manifest(f'[disk]\n[[partition]]\nname = "root"\nsize = "fill"\nfs = "ext4"\n'
+                       f'mount = "/"\nsource = {{ tar = "{src}", exclude = [] }}\n')
+    results = {}
+    for strict in (False, True):
+        stop = threading.Event()
+
+        def append():
+            with open(growing, "ab") as f:
+                while not stop.is_set():
+                    f.write(b"x" * 4096)
+                    f.flush()
+        t = threading.Thread(target=append)
+        t.start()
+        try:
+            out = io.BytesIO()
+            error = send_step(out, m.digest, 0, m.partition("root"), strict)
+        finally:
+            stop.set()
+            t.join()
+        inp = io.BytesIO(out.getvalue())
+        stream.read_record(inp, stream.STEP_TAG, "step")
+        fr = stream.FrameReader(inp, "root")
+        for _ in fr:
+            pass
+        results[strict] = (error, stream.read_record(inp, stream.TRAILER_TAG, "trailer"))
+    error, trailer = results[False]
+    assert error is None and trailer["status"] == 1 and "changed while tar read" in trailer["warning"]
+    error, trailer = results[True]
+    assert "--strict" in error and trailer["error"] == error and trailer["warning"] is None
+
+
+MANIFEST_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "man", "kadeploy-manifest.5")
+
+
+def test_the_manifest_page_lints_clean_and_names_every_key():
+    import re
+    import shutil
+    for argv in (["groff", "-man", "-ww", "-z", MANIFEST_PAGE], ["mandoc", "-Tlint", MANIFEST_PAGE]):
+        if shutil.which(argv[0]) is None:
+            pytest.skip(f"no {argv[0]} (tools/setup-env installs it)")
+        r = subprocess.run(argv, capture_output=True, text=True)
+        assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+    src = open(os.path.join(os.path.dirname(MANIFEST_PAGE), "..", "kadeploy", "install",
+                            "manifest.py")).read()
+    keys = set(re.findall(r'\.get\("(\w+)"', src)) | {"source", "exclude", "tar", "image", "partclone"}
+    page = open(MANIFEST_PAGE).read().replace("\\-", "-").replace("\\_", "_")
+    tables = set(re.findall(r'top\.get\("(\w+)"', src))
+    for key in sorted(keys):
+        if key in tables:
+            assert re.search(rf"^\.SS \[+{key}\]+$", page, re.M), f"no section [{key}] in the page"
+        else:
+            assert re.search(rf"^\.B {key}$", page, re.M), f"kadeploy-manifest(5) does not document {key!r}"

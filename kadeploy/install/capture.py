@@ -90,7 +90,8 @@ def capture(device: Optional[str] = None, root: str = "/") -> str:
         has.add(ptype)
         source_dir = mounts.get(os.path.realpath(part["path"])) if fs and fs != "swap" else None
         mount = _relative(source_dir, root)
-        size = "fill" if i == len(parts) - 1 and ptype != "swap" else Size(bytes=int(part["size"])).text()
+        # The root grows or shrinks with the target disk; the others keep their sizes.
+        size = "fill" if mount == "/" else Size(bytes=int(part["size"])).text()
         out += ["", "[[partition]]", f"name = {_toml_str(_name(mount, ptype, fs, i))}",
                 f"size = {_toml_str(size)}", f"type = {_toml_str(ptype)}"]
         if fs:
