@@ -22,6 +22,7 @@ from deploy import load_report
 pytestmark = pytest.mark.netns
 
 TOOLS = ("sfdisk", "partx", "mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mkswap", "mmd", "debootstrap",
+         "mkfs.btrfs", "btrfs", "partclone.fat", "mtype",
          "ssh-keygen", "xfs_repair", "fsck.vfat", "unshare", "wipefs", "blkid")
 
 
@@ -80,7 +81,9 @@ def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
     targets = disks(3)
     manifest = write(tmp_path / "m.toml", K.manifest_text(
         golden, hooks=['echo "$KADEPLOY_HOSTNAME $KADEPLOY_ROLE" > /etc/kdi-hook'],
-        extra='\n[[file]]\npath = "/etc/kdi-role"\ncontent = "role=$role uuid=$uuid_root\\n"\n'))
+        extra='\n[[file]]\npath = "/etc/kdi-role"\ncontent = "role=$role uuid=$uuid_root\\n"\n'
+              # A file system made on the node, with nothing sent into it.
+              '\n[[partition]]\nname = "srv"\nsize = "128MiB"\nfs = "btrfs"\nmount = "/srv"\n'))
     names = ["alpha", "bravo", "charlie"]
     table = write(tmp_path / "nodes.csv", "name,mac,address,role\n" + "".join(
         f"{n},52:54:00:00:00:0{i},{cluster.node(i).addr},r{i}\n" for i, n in enumerate(names, 1)))
@@ -95,7 +98,8 @@ def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
     assert [r["status"] for r in rep["nodes"]] == ["ok"] * 3
     for row in rep["nodes"]:
         st = steps_of(row)
-        for name in ("disk", "partition", "mkfs root", "mkfs var", "mkfs swap", "receive root",
+        for name in ("disk", "partition", "mkfs root", "mkfs var", "mkfs swap", "mkfs srv", "mount srv",
+                     "receive root",
                      "receive var", "receive esp", "identity", "hooks", "boot loader", "unmount"):
             assert st[name]["status"] == "ok", (name, st[name])
         assert st["receive root"]["verified"] is True and st["receive root"]["bytes"] > 100 << 20
@@ -108,18 +112,19 @@ def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
         layout = json.loads(K.sh("sfdisk", "--json", disk))["partitiontable"]
         assert layout["label"] == "gpt"
         sizes = [p["size"] * 512 for p in layout["partitions"]]
-        assert sizes[:2] == [1 << 20, 32 << 20] and sizes[3:] == [320 << 20, 32 << 20], sizes
+        assert sizes[:2] == [1 << 20, 32 << 20] and sizes[3:] == [320 << 20, 32 << 20, 128 << 20], sizes
         assert [p["type"] for p in layout["partitions"]] == [
             "21686148-6449-6E6F-744E-656564454649", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
             "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
-            "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"]
-        parts = dict(zip(["bios", "esp", "root", "var", "swap"], K.partition_nodes(disk)))
+            "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]
+        parts = dict(zip(["bios", "esp", "root", "var", "swap", "srv"], K.partition_nodes(disk)))
         K.sh("fsck.ext4", "-n", "-f", parts["root"])
         K.sh("xfs_repair", "-n", parts["var"])
         K.sh("fsck.vfat", "-n", parts["esp"])
+        K.sh("btrfs", "check", "--readonly", parts["srv"])
         with open(parts["esp"], "rb") as a, open(golden.parts["esp"], "rb") as b:
             assert a.read() == b.read(), "the ESP is not the golden image"
-        uuids = {p: blkid(parts[p], "UUID") for p in ("esp", "root", "var", "swap")}
+        uuids = {p: blkid(parts[p], "UUID") for p in ("esp", "root", "var", "swap", "srv")}
         assert uuids["root"] != blkid(golden.parts["root"], "UUID")
         mnt = str(tmp_path / f"check{i}")
         with K.mounted(parts["root"], mnt, "-o", "ro"), \
@@ -132,8 +137,8 @@ def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
             assert open(os.path.join(etc, "kdi-role")).read() == f"role=r{i} uuid={uuids['root']}\n"
             fstab = open(os.path.join(etc, "fstab")).read()
             assert re.findall(r"^UUID=(\S+)\s+(\S+)", fstab, re.M) == [
-                (uuids["root"], "/"), (uuids["var"], "/var"), (uuids["esp"], "/boot/efi"),
-                (uuids["swap"], "none")]
+                (uuids["root"], "/"), (uuids["var"], "/var"), (uuids["srv"], "/srv"),
+                (uuids["esp"], "/boot/efi"), (uuids["swap"], "none")]
             mid = open(os.path.join(etc, "machine-id")).read()
             assert re.fullmatch(r"[0-9a-f]{32}\n", mid) and mid != open(
                 os.path.join(golden.root, "etc/machine-id")).read()

@@ -175,6 +175,24 @@ def test_sfdisk_takes_the_script(tmp_path):
         (p.start, p.sectors, p.type_code) for p in placed]
 
 
+def test_sfdisk_takes_an_mbr_script_with_logical_partitions(tmp_path):
+    if subprocess.run(["which", "sfdisk"], capture_output=True).returncode:
+        pytest.skip("no sfdisk (tools/setup-env installs fdisk)")
+    m = parse_original("linux 200\nswap 100\nextended fill\nlogical linux 300\nlogical linux fill\n")
+    img = tmp_path / "mbr.img"
+    with open(img, "wb") as f:
+        f.truncate(1 << 30)
+    placed = layout.plan(m.partitions, "mbr", 1 << 30)
+    subprocess.run(["sfdisk", "--quiet", str(img)], input=layout.sfdisk_script(placed, "mbr", {}),
+                   text=True, check=True)
+    import json
+    got = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
+                                    check=True).stdout)["partitiontable"]
+    assert got["label"] == "dos"
+    assert [(int(p["node"].rsplit("img", 1)[1]), p["start"], p["size"], p["type"]) for p in got["partitions"]] == [
+        (p.number, p.start, p.sectors, p.type_code) for p in placed]
+
+
 def _stream_of(steps):
     out = io.BytesIO()
     stream.write_record(out, stream.STREAM_TAG, {"manifest": "m1", "steps": [s for s, _ in steps]})

@@ -49,6 +49,10 @@ class InstallJob:
             return "cat >/dev/null; exit 1"
         argv = [sys.executable, "-m", "kadeploy.install.consume", "--plan", self.plan_path,
                 "--status", self.status_path]
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            # Its own mount namespace: whatever it mounts goes with it, even when it
+            # is killed in the middle of an install.
+            argv = ["unshare", "--mount", "--propagation", "private", *argv]
         if self.disk:
             argv += ["--disk", self.disk]
         if self.force:
