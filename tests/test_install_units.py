@@ -355,3 +355,13 @@ def test_the_manifest_page_lints_clean_and_names_every_key():
             assert re.search(rf"^\.SS \[+{key}\]+$", page, re.M), f"no section [{key}] in the page"
         else:
             assert re.search(rf"^\.B {key}$", page, re.M), f"kadeploy-manifest(5) does not document {key!r}"
+
+
+def test_the_producer_refuses_a_manifest_changed_since_the_server_read_it(tmp_path):
+    from kadeploy.install.produce import produce
+    path = tmp_path / "m.toml"
+    path.write_text(GOOD)
+    digest = parse_manifest(GOOD).digest
+    path.write_text(GOOD.replace("1GiB", "2GiB"))
+    with pytest.raises(ManifestError, match="changed since the server read it"):
+        produce(str(path), False, io.BytesIO(), digest)

@@ -125,8 +125,11 @@ def send_step(out: BinaryIO, digest: str, index: int, p: Partition, strict: bool
     return error
 
 
-def produce(manifest_path: str, strict: bool, out: BinaryIO) -> int:
+def produce(manifest_path: str, strict: bool, out: BinaryIO, digest: Optional[str] = None) -> int:
     m = load_manifest(manifest_path)
+    if digest is not None and m.digest != digest:
+        # The nodes hold the manifest the server read at its start: refuse to send another.
+        raise ManifestError(f"{manifest_path} changed since the server read it")
     steps = order.streams(m)
     write_record(out, STREAM_TAG, {"manifest": m.digest, "steps": [p.name for p in steps]})
     failed = None
@@ -143,9 +146,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="kadeploy-install-produce")
     ap.add_argument("manifest")
     ap.add_argument("--strict", action="store_true")
+    ap.add_argument("--digest", help="the manifest's digest, as the server read it")
     args = ap.parse_args(argv)
     try:
-        return produce(args.manifest, args.strict, sys.stdout.buffer)
+        return produce(args.manifest, args.strict, sys.stdout.buffer, args.digest)
     except ManifestError as e:
         print(f"kadeploy install: {e}", file=sys.stderr)
         return 1

@@ -42,7 +42,8 @@ class ServerInstall:
         return cls(path=path, manifest=m, table=table, strict=strict, reboot=reboot)
 
     def producer(self) -> str:
-        argv = [sys.executable, "-m", "kadeploy.install.produce", self.path]
+        argv = [sys.executable, "-m", "kadeploy.install.produce", self.path,
+                "--digest", self.manifest.digest]
         return shlex.join(argv + (["--strict"] if self.strict else []))
 
     def payload(self, index: int, address: str, hostname: str) -> str:

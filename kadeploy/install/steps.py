@@ -269,7 +269,7 @@ class Installer:
             raise StepFailed("the new root has no /etc")
         uuids = {p.name: self.uuid(p) for p in self.m.partitions if p.fs}
         hostname = self.node["hostname"]
-        done = ["hostname", "hosts", "fstab"]
+        done = [f"{hostname}: hostname", "hosts", "fstab"]
         _write(os.path.join(etc, "hostname"), hostname + "\n")
         _write(os.path.join(etc, "hosts"), hosts_text(_read(os.path.join(etc, "hosts")), hostname))
         _write(os.path.join(etc, "fstab"), fstab_text(self.m, uuids))
