@@ -365,3 +365,14 @@ def test_the_producer_refuses_a_manifest_changed_since_the_server_read_it(tmp_pa
     path.write_text(GOOD.replace("1GiB", "2GiB"))
     with pytest.raises(ManifestError, match="changed since the server read it"):
         produce(str(path), False, io.BytesIO(), digest)
+
+
+def test_what_is_mounted_before_each_tar():
+    text = GOOD + '\n[[partition]]\nname = "srv"\nsize = "1GiB"\nfs = "btrfs"\nmount = "/srv"\n' \
+                  '\n[[partition]]\nname = "cache"\nsize = "1GiB"\nfs = "ext4"\nmount = "/var/cache"\n'
+    m = parse_manifest(text)
+    before = {p.name: [q.name for q in order.mounts_before(m, p)] for p in order.streams(m)
+              if p.source.kind == "tar"}
+    # / first, with /srv (made here, nothing sent into it: the root's /srv lands in it);
+    # /var with /var/cache; the ESP, an image, is mounted after it is written.
+    assert before == {"root": ["root", "srv"], "var": ["root", "var", "cache"]}

@@ -21,7 +21,7 @@ from typing import BinaryIO, Dict, List, Optional
 
 from . import layout, order
 from . import disk as disk_mod
-from .identity import fstab_text, hosts_text, render_files
+from .identity import TemplateError, fstab_text, hosts_text, render_files
 from .manifest import Manifest, Partition
 from .status import StepLog
 from .stream import (END_TAG, STEP_TAG, STREAM_TAG, TRAILER_TAG, FrameReader, StreamError,
@@ -102,7 +102,7 @@ class Installer:
         except StepFailed as e:
             self.log.end(name, "failed", str(e), seconds=time.monotonic() - started)
             raise
-        except (OSError, StreamError, disk_mod.DiskError, layout.LayoutError) as e:
+        except (OSError, StreamError, disk_mod.DiskError, layout.LayoutError, TemplateError) as e:
             msg = str(e) if not isinstance(e, OSError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
             self.log.end(name, "failed", msg, seconds=time.monotonic() - started)
             raise StepFailed(msg)
@@ -151,9 +151,8 @@ class Installer:
         mounted = set()
         for i, p in enumerate(steps):
             if p.source.kind == "tar":
-                # The file systems p lies in (and p itself) are mounted before its tar.
-                for q in order.mounts(self.m):
-                    if q.name not in mounted and _mounted_early(q) and _inside(p.mount, q.mount):
+                for q in order.mounts_before(self.m, p):
+                    if q.name not in mounted:
                         self.step(f"mount {q.name}", lambda q=q: self._mount(q) or {"detail": q.mount})
                         mounted.add(q.name)
             self.step(f"receive {p.name}", lambda i=i, p=p: self.receive(stream, i, p))
@@ -401,15 +400,6 @@ class Installer:
 
 def _fail(msg: str):
     raise StepFailed(msg)
-
-
-def _mounted_early(p: Partition) -> bool:
-    """Mounted before the streams: file systems made here (an image brings its own)."""
-    return p.source is None or p.source.kind == "tar"
-
-
-def _inside(path: str, parent: str) -> bool:
-    return parent == "/" or path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
 def _no_fs_support(fs: str) -> bool:
