@@ -211,7 +211,13 @@ def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
     server = dep.server("-n", "3", "--install", manifest, "--no-repair", "--report", report, where=0)
     clients = [dep.client("-h", cluster.node(0).addr, "--install", "--disk", d, where=i)
                for i, d in enumerate(targets, 1)]
-    time.sleep(8)      # 360 MB at 200 Mbit/s take 15 s: the root file system is flowing
+    # 360 MB at 200 Mbit/s take 15 s: kill node 2 once node 3 has written 60 MB of
+    # the root file system (the blocks of the sparse file behind its loop disk).
+    last = tmp_path / "kdi-t2.img"
+    deadline = time.monotonic() + 120
+    while os.stat(last).st_blocks * 512 < 60 << 20 and time.monotonic() < deadline:
+        assert server.popen.poll() is None, server.err
+        time.sleep(0.2)
     assert clients[1].popen.poll() is None, clients[1].err
     clients[1].kill(signal.SIGKILL)
     assert server.wait(300) == 2, server.out + server.err
