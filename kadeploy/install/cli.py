@@ -8,9 +8,8 @@ import sys
 import click
 
 from ..errors import EXIT_USAGE, KadeployError
+from ..options import CONTEXT
 from .manifest import ManifestError, load_manifest, parse_original, parse_sfdisk_dump
-
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def server_options(f):
