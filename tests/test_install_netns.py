@@ -157,10 +157,11 @@ def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
 
 
 def test_each_failure_is_reported_per_node_and_step(net, golden, disks, tmp_path):
-    """One deployment, four nodes: a good disk, a disk with a mounted file system, a
-    disk smaller than the layout, a node whose mkfs fails. The good one is installed;
+    """One deployment, five nodes: a good disk, a disk with a mounted file system, a
+    disk smaller than the layout, a node whose mkfs fails (a failing mkfs.ext4 first
+    on its PATH), a node the node table does not list. The good one is installed;
     each other fails at its own step, in one line; nothing else is called installed."""
-    cluster, dep = net(5)
+    cluster, dep = net(6)
     good, busy, failing = disks(3)
     (small,) = disks(1, 300, tag="small")
     K.sh("sfdisk", "--quiet", busy, input="label: dos\nsize=64MiB, type=83\n")
@@ -173,31 +174,39 @@ def test_each_failure_is_reported_per_node_and_step(net, golden, disks, tmp_path
     os.chmod(fakebin / "mkfs.ext4", 0o755)
     manifest = write(tmp_path / "m.toml", K.manifest_text(golden, loader="none"))
     report = str(tmp_path / "report.json")
+    table = write(tmp_path / "nodes.toml", "".join(
+        f'[[node]]\nname = "n{i}"\naddress = "{cluster.node(i).addr}"\n' for i in range(1, 5)))
     with K.mounted(busy_part, str(tmp_path / "busy")):
-        server = dep.server("-n", "4", "--install", manifest, "--report", report, where=0)
+        server = dep.server("-n", "5", "--install", manifest, "--nodes-table", table,
+                            "--report", report, where=0)
         for i, disk in enumerate((good, busy, small), 1):
             dep.client("-h", cluster.node(0).addr, "--install", "--disk", disk, where=i)
+        dep.client("-h", cluster.node(0).addr, "--install", where=5)
         dep.env = dict(dep.env, PATH=f"{fakebin}:{os.environ['PATH']}")
         dep.client("-h", cluster.node(0).addr, "--install", "--disk", failing, where=4)
         statuses = dep.wait_all(300)
-    assert statuses == [2, 0, 1, 1, 1], server.out + server.err
+    assert statuses == [2, 0, 1, 1, 1, 1], server.out + server.err
     rows = load_report(report)["nodes"]
-    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed", "failed"]
+    assert steps_of(rows[0])["identity"]["detail"].startswith("n1: hostname")
     assert re.fullmatch(r"step disk: /dev/loop\d+ is in use: /dev/loop\d+p1 is mounted on .*busy "
                         r"\(--force to install anyway\)", rows[1]["error"]), rows[1]["error"]
     assert re.fullmatch(r"step disk: /dev/loop\d+ has 300 MiB, the layout needs \d+ MiB",
                         rows[2]["error"]), rows[2]["error"]
     assert rows[3]["error"] == ("step mkfs root: mkfs.ext4 failed (exit status 1): mkfs.ext4: "
                                 "Input/output error while writing the superblock"), rows[3]["error"]
+    assert re.fullmatch(rf"step install: not in the node table \(address {cluster.node(5).addr}, "
+                        r"host name .*\)", rows[4]["error"]), rows[4]["error"]
     for row in rows[1:]:
-        assert steps_of(row)["unmount"] if False else "unmount" not in steps_of(row)
+        assert "unmount" not in steps_of(row)
         assert not any(s["step"].startswith("receive") and s["status"] == "ok" for s in row["steps"])
-    for p, row in zip(dep.procs[2:], rows[1:]):
-        assert "Traceback" not in p.err
-        assert row["error"] in p.err, p.err
+    clients = {p.name: p for p in dep.procs[1:]}
+    for name, row in zip(("client2", "client3", "client5", "client4"), rows[1:]):
+        assert "Traceback" not in clients[name].err
+        assert row["error"] in clients[name].err, clients[name].err
     for row in rows:
         assert f"{row['address']}" in server.out
-    assert server.out.count("FAILED: step ") == 3
+    assert server.out.count("FAILED: step ") == 4
 
 
 def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):

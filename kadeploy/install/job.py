@@ -81,8 +81,10 @@ class InstallJob:
             steps.append({"step": "reboot", "status": "ok", "detail": "after the report",
                           "seconds": 0.0, "bytes": None, "verified": None})
         for row in steps:
-            if row["status"] in ("failed", "warning"):
-                log.warning("step %s: %s: %s", row["step"], row["status"], row["detail"])
+            if row["status"] == "warning":
+                log.warning("step %s: warning: %s", row["step"], row["detail"])
+        if failure is not None:
+            log.error("%s", failure)
         shutil.rmtree(self.dir, ignore_errors=True)
         return json.dumps(steps)
 
