@@ -7,14 +7,12 @@ Run as a script to fill the cache ahead of the tests: `python tests/golden.py`.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Iterator
 
 CACHE_DIR = "/var/cache/kadeploy-tests"
 SUITE = "bookworm"

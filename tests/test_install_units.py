@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from kadeploy.install import identity, layout, nodes, order, stream
-from kadeploy.install.manifest import ManifestError, parse_manifest, parse_original, parse_sfdisk_dump
+from kadeploy.install.formats import parse_original, parse_sfdisk_dump
+from kadeploy.install.manifest import ManifestError, parse_manifest
 
 GOOD = """\
 [disk]

@@ -15,7 +15,8 @@ import subprocess
 from typing import Dict, List, Optional
 
 from .layout import GPT_TYPES, MBR_TYPES
-from .manifest import DEFAULT_EXCLUDES, FILESYSTEMS, Size, _toml_str, parse_manifest
+from .formats import toml_str
+from .manifest import DEFAULT_EXCLUDES, FILESYSTEMS, Size, parse_manifest
 
 TYPE_BY_CODE = {v.lower(): k for k, v in GPT_TYPES.items()} | \
     {"0x" + v.zfill(2): k for k, v in MBR_TYPES.items()} | {"0xf": "extended", "0x0f": "extended"}
@@ -76,8 +77,8 @@ def capture(device: Optional[str] = None, root: str = "/") -> str:
     mounts = _mounts()
     out = ["# Captured by `kadeploy manifest capture` from " + dev + ".",
            "# Edit it (sizes, sources, hooks), then check it: kadeploy manifest check FILE",
-           "", "[disk]", f"# device = {_toml_str(dev)}   # or by_path = ..., or min_size = \"8GiB\"",
-           f"table = {_toml_str(table)}"]
+           "", "[disk]", f"# device = {toml_str(dev)}   # or by_path = ..., or min_size = \"8GiB\"",
+           f"table = {toml_str(table)}"]
     has = set()
     for i, part in enumerate(parts):
         info = _blkid(part["path"])
@@ -92,25 +93,25 @@ def capture(device: Optional[str] = None, root: str = "/") -> str:
         mount = _relative(source_dir, root)
         # The root grows or shrinks with the target disk; the others keep their sizes.
         size = "fill" if mount == "/" else Size(bytes=int(part["size"])).text()
-        out += ["", "[[partition]]", f"name = {_toml_str(_name(mount, ptype, fs, i))}",
-                f"size = {_toml_str(size)}", f"type = {_toml_str(ptype)}"]
+        out += ["", "[[partition]]", f"name = {toml_str(_name(mount, ptype, fs, i))}",
+                f"size = {toml_str(size)}", f"type = {toml_str(ptype)}"]
         if fs:
-            out.append(f"fs = {_toml_str(fs)}")
+            out.append(f"fs = {toml_str(fs)}")
         label = info.get("LABEL")
         if label:
-            out.append(f"label = {_toml_str(label)}")
+            out.append(f"label = {toml_str(label)}")
         if mount:
-            out.append(f"mount = {_toml_str(mount)}")
+            out.append(f"mount = {toml_str(mount)}")
             exclude = list(DEFAULT_EXCLUDES) if mount == "/" else []
-            out.append(f"source = {{ tar = {_toml_str(source_dir)}, exclude = [{', '.join(map(_toml_str, exclude))}] }}")
+            out.append(f"source = {{ tar = {toml_str(source_dir)}, exclude = [{', '.join(map(toml_str, exclude))}] }}")
         elif fs != "swap" and ptype not in ("bios-boot", "extended"):
             if ptype == "esp":
                 out.append('mount = "/boot/efi"')
-            out.append(f"source = {{ image = {_toml_str(part['path'])} }}")
+            out.append(f"source = {{ image = {toml_str(part['path'])} }}")
     loader = "grub-efi" if "esp" in has and os.path.isdir("/sys/firmware/efi") else \
         "grub-bios" if "bios-boot" in has or table == "mbr" else "none"
     out += ["", "[identity]", 'hostname = "node{index:02}"   # or a node table: ka-d-server --nodes-table',
-            "", "[boot]", f"loader = {_toml_str(loader)}"]
+            "", "[boot]", f"loader = {toml_str(loader)}"]
     text = "\n".join(out) + "\n"
     parse_manifest(text, "the captured manifest")   # what we write must check
     return text

@@ -9,7 +9,8 @@ import click
 
 from ..errors import EXIT_USAGE, KadeployError
 from ..options import CONTEXT
-from .manifest import ManifestError, load_manifest, parse_original, parse_sfdisk_dump
+from .formats import parse_original, parse_sfdisk_dump
+from .manifest import ManifestError, load_manifest
 
 
 def server_options(f):

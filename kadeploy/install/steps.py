@@ -1,7 +1,8 @@
 """A node's install, step by step: check the disk, partition, make the file
 systems, mount them under a private root, receive each stream (checking that it is
 for the partition about to be written, and its count and digest), give the node its
-identity, run the hooks in the new root, install the boot loader, unmount.
+identity, run the hooks in the new root, install the boot loader (those three in
+kadeploy.install.newroot), unmount.
 
 Every step is recorded (kadeploy.install.status) as it ends, so the report says
 which step failed on which node. The first failure stops the install: nothing after
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
-import stat
 import struct
 import subprocess
 import tempfile
@@ -21,31 +20,15 @@ from typing import BinaryIO, Dict, List, Optional
 
 from . import layout, order
 from . import disk as disk_mod
-from .identity import TemplateError, fstab_text, hosts_text, render_files
+from .identity import TemplateError
 from .manifest import Manifest, Partition
+from .newroot import NewRoot
+from .shell import StepFailed, run
 from .status import StepLog
 from .stream import (END_TAG, STEP_TAG, STREAM_TAG, TRAILER_TAG, FrameReader, StreamError,
                      check_step_header, read_record)
 
 BLKZEROOUT = 0x127F
-BLKGETSIZE64 = 0x80081272
-
-
-class StepFailed(RuntimeError):
-    """The current step failed; the message is its one-line reason."""
-
-
-def run(argv: List[str], what: str, env: Optional[dict] = None, input: Optional[str] = None) -> str:
-    """Run a command; StepFailed with its last line of stderr when it fails."""
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, env=env, input=input)
-    except FileNotFoundError:
-        raise StepFailed(f"{argv[0]} is not installed")
-    if r.returncode != 0:
-        lines = [l.strip() for l in (r.stderr or r.stdout).strip().splitlines()
-                 if l.strip() and "dmesg(1)" not in l]
-        raise StepFailed(f"{what} failed (exit status {r.returncode})" + (f": {lines[-1]}" if lines else ""))
-    return r.stdout
 
 
 MKFS = {
@@ -82,11 +65,12 @@ class Installer:
                     self.step(f"mkfs {p.name}", lambda p=p: self.mkfs(p))
             self.root = tempfile.mkdtemp(prefix="kadeploy-install-")
             self.receive_all(stream)
-            self.step("identity", self.identity)
+            new_root = NewRoot(self.m, self.node, self.root, self.devices, self.disk, self.mounted)
+            self.step("identity", new_root.identity)
             if self.m.hooks:
-                self.step("hooks", self.hooks)
+                self.step("hooks", new_root.hooks)
             if self.m.loader != "none" or self.m.loader_hook:
-                self.step("boot loader", self.boot_loader)
+                self.step("boot loader", new_root.boot_loader)
             self.step("unmount", self.unmount)
             return True
         except StepFailed:
@@ -261,124 +245,6 @@ class Installer:
         finally:
             os.close(fd)
 
-    def identity(self) -> dict:
-        root = self.root
-        etc = os.path.join(root, "etc")
-        if not os.path.isdir(etc):
-            raise StepFailed("the new root has no /etc")
-        uuids = {p.name: self.uuid(p) for p in self.m.partitions if p.fs}
-        hostname = self.node["hostname"]
-        done = [f"{hostname}: hostname", "hosts", "fstab"]
-        _write(os.path.join(etc, "hostname"), hostname + "\n")
-        _write(os.path.join(etc, "hosts"), hosts_text(_read(os.path.join(etc, "hosts")), hostname))
-        _write(os.path.join(etc, "fstab"), fstab_text(self.m, uuids))
-        if self.m.machine_id:
-            _write(os.path.join(etc, "machine-id"), secrets.token_hex(16) + "\n", 0o444)
-            dbus = os.path.join(root, "var/lib/dbus/machine-id")
-            if os.path.isfile(dbus) and not os.path.islink(dbus):
-                os.unlink(dbus)
-                os.symlink("/etc/machine-id", dbus)
-            done.append("machine-id")
-        if self.m.ssh_host_keys and os.path.isdir(os.path.join(etc, "ssh")):
-            for name in os.listdir(os.path.join(etc, "ssh")):
-                if name.startswith("ssh_host_") and "_key" in name:
-                    os.unlink(os.path.join(etc, "ssh", name))
-            run(["ssh-keygen", "-A", "-f", root], "ssh-keygen -A")
-            done.append("ssh host keys")
-        values = self.values(uuids)
-        for path in render_files(self.m.files, values, root):
-            done.append(path)
-        return {"detail": ", ".join(done)}
-
-    def values(self, uuids: Dict[str, str]) -> Dict[str, str]:
-        """What templates and hooks see: the node's values and the new file systems."""
-        v = {k: str(x) for k, x in self.node.items()}
-        for name, uuid in uuids.items():
-            v[f"uuid_{name}"] = uuid
-            v[f"device_{name}"] = self.devices[name]
-        v["disk"] = self.disk.path
-        return v
-
-    def uuid(self, p: Partition) -> str:
-        out = subprocess.run(["blkid", "--probe", "--output", "value", "--match-tag", "UUID",
-                              self.devices[p.name]], capture_output=True, text=True)
-        uuid = out.stdout.strip()
-        if out.returncode != 0 or not uuid:
-            raise StepFailed(f"no file system UUID on {self.devices[p.name]} ({p.name})")
-        return uuid
-
-    def _chroot_env(self) -> dict:
-        uuids = {p.name: self.uuid(p) for p in self.m.partitions if p.fs}
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
-        for k, v in self.values(uuids).items():
-            env["KADEPLOY_" + k.upper().replace("-", "_")] = v
-        return env
-
-    def _bind_system_dirs(self) -> None:
-        if os.path.join(self.root, "proc") in self.mounted:
-            return
-        uuids = {p.name: self.uuid(p) for p in self.m.partitions if p.fs}
-        udev = all(os.path.exists(f"/dev/disk/by-uuid/{u}") for u in uuids.values())
-        for d in ("dev", "proc", "sys", "run"):
-            where = os.path.join(self.root, d)
-            if not os.path.isdir(where):
-                continue
-            if d == "dev" and not udev:
-                self._private_dev(where, uuids)
-                continue
-            run(["mount", "--rbind", "/" + d, where], f"mount --rbind /{d}")
-            run(["mount", "--make-rslave", where], "mount --make-rslave")
-            self.mounted.append(where)
-
-    def _private_dev(self, where: str, uuids: Dict[str, str]) -> None:
-        """Without udev there is no /dev/disk/by-uuid, and grub-mkconfig then names
-        the root by its device (/dev/loop1p3, a name the booted clone will not have).
-        The new root gets its own /dev instead: a tmpfs with the host's device nodes
-        and the by-uuid links udev would make. The host's /dev is not touched."""
-        run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=4m", "kadeploy-dev", where],
-            "mount a private /dev")
-        self.mounted.append(where)
-        for entry in os.scandir("/dev"):
-            target = os.path.join(where, entry.name)
-            st = entry.stat(follow_symlinks=False)
-            if entry.is_symlink():
-                os.symlink(os.readlink(entry.path), target)
-            elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
-                os.mknod(target, stat.S_IMODE(st.st_mode) | stat.S_IFMT(st.st_mode), st.st_rdev)
-            elif entry.is_dir() and entry.name in ("pts", "shm", "mqueue"):
-                os.mkdir(target)
-                run(["mount", "--bind", entry.path, target], f"mount --bind {entry.path}")
-                self.mounted.append(target)
-        links = os.path.join(where, "disk", "by-uuid")
-        os.makedirs(links)
-        for name, uuid in uuids.items():
-            os.symlink(self.devices[name], os.path.join(links, uuid))
-
-    def in_root(self, command: str, what: str) -> str:
-        self._bind_system_dirs()
-        return run(["chroot", self.root, "/bin/sh", "-c", command], what, env=self._chroot_env())
-
-    def hooks(self) -> dict:
-        for i, hook in enumerate(self.m.hooks, 1):
-            self.in_root(hook, f"hook {i}")
-        return {"detail": f"{len(self.m.hooks)} hook(s)"}
-
-    def boot_loader(self) -> dict:
-        disk = self.disk.path
-        if self.m.loader_hook:
-            self.in_root(self.m.loader_hook, "boot hook")
-            return {"detail": "boot hook"}
-        if self.m.loader == "grub-bios":
-            self.in_root(f"grub-install --target=i386-pc {disk}", "grub-install")
-        else:
-            esp = next(p for p in self.m.partitions if p.type == "esp")
-            self.in_root(f"grub-install --target=x86_64-efi --efi-directory={esp.mount or '/boot/efi'} "
-                         "--removable --no-nvram", "grub-install")
-        self.in_root("if command -v update-grub >/dev/null; then update-grub; "
-                     "else grub-mkconfig -o /boot/grub/grub.cfg; fi", "grub-mkconfig")
-        return {"detail": f"{self.m.loader} on {disk}"}
-
     def unmount(self) -> dict:
         while self.mounted:
             where = self.mounted[-1]
@@ -421,13 +287,3 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def _write(path: str, text: str, mode: int = 0o644) -> None:
-    tmp = path + ".kadeploy-new"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    if os.path.islink(path):
-        os.unlink(path)
-    os.replace(tmp, path)
