@@ -43,6 +43,7 @@ def test_a_clone_boots_and_names_itself(net, golden, disks, tmp_path):  # noqa: 
     if shutil.which(QEMU) is None:
         pytest.skip("no qemu-system-x86 (tools/setup-env installs it)")
     cluster, dep = net(2)
+    dep.env["TMPDIR"] = str(tmp_path)   # what a killed node leaves behind stays here
     (disk,) = disks(1)
     image = str(tmp_path / "kdi-t0.img")       # the file behind the loop disk
     manifest = write(tmp_path / "m.toml", K.manifest_text(golden))

@@ -78,6 +78,7 @@ def steps_of(row):
 
 def test_install_three_nodes_in_one_deployment(net, golden, disks, tmp_path):
     cluster, dep = net(4)
+    dep.env["TMPDIR"] = str(tmp_path)   # what a killed node leaves behind stays here
     targets = disks(3)
     manifest = write(tmp_path / "m.toml", K.manifest_text(
         golden, hooks=['echo "$KADEPLOY_HOSTNAME $KADEPLOY_ROLE" > /etc/kdi-hook'],
@@ -162,6 +163,7 @@ def test_each_failure_is_reported_per_node_and_step(net, golden, disks, tmp_path
     on its PATH), a node the node table does not list. The good one is installed;
     each other fails at its own step, in one line; nothing else is called installed."""
     cluster, dep = net(6)
+    dep.env["TMPDIR"] = str(tmp_path)   # what a killed node leaves behind stays here
     good, busy, failing = disks(3)
     (small,) = disks(1, 300, tag="small")
     K.sh("sfdisk", "--quiet", busy, input="label: dos\nsize=64MiB, type=83\n")
@@ -214,6 +216,7 @@ def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
     stream is cut inside it, and it says so for that step; node 1 is installed. The ESP
     goes as partclone's used blocks here (as a raw image elsewhere)."""
     cluster, dep = net(4, rate="200mbit")
+    dep.env["TMPDIR"] = str(tmp_path)   # what a killed node leaves behind stays here
     targets = disks(3)
     manifest = write(tmp_path / "m.toml", K.manifest_text(golden, loader="none", esp_source="partclone"))
     report = str(tmp_path / "report.json")
