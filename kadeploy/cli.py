@@ -21,6 +21,7 @@ from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
 from kadeploy.data import synthetic
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from kadeploy.install import cli as install_cli
 from kadeploy.options import (
     CONTEXT,
     POSITIVE,
@@ -153,12 +154,13 @@ def read_hosts_file(path: str) -> List[str]:
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=defaults.MAX_CONNECTIONS, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
+@install_cli.server_options
 @network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
                    no_repair, spool_dir, stall_timeout, max_connections,
-                   control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
+                   install_manifest, nodes_table, reboot, strict, control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
@@ -171,6 +173,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         check_session_name(session)
     check_backend(relay_backend)
     producer = synthetic.server_producer(producer)
+    producer, install = install_cli.server_install(install_manifest, nodes_table, reboot, strict, producer)
     hosts = read_hosts_file(hosts_file) if hosts_file else None
     if n_clients is None:
         n_clients = len(hosts) if hosts else 1
@@ -183,7 +186,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
-        spool_dir=spool_dir, stall_timeout=stall_timeout,
+        spool_dir=spool_dir, stall_timeout=stall_timeout, install=install,
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     report = asyncio.run(serve(cfg))
     click.echo(report.table())
@@ -209,9 +212,11 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
               help="Tell the server to start now with the clients it has, then exit.")
 @click.option("--advertise", metavar="ADDRESS",
               help="Address this node's children connect to (default: the one the server sees).")
+@install_cli.client_options
 @network_options
 @version_option
-def client_command(host, session, consumer, target, wait_finish, go, advertise, control_port,
+def client_command(host, session, consumer, target, wait_finish, go, advertise, install, disk, force,
+                   control_port,
                    data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,
                    handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Receive the stream into a local consumer (by default tar extracting into
@@ -226,12 +231,14 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         check_session_name(session)
     check_backend(relay_backend)
     consumer = synthetic.client_consumer(consumer)
+    install_cli.check_client(install, disk, force, consumer, target)
     cfg = ClientConfig(
         host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,
         control_port=control_port, data_port=data_port, bind=bind, advertise=advertise,
         relay_backend=relay_backend, buffer_size=buffer_size, sockbuf=sockbuf,
         connect_timeout=connect_timeout, discovery_port=discovery_port,
         progress_bar=False if quiet else None, handshake_timeout=handshake_timeout,
+        install=install, disk=disk, force=force,
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
@@ -283,6 +290,7 @@ def kadeploy_group():
 
 kadeploy_group.add_command(server_command, "server")
 kadeploy_group.add_command(client_command, "client")
+kadeploy_group.add_command(install_cli.manifest_group, "manifest")
 
 
 @kadeploy_group.command("backends", context_settings=CONTEXT)

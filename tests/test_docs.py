@@ -45,6 +45,8 @@ PAGES: dict[str, click.Command] = {
 PROGS = {"ka-d-server.1": "ka-d-server", "ka-d-client.1": "ka-d-client", "kadeploy.1": "kadeploy",
          "kadeploy-push.1": "kadeploy push"}
 SUBCOMMAND_PAGES = {"server": "ka-d-server.1", "client": "ka-d-client.1", "push": "kadeploy-push.1"}
+# Groups with a page of their own that tests/test_netboot_docs.py checks.
+GROUP_PAGES = {"netboot": "kadeploy-netboot.1"}
 
 # The statuses each command can end with (kadeploy/errors.py says which is whose).
 EXIT_NAMES = {
@@ -258,9 +260,13 @@ def synopsis_options(page: str) -> list[click.Option]:
     if page == "kadeploy.1":
         ctx = click.Context(cli.kadeploy_group, info_name="kadeploy")
         for name in cli.kadeploy_group.list_commands(ctx):
-            if name not in SUBCOMMAND_PAGES:
+            if name not in SUBCOMMAND_PAGES and name not in GROUP_PAGES:
                 sub = cli.kadeploy_group.get_command(ctx, name)
-                params += [p for p in cli_options(sub, name) if "--help" not in p.opts]
+                # A group's own subcommands (kadeploy manifest check ...) too.
+                nested = [sub.get_command(ctx, n) for n in sub.list_commands(ctx)] \
+                    if isinstance(sub, click.Group) else []
+                for cmd in [sub, *nested]:
+                    params += [p for p in cli_options(cmd, name) if "--help" not in p.opts]
     return params
 
 
@@ -321,6 +327,10 @@ def test_kadeploy_page_documents_every_subcommand():
             page = SUBCOMMAND_PAGES[name]
             assert sub is PAGES[page], f"kadeploy {name} is no longer the command of {page}"
             assert page[:-2] in documented[name], f"kadeploy {name} should point to {page[:-2]}(1)"
+            continue
+        if name in GROUP_PAGES:
+            page = GROUP_PAGES[name][:-2]
+            assert page in documented[name], f"kadeploy {name} should point to {GROUP_PAGES[name]}"
             continue
         # The small subcommands are documented in their COMMANDS entry.
         for p in cli_options(sub, name):

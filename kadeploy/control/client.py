@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from kadeploy.control import auth
@@ -32,6 +32,7 @@ from kadeploy.defaults import (
     HANDSHAKE_TIMEOUT,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
+from kadeploy.install.job import InstallJob
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import ClientBar
 
@@ -58,6 +59,9 @@ class ClientConfig:
     discovery_tries: int = DISCOVERY_TRIES
     progress_bar: Optional[bool] = None   # None: when stderr is a terminal
     key: Optional[bytes] = None
+    install: bool = False                 # --install: the server's manifest, onto a disk
+    disk: Optional[str] = None
+    force: bool = False
 
     def consumer_command(self) -> str:
         return self.consumer or default_consumer(self.target or DEFAULT_TARGET)
@@ -125,7 +129,7 @@ async def _open_control(host: str, port: int, cfg: ClientConfig) -> ControlChann
 class Client:
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg
-        if not cfg.consumer:
+        if not cfg.consumer and not cfg.install:
             target = cfg.target or DEFAULT_TARGET
             if not os.path.isdir(target):
                 raise KadeployError(f"target directory {target} does not exist", exit_code=EXIT_USAGE)
@@ -167,15 +171,19 @@ class Client:
         link = ServerLink(ch, place.stall_timeout, verifier)
         link.bar = ClientBar(_Received(lambda: link.received()),
                              f"node {place.position}/{place.n_nodes}", enabled=cfg.progress_bar)
+        job = InstallJob(place.install, cfg.disk, cfg.force) if cfg.install else None
+        if job is not None:
+            self.cfg = replace(cfg, consumer=job.consumer())
         link.start()
         try:
             outcome = await self._deploy(node_id, place, link)
             link.reporting = False
             link.bar.close()
+            steps = job.finish(outcome) if job is not None else None
             await ch.send(P.Done(ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds,
                                  consumer_status=outcome.consumer_status, error=outcome.error,
                                  backend=outcome.backend, verified=outcome.verified,
-                                 repairs=outcome.repairs))
+                                 repairs=outcome.repairs, install=steps))
             if cfg.wait_finish:
                 log.info("waiting for the server's finish")
                 while not link.finished and link.lost is None:
@@ -189,6 +197,8 @@ class Client:
                 outcome.error = f"lost the server before the end: {e}"
         finally:
             await link.stop()
+        if job is not None and job.reboot and outcome.ok:
+            job.reboot_now()
         return outcome
 
     async def _deploy(self, node_id: int, place: P.Place, link: ServerLink) -> Outcome:

@@ -47,6 +47,7 @@ from kadeploy.defaults import (
     STALL_TIMEOUT,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
+from kadeploy.install.serve import install_gap, reported_steps
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
     NodeView,
@@ -87,6 +88,7 @@ class ServerConfig:
     repair: bool = True                # spool the stream; re-attach the orphans of a lost node
     spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
     stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
+    install: Optional[object] = None   # a kadeploy.install.serve.ServerInstall
 
 
 class Server:
@@ -203,7 +205,9 @@ class Server:
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
                           token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
-                          stall_timeout=self.cfg.stall_timeout)
+                          stall_timeout=self.cfg.stall_timeout,
+                          install=self.cfg.install.payload(pos, node.info.address, node.info.hostname)
+                          if self.cfg.install else None)
             try:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
@@ -286,17 +290,19 @@ class Server:
         rows = []
         for node in sorted(self.nodes.values(), key=lambda n: (n.position or 1 << 30, n.info.node_id)):
             d = node.done
+            steps = reported_steps(d.install if d else None) if self.cfg.install else []
+            gap = install_gap(steps) if self.cfg.install and node.ok else None
             rows.append(NodeReport(
                 position=node.position, address=node.info.address, hostname=node.info.hostname,
                 data_port=node.info.data_port,
                 parent=self.tree.parent(node.position) if node.position and self.tree else None,
                 bytes=node.bytes, seconds=d.seconds if d else None,
-                status=Verdict.OK if node.ok else Verdict.FAILED,
-                error=node.error or (d.error if d and not d.ok else None),
+                status=Verdict.OK if node.ok and gap is None else Verdict.FAILED,
+                error=node.error or (d.error if d and not d.ok else None) or gap,
                 consumer_status=d.consumer_status if d else None,
                 backend=d.backend if d else "",
                 failed_at=round(node.failed_at - self.started, 3) if node.failed_at else None,
-                verified=d.verified if d else None, repairs=d.repairs if d else 0))
+                verified=d.verified if d else None, repairs=d.repairs if d else 0, steps=steps))
         return Report(
             software=SOFTWARE, session=self.cfg.session, arity=self.cfg.arity,
             stream_bytes=self.stream_bytes, seconds=seconds,

@@ -114,6 +114,7 @@ class Place(Message):
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 0
     stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
+    install: Optional[str] = None  # JSON: the install manifest and this node's values
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Done(Message):
     backend: str = ""
     verified: Optional[bool] = None   # None: the stream carried no digests
     repairs: int = 0                  # times this node was re-attached
+    install: Optional[str] = None     # JSON: the install's steps (kadeploy.install.status)
 
 
 @dataclass

@@ -229,10 +229,12 @@ class DataPhase:
                 os.close(hash_w)          # and for the digest thread
             for s in self.children.values():
                 shutdown_close(s)
-            link.reporting = False
         if hasher is not None:
             await loop.run_in_executor(None, hasher.join)
         status = await loop.run_in_executor(None, consumer.wait)
+        # Only now: a consumer that works on after the stream (an install's boot
+        # loader, a disk flush) must not make this node look silent to the server.
+        link.reporting = False
         seconds = time.monotonic() - started
         self.digest_problem = self._digest_verdict()
         error = self._verdict(status)

@@ -29,6 +29,7 @@ class NodeReport:
     failed_at: Optional[float] = None   # seconds after the start when the failure was known
     verified: Optional[bool] = None     # every chunk's digest matched (None: not verified)
     repairs: int = 0                    # times re-attached after losing its parent
+    steps: List[dict] = field(default_factory=list)   # an install's steps (kadeploy.install)
 
     @property
     def throughput(self) -> Optional[float]:
@@ -102,6 +103,9 @@ class Report:
         rate = self.stream_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
         lines.append(f"{ok} of {len(self.nodes)} node(s) ok; {self.stream_bytes} bytes in "
                      f"{self.seconds:.2f} s ({rate:.1f} MB/s); relay backend {self.backend or '-'}")
+        if any(n.steps for n in self.nodes):
+            from kadeploy.install.report import steps_table
+            lines += steps_table(self.nodes)
         if self.stream_error:
             lines.append(f"stream failed: {self.stream_error}")
         if self.rejected:
