@@ -102,6 +102,7 @@ def check_survivors(tmp_path, server, clients, report, lost, faults, case):
                 failed_at = by_pos[p]["failed_at"]
                 f.write(json.dumps({
                     **case, "victim": p, "produced_at_fault": faults[p][1], "stream_bytes": sent_len,
+                    "source": {"bytes": sent_len, "sha256": sent_digest},
                     "latency": None if failed_at is None else rep["started_at"] + failed_at - faults[p][0],
                     "server_exit": status, "orphans": sorted(orphans),
                     "repairs": {str(q): r["repairs"] for q, r in sorted(by_pos.items())},
