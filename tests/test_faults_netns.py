@@ -39,10 +39,11 @@ def start(net, tmp_path, n_clients, arity, extra=()):
     return cluster, dep, server, clients, report
 
 
-def produced(tmp_path) -> int:
-    """Bytes the producer has written so far: nobody can have received more."""
+def produced(tmp_path, name="sent") -> int:
+    """Bytes the producer (or a consumer: got<i>) has written so far; nobody can have
+    received more than the producer has written."""
     try:
-        return (tmp_path / "sent").stat().st_size
+        return (tmp_path / name).stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -76,18 +77,29 @@ def orphans_of(n, arity, lost):
 
 
 def sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return "missing"
+
+
+def finished(proc, timeout):
+    """The exit status, or None for a command killed for not finishing in time."""
+    try:
+        return proc.wait(timeout)
+    except AssertionError:
+        return None
 
 
 def check_survivors(tmp_path, server, clients, report, lost, faults, case):
     """faults: {position: (fault time, bytes produced when it landed)}.  The fault log
     (KADEPLOY_FAULT_LOG, for tools/fault-soak) gets one record per fault, written
     before anything is asserted, so a failed case is logged too."""
-    status = server.wait(120)
-    statuses = {i: c.wait(60) for i, c in clients.items() if i not in lost}
+    status = finished(server, 120)
+    statuses = {i: finished(c, 60) for i, c in clients.items() if i not in lost}
     sent_digest, sent_len = sha256(tmp_path / "sent"), produced(tmp_path)
-    compared = {i: {"bytes": os.path.getsize(tmp_path / f"got{i}"), "sha256": sha256(tmp_path / f"got{i}"),
+    compared = {i: {"bytes": produced(tmp_path, f"got{i}"), "sha256": sha256(tmp_path / f"got{i}"),
                     "exit": statuses[i]} for i in statuses}
     for c in compared.values():
         c["identical"] = c["sha256"] == sent_digest and c["bytes"] == sent_len
