@@ -19,7 +19,8 @@ from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
-from kadeploy.core.topology import NodeInfo, host_matches
+from kadeploy.core.states import NodeState
+from kadeploy.core.topology import HostList, NodeInfo
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
 
@@ -41,14 +42,14 @@ class Node:
     last_heard: float = field(default_factory=time.monotonic)
 
     @property
-    def state(self) -> str:
+    def state(self) -> NodeState:
         if self.error is not None or (self.done is not None and not self.done.ok):
-            return "failed"
+            return NodeState.FAILED
         if self.done is not None:
-            return "done"
+            return NodeState.DONE
         if not self.position:
-            return "registered"
-        return "streaming" if self.bytes else "connecting"
+            return NodeState.REGISTERED
+        return NodeState.STREAMING if self.bytes else NodeState.CONNECTING
 
     @property
     def name(self) -> str:
@@ -85,6 +86,7 @@ class Registry:
         self.rejected: Counter = Counter()
         self.open_connections = 0
         self._next_id = 1
+        self.host_list = HostList(cfg.hosts) if cfg.hosts is not None else None
 
     async def handle_control(self, reader, writer) -> None:
         ch = ControlChannel(reader, writer, P.SERVER)
@@ -183,7 +185,7 @@ class Registry:
             raise Rejection("protocol", f"invalid data port {msg.data_port}")
         if self.cfg.hosts is not None:
             probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
-            if not any(host_matches(h, probe) for h in self.cfg.hosts):
+            if self.host_list.first_match(probe) is None:
                 raise Rejection("hosts", "this host is not in the server's --hosts list")
 
     async def _follow(self, node: Node) -> None:
