@@ -19,5 +19,5 @@ setup(
     ],
     # Installed by pip under <prefix>/share/man/man1, where man(1) finds them.
     data_files=[("share/man/man1", ["man/ka-d-server.1", "man/ka-d-client.1", "man/kadeploy.1",
-                                   "man/kadeploy-push.1"])],
+                                   "man/kadeploy-push.1", "man/kadeploy-netboot.1"])],
 )

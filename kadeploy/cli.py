@@ -260,7 +260,8 @@ class LazyGroup(click.Group):
 
     lazy = {"demo": "kadeploy.lab.demo:demo_command", "bench": "kadeploy.lab.bench:bench_command",
             # push needs ClusterShell, which the two commands must not load
-            "push": "kadeploy.push.cli:push_command", "receive": "kadeploy.push.cli:receive_command"}
+            "push": "kadeploy.push.cli:push_command", "receive": "kadeploy.push.cli:receive_command",
+            "netboot": "kadeploy.netboot.cli:netboot_group"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -170,7 +170,11 @@ def all_commands() -> list[tuple[list[str], click.Command]]:
     ctx = click.Context(cli.kadeploy_group, info_name="kadeploy")
     out = [([], cli.kadeploy_group)]
     for name in cli.kadeploy_group.list_commands(ctx):
-        out.append(([name], cli.kadeploy_group.get_command(ctx, name)))
+        sub = cli.kadeploy_group.get_command(ctx, name)
+        out.append(([name], sub))
+        if isinstance(sub, click.Group):   # e.g. kadeploy netboot build|serve
+            sub_ctx = click.Context(sub, info_name=name, parent=ctx)
+            out += [([name, n], sub.get_command(sub_ctx, n)) for n in sub.list_commands(sub_ctx)]
     return out
 
 

@@ -1,0 +1,277 @@
+"""The boot kit's pure parts: node table, dnsmasq configuration, iPXE scripts, the
+dnsmasq log parser and the node tracker. The configurations are also checked by the
+real dnsmasq (``dnsmasq --test``) where it is installed."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from kadeploy.errors import UsageError
+from kadeploy.netboot import dnsmasq, ipxe, nodetable
+from kadeploy.netboot.dnsmasqlog import BootEvent, DnsmasqLogParser, ServiceLine
+from kadeploy.netboot.tracker import Tracker
+
+TABLE_CSV = """# the test cluster
+name,mac,address,rack
+node1,52:54:00:6B:64:01,198.18.0.11,a
+node2,52-54-00-6b-64-02,198.18.0.12,b
+"""
+
+
+def table():
+    return nodetable.parse_csv(TABLE_CSV, "nodes.csv")
+
+
+def options(**kw):
+    base = dict(interface="br0", server_address="198.18.0.254",
+                boot_url="http://198.18.0.254:8067/boot.ipxe", tftp_root="/srv/tftp")
+    base.update(kw)
+    return dnsmasq.DnsmasqOptions(**base)
+
+
+# ------------------------------------------------------------------ node table
+
+def test_csv_table_normalizes_macs_and_keeps_extra_columns():
+    t = table()
+    assert [n.name for n in t] == ["node1", "node2"]
+    assert t.get("52:54:00:6b:64:02").address == "198.18.0.12"
+    assert t.get("52-54-00-6B-64-01").extra == {"rack": "a"}
+    assert t.get("52:54:00:00:00:99") is None
+
+
+def test_toml_table():
+    t = nodetable.parse_toml('[[node]]\nname = "n1"\nmac = "52:54:00:00:00:01"\n'
+                             '[[node]]\nname = "n2"\nmac = "52:54:00:00:00:02"\naddress = "10.0.0.2"\n')
+    assert [(n.name, n.address) for n in t] == [("n1", None), ("n2", "10.0.0.2")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,address\nn1,10.0.0.1\n", "missing mac"),
+    ("name,mac\nn1,52:54:00:00:00\n", "row 1: mac '52:54:00:00:00' is not a MAC"),
+    ("name,mac\nn_1,52:54:00:00:00:01\n", "row 1: name 'n_1' is not a host name"),
+    ("name,mac,address\nn1,52:54:00:00:00:01,10.0.0.300\n", "is not an IPv4 address"),
+    ("name,mac\nn1,52:54:00:00:00:01\nn2,52-54-00-00-00-01\n", "mac 52:54:00:00:00:01 appears twice (n1 and n2)"),
+    ("name,mac\nn1,52:54:00:00:00:01\nn1,52:54:00:00:00:02\n", "name n1 appears twice"),
+])
+def test_bad_tables_name_the_row(text, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        nodetable.parse_csv(text, "t.csv")
+
+
+# ------------------------------------------------------------------ dnsmasq.conf
+
+def lines(text):
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_dhcp_mode_static_leases_and_ipxe_chainloading():
+    conf = lines(dnsmasq.render(options(), table()))
+    assert "port=0" in conf and "interface=br0" in conf and "log-dhcp" in conf
+    assert "dhcp-range=198.18.0.0,static,255.255.255.0,1h" in conf
+    assert "dhcp-host=52:54:00:6b:64:01,198.18.0.11,node1,1h" in conf
+    assert "dhcp-ignore=tag:!known" in conf
+    # a PXE ROM gets iPXE by TFTP, by architecture; iPXE gets the HTTP script (no loop)
+    assert "dhcp-boot=tag:pxe,tag:!ipxe,tag:!efi64,undionly.kpxe,,198.18.0.254" in conf
+    assert "dhcp-boot=tag:pxe,tag:!ipxe,tag:efi64,ipxe.efi,,198.18.0.254" in conf
+    assert "dhcp-vendorclass=set:pxe,PXEClient" in conf   # other DHCP clients get no boot file
+    assert "dhcp-boot=tag:ipxe,http://198.18.0.254:8067/boot.ipxe" in conf
+    assert {"dhcp-match=set:ipxe,175", "dhcp-userclass=set:ipxe,iPXE",
+            "dhcp-match=set:efi64,option:client-arch,7"} <= set(conf)
+    assert "enable-ra" in conf and "dhcp-range=::,constructor:br0,ra-only" in conf
+    assert "dhcp-option=option:router" in conf   # no gateway unless asked
+
+
+def test_dhcp_mode_install_policy_gets_a_dynamic_range_and_no_ignore():
+    conf = lines(dnsmasq.render(options(unknown="install", router="198.18.0.1", ra=False), table()))
+    assert "dhcp-range=198.18.0.128,198.18.0.254,255.255.255.0,1h" in conf
+    assert "dhcp-ignore=tag:!known" not in conf
+    assert "dhcp-option=option:router,198.18.0.1" in conf
+    assert "enable-ra" not in conf
+
+
+def test_proxy_mode_answers_pxe_beside_the_site_server():
+    t = nodetable.parse_csv("name,mac\nnode1,52:54:00:6b:64:01\n")
+    conf = lines(dnsmasq.render(options(mode="proxy"), t))
+    assert "dhcp-range=198.18.0.0,proxy,255.255.255.0" in conf
+    assert "dhcp-host=52:54:00:6b:64:01,node1" in conf
+    assert not any(line.startswith("dhcp-authoritative") for line in conf)
+    assert 'pxe-service=tag:!ipxe,x86PC,"kadeploy: iPXE",undionly.kpxe,198.18.0.254' in conf
+    assert 'pxe-service=tag:!ipxe,x86-64_EFI,"kadeploy: iPXE",ipxe.efi,198.18.0.254' in conf
+    assert 'pxe-service=tag:ipxe,x86PC,"kadeploy",http://198.18.0.254:8067/boot.ipxe' in conf
+    assert 'pxe-service=tag:ipxe,x86-64_EFI,"kadeploy",http://198.18.0.254:8067/boot.ipxe' in conf
+
+
+@pytest.mark.parametrize("kw, rows, message", [
+    (dict(mode="relay"), TABLE_CSV, "DHCP mode 'relay'"),
+    (dict(server_address="10.1.1.1", network="198.18.0.0/24"), TABLE_CSV, "not in 198.18.0.0/24"),
+    (dict(), "name,mac\nn1,52:54:00:00:00:01\n", "node n1 has no address"),
+    (dict(), "name,mac,address\nn1,52:54:00:00:00:01,10.0.0.1\n", "address 10.0.0.1 is not in"),
+    (dict(), "name,mac,address\nn1,52:54:00:00:00:01,198.18.0.254\n", "the server's own address"),
+])
+def test_configurations_that_cannot_work_are_refused(kw, rows, message):
+    with pytest.raises(ValueError, match=message):
+        dnsmasq.render(options(**kw), nodetable.parse_csv(rows))
+
+
+@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
+@pytest.mark.parametrize("kw", [dict(), dict(unknown="install"), dict(mode="proxy"), dict(reply_delay=2)])
+def test_real_dnsmasq_accepts_the_configuration(tmp_path, kw):
+    conf = tmp_path / "dnsmasq.conf"
+    t = table() if kw.get("mode") != "proxy" else nodetable.parse_csv("name,mac\nn1,52:54:00:00:00:01\n")
+    conf.write_text(dnsmasq.render(options(tftp_root=str(tmp_path), **kw), t))
+    p = subprocess.run(["dnsmasq", "--test", "-C", str(conf)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "syntax check OK" in p.stderr
+
+
+# ------------------------------------------------------------------ iPXE scripts
+
+def boot(**kw):
+    return ipxe.InstallBoot(base_url="http://198.18.0.254:8067",
+                            node_url="http://198.18.0.254:8067/node/52-54-00-6b-64-01",
+                            kernel_args=("console=ttyS0,115200",),
+                            params={"server": "198.18.0.254", "session": "", "node": "node1", **kw})
+
+
+def test_chain_script_names_the_node_by_mac():
+    s = ipxe.chain_script("http://198.18.0.254:8067")
+    assert s.startswith("#!ipxe\n")
+    chain = "chain --autofree http://198.18.0.254:8067/node/${net0/mac:hexhyp}/boot.ipxe || goto failed\n"
+    # a node script that returns (local boot) ends here, and does not fall into :failed
+    assert chain + "exit 0\n:failed\n" in s
+
+
+def test_install_script_loads_kernel_and_initrd_over_http_with_the_cmdline():
+    s = ipxe.install_script("node1", "52:54:00:6b:64:01", boot())
+    kernel = next(line for line in s.splitlines() if line.startswith("kernel "))
+    assert kernel.startswith("kernel http://198.18.0.254:8067/vmlinuz initrd=initrd.img BOOTIF=01-52-54-00-6b-64-01 ")
+    assert "kadeploy.server=198.18.0.254" in kernel and "kadeploy.node=node1" in kernel
+    assert "kadeploy.url=http://198.18.0.254:8067/node/52-54-00-6b-64-01" in kernel
+    assert "kadeploy.session" not in kernel           # empty values are left out
+    assert kernel.split(" || ")[0].endswith("console=ttyS0,115200")
+    assert "initrd http://198.18.0.254:8067/initrd.img || goto failed" in s
+
+
+def test_kernel_arguments_with_spaces_are_refused():
+    with pytest.raises(ValueError, match="contains a space"):
+        ipxe.install_script("node1", "52:54:00:6b:64:01", boot(disk="/dev/sd a"))
+
+
+def test_local_script_boots_the_disk_on_bios_and_returns_to_uefi_firmware():
+    s = ipxe.local_script("node1")
+    assert "sanboot --no-describe --drive 0x80" in s
+    assert "iseq ${platform} efi && goto efi" in s and s.rstrip().endswith("exit 0")
+    assert "kernel" not in s
+
+
+# ------------------------------------------------------------------ dnsmasq's log
+
+# Lines as dnsmasq 2.90 writes them with log-dhcp (recorded from a real exchange).
+LOG = """\
+dnsmasq[3304]: started, version 2.90 DNS disabled
+dnsmasq-dhcp[3304]: DHCP, static leases only on 198.18.0.0, lease time 1h
+dnsmasq-tftp[3304]: TFTP root is /srv/tftp
+dnsmasq-dhcp[3304]: 1297363469 vendor class: PXEClient:Arch:00007:UNDI:003016
+dnsmasq-dhcp[3304]: 1297363469 DHCPDISCOVER(br0) 52:54:00:6b:64:01 
+dnsmasq-dhcp[3304]: 1297363469 tags: known, efi64, br0
+dnsmasq-dhcp[3304]: 1297363469 DHCPOFFER(br0) 198.18.0.11 52:54:00:6b:64:01 
+dnsmasq-dhcp[3304]: 1297363470 vendor class: PXEClient:Arch:00007:UNDI:003016
+dnsmasq-dhcp[3304]: 1297363470 DHCPREQUEST(br0) 198.18.0.11 52:54:00:6b:64:01 
+dnsmasq-dhcp[3304]: 1297363470 bootfile name: ipxe.efi
+dnsmasq-dhcp[3304]: 1297363470 DHCPACK(br0) 198.18.0.11 52:54:00:6b:64:01 node1
+dnsmasq-tftp[3304]: error 0 User aborted the transfer received from 198.18.0.11
+dnsmasq-tftp[3304]: sent /srv/tftp/ipxe.efi to 198.18.0.11
+dnsmasq-dhcp[3304]: 88 user class: iPXE
+dnsmasq-dhcp[3304]: 88 DHCPDISCOVER(br0) 52:54:00:6b:64:01 
+dnsmasq-dhcp[3304]: 99 DHCPDISCOVER(br0) 52:54:00:00:00:99 ignored
+dnsmasq-dhcp[3304]: 77 vendor class: kadeploy-install
+dnsmasq-dhcp[3304]: 77 DHCPACK(br0) 198.18.0.11 52:54:00:6b:64:01 node1
+dnsmasq-tftp[3304]: file /srv/tftp/pxelinux.0 not found for 198.18.0.11
+dnsmasq: failed to create listening socket for port 53: Address already in use
+"""
+
+
+def parse_all(text):
+    parser = DnsmasqLogParser()
+    out = []
+    for line in text.splitlines(keepends=True):
+        out += parser.feed(line)
+    return parser, out
+
+
+def test_log_parser_follows_dhcp_and_tftp_per_node():
+    parser, events = parse_all(LOG)
+    boot_events = [e for e in events if isinstance(e, BootEvent)]
+    steps = [(e.mac, e.step) for e in boot_events]
+    mac = "52:54:00:6b:64:01"
+    assert steps == [(mac, "dhcp discover"), (mac, "dhcp offer"), (mac, "dhcp request"), (mac, "dhcp ack"),
+                     (mac, "tftp aborted"), (mac, "tftp sent"), (mac, "dhcp discover"),
+                     ("52:54:00:00:00:99", "dhcp discover ignored"), (mac, "dhcp ack"), (mac, "tftp error")]
+    assert boot_events[0].detail == "from a PXE ROM (UEFI x86-64)"
+    assert boot_events[3].detail == "from a PXE ROM (UEFI x86-64), boot ipxe.efi, node1"
+    assert boot_events[5].detail == "ipxe.efi" and boot_events[5].ip == "198.18.0.11"
+    assert not boot_events[4].failed                  # iPXE's size probe, not an error
+    assert boot_events[6].detail == "from iPXE"
+    assert boot_events[8].detail == "from the install system, node1"
+    assert boot_events[9].failed and "pxelinux.0 not found" in boot_events[9].detail
+    assert parser.mac_of_ip == {"198.18.0.11": mac}
+
+
+def test_log_parser_reports_dnsmasq_errors():
+    _parser, events = parse_all(LOG)
+    service = [e for e in events if isinstance(e, ServiceLine)]
+    assert [s.error for s in service] == [False, False, True]
+    assert service[-1].text.startswith("failed to create listening socket")
+
+
+def test_log_parser_gives_the_same_events_for_every_split_of_unknown_lines():
+    # Lines it does not know are ignored, whatever they hold.
+    parser = DnsmasqLogParser()
+    for junk in ["", "garbage", "dnsmasq-dhcp[1]: 12 DHCPACK(br0) not-a-mac", "dnsmasq-tftp[1]: sent"]:
+        assert parser.feed(junk) == []
+
+
+# ------------------------------------------------------------------ the tracker
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        self.t += 1
+        return self.t
+
+
+def test_installed_nodes_boot_their_disk_even_after_a_restart():
+    tr = Tracker(table(), clock=Clock())
+    mac = "52:54:00:6b:64:01"
+    assert tr.boot_choice(mac) == "install"
+    for step in ("dhcp ack", "ipxe script", "kernel", "initrd", "network", "installing", "installed"):
+        tr.step(mac, step)
+    assert tr.record(mac).state == "installed" and tr.boot_choice(mac) == "local"
+    assert tr.record(mac).step_times()["installed"] == 7.0
+    saved = tr.to_json()
+    again = Tracker(table())
+    again.load_json(saved)
+    assert again.boot_choice(mac) == "local" and again.record(mac).state == "installed"
+    again.step(mac, "installing")                      # a reinstall forced by hand
+    assert again.boot_choice(mac) == "install"
+
+
+def test_unknown_nodes_are_ignored_or_named_by_the_rule():
+    mac = "52:54:00:00:00:99"
+    assert Tracker(table()).boot_choice(mac) == "ignore"
+    tr = Tracker(table(), unknown="install", name_rule="extra{index:02}-{mac}")
+    assert tr.boot_choice(mac) == "install"
+    assert tr.record(mac).name == "extra01-525400000099" and not tr.record(mac).known
+
+
+def test_summary_counts_states_and_nodes_not_seen():
+    tr = Tracker(table())
+    tr.step("52:54:00:6b:64:01", "failed", "ka-d-client exit status 1", failed=True)
+    assert tr.summary() == "nodes: 1 failed, 1 not seen yet"
+    tr.event(BootEvent("52:54:00:6b:64:02", "dhcp ack", "198.18.0.12"))
+    assert [r.name for r in tr.rows()] == ["node1", "node2"]
+    assert tr.record("52:54:00:6b:64:02").ip == "198.18.0.12"
