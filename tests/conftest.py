@@ -1,7 +1,8 @@
 """Shared fixtures: tmpfs scratch dirs, the hard tree, virtual clusters.
 
 Tests marked ``@pytest.mark.netns`` are skipped, with the reason, when this
-process cannot create network namespaces (not root, no iproute2, ...).
+process cannot create network namespaces (not root, no iproute2, ...); with
+KADEPLOY_FORBID_SKIPS=1 (CI) such skips fail instead (tests/forbid_skips.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ settings.register_profile("ci", max_examples=400, deadline=None)
 settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+from forbid_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 from treegen import make_hard_tree
 
 from kadeploy.lab import vcluster as vc

@@ -1,5 +1,7 @@
 """Whole deployments across network namespaces: one host per node, each with its own
 address on one virtual switch, the real commands with the original's default ports."""
+import json
+import subprocess
 import time
 
 import pytest
@@ -34,18 +36,37 @@ def test_clone_across_hosts(net, hard_tree, scratch, tmp_path, n_clients, arity)
     assert [r["parent"] for r in rep["nodes"]] == [(p - 1) // arity for p in range(1, n_clients + 1)]
 
 
+def tx_bytes(cluster, i: int) -> int:
+    """Bytes node i has sent on its one link (its eth0), as the kernel counts them."""
+    out = subprocess.run(["ip", "-n", cluster.node(i).ns, "-s", "-j", "link", "show", "eth0"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+
+
 def test_forwarding_is_what_feeds_the_chain(net, tmp_path):
-    """The last node of a chain receives only through the others: a digest of its
-    copy proves each hop forwarded every byte in order."""
+    """A chain, not a star: each node's parent is the node before it, and every link
+    carried the stream once. The server's uplink and each forwarder's sent SIZE bytes
+    (plus TCP/IP headers and the control messages), the last node none; a server
+    sending one copy per node would put three copies on its uplink."""
+    size = 50_000_000
     cluster, dep = net(4)
-    dep.server("-n", "3", "-e", "head -c 50000000 /dev/urandom | tee " + str(tmp_path / "sent"), where=0)
+    report = str(tmp_path / "r.json")
+    before = [tx_bytes(cluster, i) for i in range(4)]
+    dep.server("-n", "3", "-a", "1", "--report", report,
+               "-e", f"head -c {size} /dev/urandom | tee " + str(tmp_path / "sent"), where=0)
     for i in (1, 2, 3):
         dep.client("-h", cluster.node(0).addr, "-e", f"cat > {tmp_path}/got{i}", where=i)
     assert dep.wait_all(120) == [0, 0, 0, 0]
+    carried = [tx_bytes(cluster, i) - before[i] for i in range(4)]
     sent = (tmp_path / "sent").read_bytes()
-    assert len(sent) == 50_000_000
+    assert len(sent) == size
     for i in (1, 2, 3):
         assert (tmp_path / f"got{i}").read_bytes() == sent
+    rep = load_report(report)
+    assert [(r["position"], r["parent"]) for r in rep["nodes"]] == [(1, 0), (2, 1), (3, 2)]
+    for i in (0, 1, 2):      # the server, then each forwarder: one copy, a few % of headers
+        assert size <= carried[i] < 1.1 * size, (i, carried)
+    assert carried[3] < 0.05 * size, carried    # the last node forwards to nobody
 
 
 def test_discovery_by_session_name(net, tmp_path):

@@ -22,17 +22,19 @@ def test_losses_never_orphan_anyone(n, arity, data):
     for victim in lost_order:
         lost.add(victim)
         needs = set(range(1, n + 1)) - lost - done
+        before = parents
         actions, parents = repair.plan(victim, parents, needs)
         assert victim not in parents
         drops = [a for a in actions if isinstance(a, repair.Drop)]
-        if drops:
-            assert drops[0].child == victim
-        for a in actions:
-            if isinstance(a, repair.Reattach):
-                assert a.child in needs and a.new_parent == repair.SERVER
+        if victim in before:
+            assert drops == [repair.Drop(before[victim], victim)]
+        # Exactly the victim's children that still need data are re-attached, once each.
+        reattached = [a.child for a in actions if isinstance(a, repair.Reattach)]
+        assert sorted(reattached) == sorted(c for c, p in before.items() if p == victim and c in needs)
+        assert all(a.new_parent == repair.SERVER for a in actions if isinstance(a, repair.Reattach))
+        # Nobody still receiving is left without a way up to the server.
         for node in needs:
-            if node in parents:
-                assert repair.reaches_server(node, parents), (node, parents)
+            assert node in parents and repair.reaches_server(node, parents), (node, parents)
         for node in lost:
             assert node not in parents.values()
 

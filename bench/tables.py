@@ -1,0 +1,114 @@
+"""The tables of bench/RESULTS.md, regenerated from the raw results of `kadeploy bench`.
+
+    .venv/bin/python bench/tables.py bench/cluster_backends_1gbit.csv
+
+reads a results.csv (one row per run), averages the good repeats of each configuration
+(kadeploy.lab.benchlib.output.aggregate, as `kadeploy bench` does) and prints a Markdown
+table: the configuration columns that vary, the runs that succeeded, the wall-clock time
+a user sees (sender's start to the last receiver's exit) and kadeploy's own stream time
+(placement to the last verdict), each a mean with its min–max over the repeats, the
+link rate each of the two amounts to (mean over the repeats), and the CPU per GB.
+With --ratios: kadeploy's wall time and CPU per receiver against each baseline. Nothing is computed here that the CSV does not hold.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from typing import Dict, List, Optional
+
+from kadeploy.lab.benchlib.output import aggregate, ratios
+
+CONFIG = [("method", "method"), ("n", "N"), ("arity", "arity"), ("buffer_size", "buffer"),
+          ("backend", "backend"), ("integrity", "integrity")]
+
+
+def _value(field: str, text: str):
+    if text == "":
+        return None
+    if field in ("ok", "integrity"):
+        return text == "True"
+    if field in ("method", "backend", "backend_used", "error"):
+        return text
+    number = float(text)
+    return int(number) if field in ("n", "arity", "buffer_size", "size", "repeat") else number
+
+
+def read_runs(path: str) -> List[Dict]:
+    with open(path, newline="") as f:
+        rows = [{k: _value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    for row in rows:
+        row.setdefault("integrity", None)   # older sweeps had no such column
+    return rows
+
+
+def _num(v: Optional[float], spec: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
+
+
+def _seconds(s: Dict, measure: str) -> str:
+    """The mean, and the range when there were several good repeats."""
+    text = _num(s[measure], ".2f")
+    if s["ok_runs"] > 1 and s[measure] is not None:
+        text += f" ({s[measure + '_min']:.2f}–{s[measure + '_max']:.2f})"
+    return text
+
+
+def _config(field: str, v) -> str:
+    if v is None:
+        return "-"
+    if field == "buffer_size":
+        return f"{v >> 20}M" if v >= 1 << 20 else f"{v >> 10}K"
+    if field == "integrity":
+        return "on" if v else "off (--no-verify --no-repair)"
+    return str(v)
+
+
+def markdown(summary: List[Dict]) -> str:
+    shown = [(f, title) for f, title in CONFIG if len({s.get(f) for s in summary}) > 1 or f == "n"]
+    head = [title for _, title in shown] + [
+        "runs ok", "wall s", "stream s", "% of link (wall)", "% of link (stream)",
+        "CPU s/GB per receiver", "CPU s/GB sender"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if f in ("method", "backend", "integrity") else "---:"
+                            for f, _ in shown) + "|---:" * 7 + "|"]
+    for s in summary:
+        cells = [_config(f, s.get(f)) for f, _ in shown] + [
+            f"{s['ok_runs']}/{s['runs']}",
+            _seconds(s, "wall_s"), _seconds(s, "stream_s"),
+            _num(s["link_fraction"], ".1f", 100), _num(s["stream_link_fraction"], ".1f", 100),
+            _num(s["cpu_per_gb_client"], ".2f"), _num(s["cpu_per_gb_server"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio_markdown(summary: List[Dict]) -> str:
+    """kadeploy (arity 1, 1 MiB buffer, backend auto: the bench's reference) against
+    each baseline at the same N, by the wall clock and by CPU per receiver."""
+    reference = {"arity": 1, "buffer_size": 1 << 20, "backend": "auto"}
+    lines = ["| N | baseline | time kadeploy / baseline (wall) | CPU per receiver kadeploy / baseline |",
+             "|---:|---|---:|---:|"]
+    for r in ratios(summary, reference):
+        lines.append(f"| {r['n']} | {r['baseline']} | {_num(r['time_ratio'], '.2f')} | "
+                     f"{_num(r['cpu_client_ratio'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", help="a results.csv of `kadeploy bench`")
+    ap.add_argument("--ratios", action="store_true",
+                    help="print kadeploy's time and CPU against each baseline instead")
+    args = ap.parse_args(argv)
+    try:
+        runs = read_runs(args.csv)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"bench/tables.py: cannot read {args.csv}: {e}", file=sys.stderr)
+        return 1
+    summary = sorted(aggregate(runs), key=lambda s: (s["rate_mbit"], s["n"]))
+    print(ratio_markdown(summary) if args.ratios else markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
