@@ -287,7 +287,8 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         raise click.UsageError("give the server with -h HOST or find it with -s SESSION")
     if session is not None:
         check_session_name(session)
-    check_backend(relay_backend)
+    if relay_backend or os.environ.get(relay_mod.ENV_BACKEND) or os.environ.get(relay_mod.ENV_REQUIRE):
+        check_backend(relay_backend)   # else `auto`, which always loads: checked when used
     consumer = synthetic.client_consumer(consumer)
     cfg = ClientConfig(
         host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,

@@ -19,14 +19,13 @@ from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
-from kadeploy.core.integrity import Verifier
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
-from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
-from kadeploy.data.node import DataPhase, Outcome, ServerLink
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from kadeploy.version import SOFTWARE
-from kadeploy.view.progress import ClientBar
+
+# The data plane (relay, digests, consumer, progress bar) is imported once the node is
+# registered and placed (_deploy): a client costs little CPU before it is registered.
 
 log = logging.getLogger("kadeploy.client")
 
@@ -130,7 +129,10 @@ class Client:
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            host, port = await loop.run_in_executor(None, find_server, self.cfg)
+            if self.cfg.host:     # no thread to start for discovery
+                host, port = self.cfg.host, self.cfg.control_port
+            else:
+                host, port = await loop.run_in_executor(None, find_server, self.cfg)
             ch = await _open_control(host, port, self.cfg)
             try:
                 return await self._session(ch)
@@ -156,6 +158,9 @@ class Client:
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))
+        from kadeploy.core.integrity import Verifier
+        from kadeploy.data.node import ServerLink
+        from kadeploy.view.progress import ClientBar
         verifier = Verifier(place.chunk_size) if place.digest else None
         link = ServerLink(ch, place.stall_timeout, verifier)
         link.bar = ClientBar(_Received(lambda: link.received()),
@@ -185,6 +190,8 @@ class Client:
         return outcome
 
     async def _deploy(self, node_id: int, place: P.Place, link: ServerLink) -> Outcome:
+        from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
+        from kadeploy.data.node import DataPhase, Outcome
         cfg = self.cfg
         data_key = auth.data_key(cfg.key, place.token)
         acceptor = ChildAcceptor(self.listener, data_key, handshake_timeout=cfg.handshake_timeout,
