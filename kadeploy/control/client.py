@@ -173,7 +173,8 @@ class Client:
             await ch.send(P.Done(ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds,
                                  consumer_status=outcome.consumer_status, error=outcome.error,
                                  backend=outcome.backend, verified=outcome.verified,
-                                 repairs=outcome.repairs))
+                                 repairs=outcome.repairs, content_bytes=outcome.content_bytes,
+                                 decode_seconds=outcome.decode_seconds))
             if cfg.wait_finish:
                 log.info("waiting for the server's finish")
                 while not link.finished and link.lost is None:

@@ -112,6 +112,7 @@ class Place(Message):
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 0
     stall_timeout: float = 3.0     # silence after which either side gives the other up
+    codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
 
 
 @dataclass
@@ -128,6 +129,7 @@ class End(Message):
     ok: bool
     error: Optional[str] = None
     digest: Optional[str] = None   # of the whole stream, after every chunk's Digest
+    content_bytes: Optional[int] = None   # what each consumer must get, when the stream is encoded
 
 
 @dataclass
@@ -142,6 +144,8 @@ class Done(Message):
     backend: str = ""
     verified: Optional[bool] = None   # None: the stream carried no digests
     repairs: int = 0                  # times this node was re-attached
+    content_bytes: Optional[int] = None   # what the consumer got, when the stream was encoded
+    decode_seconds: Optional[float] = None   # time this node spent decoding it
 
 
 @dataclass

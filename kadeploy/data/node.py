@@ -22,8 +22,9 @@ from kadeploy import relay as relay_mod
 from kadeploy.control.netio import ControlChannel, shutdown_close
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import ChunkDigester, Verifier
+from kadeploy.data import codec
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
-from kadeploy.data.tap import HashTap
+from kadeploy.data.pump import NodeTap, make_pipe
 from kadeploy.errors import NotJoined
 from kadeploy.view.progress import ClientBar
 
@@ -41,6 +42,8 @@ class Outcome:
     backend: str
     verified: Optional[bool] = None
     repairs: int = 0
+    content_bytes: Optional[int] = None    # what the consumer got, when the stream is encoded
+    decode_seconds: Optional[float] = None
 
 
 class ServerLink:
@@ -180,15 +183,26 @@ class DataPhase:
         loop = asyncio.get_running_loop()
         consumer = spawn_consumer(cfg.consumer_command(),
                                   cwd=cfg.target if cfg.consumer and cfg.target else None)
-        # The consumer is fed by splice like the children; the digest thread reads
-        # its own copy from one more sink (the one copy that leaves the kernel).
-        hasher: Optional[HashTap] = None
-        live: List[Tuple[object, int]] = [("consumer", consumer.stdin.fileno())]
-        if link.verifier is not None:
-            r, hash_w = os.pipe()
-            hasher = HashTap(r, ChunkDigester(place.digest, cfg.key, place.chunk_size),
-                             emit_last=False, on_digest=lambda i, d:
-                             loop.call_soon_threadsafe(self._our_digest, i, d))
+        # The consumer is fed by splice like the children, unless the stream is
+        # encoded; the tap thread reads its own copy from one more sink (the one copy
+        # that leaves the kernel), digests it, and decodes it for the consumer.
+        stages = codec.decoder_stages(place.codec)
+        hasher: Optional[NodeTap] = None
+        live: List[Tuple[object, int]] = []
+        if not stages:
+            live.append(("consumer", consumer.stdin.fileno()))
+        if link.verifier is not None or stages:
+            r, hash_w = make_pipe()
+            out_fd = None
+            if stages:
+                out_fd = os.dup(consumer.stdin.fileno())   # the tap's own: it closes it at the end
+                consumer.stdin.close()
+            digester = (ChunkDigester(place.digest, cfg.key, place.chunk_size)
+                        if link.verifier is not None else None)
+            hasher = NodeTap(r, digester, stages=codec.Pipeline(stages) if stages else None,
+                             out_fd=out_fd,
+                             on_digest=lambda i, d: loop.call_soon_threadsafe(self._our_digest, i, d),
+                             on_bad_stream=lambda why: loop.call_soon_threadsafe(self._on_mismatch))
             hasher.start()
             live.append(("digest", hash_w))
         self.hasher, self.consumer = hasher, consumer
@@ -222,7 +236,8 @@ class DataPhase:
             kill_group(consumer)   # interrupted: the consumer must not go on alone
             raise
         finally:
-            consumer.stdin.close()        # EOF for the consumer
+            if consumer.stdin is not None:
+                consumer.stdin.close()    # EOF for the consumer
             if hasher is not None:
                 os.close(hash_w)          # and for the digest thread
             for s in self.children.values():
@@ -238,17 +253,20 @@ class DataPhase:
             log.error("%s", error)
         else:
             log.info("done: %d bytes in %.2f s%s", self.total, seconds,
-                     ", every chunk verified" if hasher else "")
+                     ", every chunk verified" if link.verifier else "")
+        encoded = hasher is not None and hasher.stages is not None
         return Outcome(ok=error is None, bytes=self.total, seconds=seconds, error=error,
                        consumer_status=status, backend=self.backend,
-                       verified=None if hasher is None else self.digest_problem is None,
-                       repairs=self.repairs)
+                       verified=None if link.verifier is None else self.digest_problem is None,
+                       repairs=self.repairs,
+                       content_bytes=hasher.content if encoded else None,
+                       decode_seconds=round(hasher.decode_seconds, 6) if encoded else None)
 
     def _digest_verdict(self) -> Optional[str]:
         """Why the bytes received are not the server's (None: they are, chunk by chunk
         and as a whole); only for a verified stream."""
         link, end = self.link, self.link.end
-        if self.hasher is None:
+        if link.verifier is None:
             return None
         if link.verifier.mismatch:
             return link.verifier.mismatch
@@ -290,12 +308,23 @@ class DataPhase:
             return f"the server's stream failed: {end.error}"
         if link.verifier is not None and link.verifier.mismatch:
             return link.verifier.mismatch   # first: the consumer was stopped for it
+        tap = self.hasher
+        if tap is not None and tap.consumer_error is not None:
+            self.consumer_error = f"after {tap.content} bytes"
         if self.consumer_error is not None:
-            return (f"consumer stopped reading {self.consumer_error} of {end.bytes} "
+            whole = end.content_bytes if end.content_bytes is not None else end.bytes
+            return (f"consumer stopped reading {self.consumer_error} of {whole} "
                     f"({describe_status(status)})")
         if self.total != end.bytes:
             why = f"; {link.lost}" if link.lost else ""
             return f"stream cut: received {self.total} of {end.bytes} bytes{why}"
+        if tap is not None and tap.decode_error:
+            return tap.decode_error
+        if tap is not None and tap.stages is not None and (tap.error or self.digest_error):
+            return f"decoding failed: {tap.error or self.digest_error}"
+        if tap is not None and tap.stages is not None and tap.content != end.content_bytes:
+            return (f"consumer got {tap.content} bytes of content, the server sent "
+                    f"{end.content_bytes}")
         if status != 0:
             return f"consumer failed ({describe_status(status)})"
         return self.digest_problem
