@@ -168,6 +168,14 @@ def check_backend(name: Optional[str]) -> None:
         raise KadeployError(str(e), exit_code=EXIT_USAGE)
 
 
+def check_compress(text: str) -> str:
+    from kadeploy.data.codec import CodecError, parse_spec
+    try:
+        return str(parse_spec(text))
+    except CodecError as e:
+        raise click.BadParameter(str(e), param_hint="'--compress'")
+
+
 # ------------------------------------------------------------------- server
 
 def read_hosts_file(path: str) -> List[str]:
@@ -216,11 +224,15 @@ def read_hosts_file(path: str) -> List[str]:
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
+@click.option("--compress", metavar="none|zstd[:LEVEL]|auto", default="none", show_default=True,
+              help="Compress the stream once on the server (zstd, LEVEL 1-19, default 3; on every core); "
+                   "relays forward it as it is and each node decompresses for its consumer. auto "
+                   "compresses only when the link is slower than compressing and decompressing.")
 @common_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
-                   no_repair, spool_dir, stall_timeout, max_connections,
+                   no_repair, spool_dir, stall_timeout, max_connections, compress,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
@@ -246,7 +258,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
-        spool_dir=spool_dir, stall_timeout=stall_timeout,
+        spool_dir=spool_dir, stall_timeout=stall_timeout, compress=check_compress(compress),
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     report = asyncio.run(serve(cfg))
     click.echo(report.table())

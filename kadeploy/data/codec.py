@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -175,14 +176,22 @@ class ZstdEncoder(Stage):
         if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kadeploy-zstd")
-        self._cctx = [self.zstd.ZstdCompressor(level=level) for _ in range(self.workers)]
-        self._next_ctx = 0
+        # One compressor per thread (a zstd context must never be shared by two at once).
+        self._local = threading.local()
         self.content = 0
         self.wire = 0
         self.probed = 0
 
-    def _compress(self, record: bytes, ctx) -> bytes:
-        payload = ctx.compress(record)
+    def _cctx(self):
+        ctx = getattr(self._local, "cctx", None)
+        if ctx is None:
+            # A checksum in each frame (xxh64, nearly free): a bad record fails to
+            # decode even with --no-verify, instead of feeding the consumer garbage.
+            ctx = self._local.cctx = self.zstd.ZstdCompressor(level=self.level, write_checksum=True)
+        return ctx
+
+    def _compress(self, record: bytes) -> bytes:
+        payload = self._cctx().compress(record)
         if len(payload) >= len(record):   # incompressible: raw costs nobody anything
             return RECORD.pack(KIND_RAW, len(record)) + record
         return RECORD.pack(KIND_ZSTD, len(payload)) + payload
@@ -190,7 +199,7 @@ class ZstdEncoder(Stage):
     def _probe(self, record: bytes) -> bytes:
         """Auto's probe: measure compression on a copy, send the record raw."""
         t0 = time.perf_counter()
-        payload = self._cctx[0].compress(record)
+        payload = self._cctx().compress(record)
         t1 = time.perf_counter()
         self.zstd.ZstdDecompressor().decompress(payload)
         t2 = time.perf_counter()
@@ -207,11 +216,9 @@ class ZstdEncoder(Stage):
         elif self.policy is not None and not self.policy.decision:
             self._pending.append(RECORD.pack(KIND_RAW, len(record)) + record)
         elif self._pool is None:
-            self._pending.append(self._compress(record, self._cctx[0]))
+            self._pending.append(self._compress(record))
         else:
-            ctx = self._cctx[self._next_ctx]
-            self._next_ctx = (self._next_ctx + 1) % self.workers
-            self._pending.append(self._pool.submit(self._compress, record, ctx))
+            self._pending.append(self._pool.submit(self._compress, record))
 
     def _ready(self, wait_for_all: bool) -> bytes:
         out = []

@@ -132,9 +132,12 @@ class NodeTap(threading.Thread):
             self.on_bad_stream(self.decode_error)
             return
         if out and self.out_fd is not None:
+            view = memoryview(out)
             try:
-                _write_all(self.out_fd, out)
-                self.content += len(out)
+                while view:
+                    n = os.write(self.out_fd, view)
+                    self.content += n
+                    view = view[n:]
             except OSError as e:
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET):
                     raise

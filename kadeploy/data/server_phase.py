@@ -6,7 +6,7 @@ the relay run, and the repair feeds that re-serve a re-attached node from the sp
 The control plane asks it to accept the first level's connections, to stream, to
 drop(node) a child and to serve(node) a re-attached one; nothing else reaches in.
 
-    producer --pipe--> relay --splice--> each child's socket
+    producer --pipe--> [EncodePump: --compress] --pipe--> relay --splice--> each child's socket
                          +--> SPOOL (a file)     <-- SpoolFeeder --> a re-attached node
                          +--> DIGEST (a pipe)    --> HashTap --> Digest messages
 """
@@ -22,8 +22,10 @@ from typing import Callable, Dict, Hashable, Optional, Set
 from kadeploy import relay as relay_mod
 from kadeploy.control.netio import shutdown_close
 from kadeploy.core.integrity import ChunkDigester
+from kadeploy.data import codec
 from kadeploy.data.commands import describe_status, kill_group, spawn_producer
 from kadeploy.data.datalink import ChildAcceptor, accept_children
+from kadeploy.data.pump import EncodePump
 from kadeploy.data.sinks import DIGEST, SPOOL, Sinks
 from kadeploy.data.tap import HashTap, Spool, SpoolFeeder
 
@@ -40,6 +42,8 @@ class StreamOutcome:
     error: Optional[str]
     digest: Optional[str]                      # the whole stream's, when verifying
     broken: Dict[Hashable, BaseException] = field(default_factory=dict)  # child -> error
+    content_bytes: Optional[int] = None        # the producer's bytes, when the stream is encoded
+    compression: Optional[str] = None          # what --compress did, for the report
 
 
 class ServerDataPhase:
@@ -58,6 +62,13 @@ class ServerDataPhase:
         self.sinks = Sinks()
         self.counters = self.sinks.counters()
         self.hasher: Optional[HashTap] = None
+        self.compress = codec.parse_spec(getattr(cfg, "compress", codec.NONE))
+        self.pump: Optional[EncodePump] = None
+
+    @property
+    def wire_codec(self) -> Optional[str]:
+        """How the nodes decode the stream (Place.codec)."""
+        return self.compress.wire
 
     @property
     def sent(self) -> int:
@@ -121,9 +132,10 @@ class ServerDataPhase:
         if self.spool is not None:
             self.spool.attach(lambda: sinks.sent(self.counters, SPOOL))
         res: Optional[relay_mod.RelayResult] = None
+        source = self._start_encoding(producer.stdout.fileno())
         try:
             res = await relay_mod.relay_in_thread(
-                producer.stdout.fileno(), sinks.fds(), backend=cfg.relay_backend,
+                source, sinks.fds(), backend=cfg.relay_backend,
                 buffer_size=cfg.buffer_size, counters=self.counters)
         finally:
             if digest_w is not None:
@@ -137,9 +149,12 @@ class ServerDataPhase:
                 if self.children.get(node_id) is sock:
                     del self.children[node_id]
                 shutdown_close(sock)
-            producer.stdout.close()
             if res is None or not res.eof:
                 kill_group(producer)     # nobody wants the rest of its output
+            if self.pump is not None:
+                os.close(source)         # an encoder still writing stops (EPIPE)
+                await loop.run_in_executor(None, self.pump.join)
+            producer.stdout.close()
         status = await loop.run_in_executor(None, producer.wait)
         if self.hasher is not None:
             await loop.run_in_executor(None, self.hasher.join)
@@ -153,7 +168,27 @@ class ServerDataPhase:
             bytes=res.bytes_in, producer_status=status, relay=res,
             error=self._stream_error(res, status, errors.get(DIGEST)),
             digest=self.hasher.whole if self.hasher is not None else None,
-            broken={n: e for n, e in errors.items() if e is not None and n not in (SPOOL, DIGEST)})
+            broken={n: e for n, e in errors.items() if e is not None and n not in (SPOOL, DIGEST)},
+            content_bytes=self.pump.content if self.pump is not None else None,
+            compression=self._compression_note(res))
+
+    def _start_encoding(self, producer_fd: int) -> int:
+        """The relay's source: the producer itself, or the encoder's pipe."""
+        stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
+                                      link_rate=lambda: self.pump.link_rate())
+        if not stages:
+            return producer_fd
+        self.pump = EncodePump(producer_fd, codec.Pipeline(stages))
+        self.pump.start()
+        return self.pump.read_fd
+
+    def _compression_note(self, res: relay_mod.RelayResult) -> Optional[str]:
+        if self.pump is None:
+            return None
+        ratio = res.bytes_in / self.pump.content if self.pump.content else 1.0
+        note = f"{self.compress}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
+        policy = getattr(self.pump.stages.stages[0], "policy", None)
+        return note + (f"; auto: {policy.why}" if policy is not None else "")
 
     def _start_digests(self, loop) -> Optional[int]:
         """The digest thread on a pipe that the relay feeds; the pipe's write end."""
@@ -174,6 +209,8 @@ class ServerDataPhase:
             return f"producer failed ({describe_status(status)})"
         if not res.eof:
             return f"reading the producer failed: {res.source_error}"
+        if self.pump is not None and self.pump.error is not None:
+            return f"compressing the stream failed: {self.pump.error}"
         if hash_error is not None:
             return f"digesting the stream failed: {hash_error}"
         return None
