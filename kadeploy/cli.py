@@ -19,7 +19,7 @@ import click
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
 from kadeploy.data import synthetic
-from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT, REPAIR_WINDOW
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
@@ -217,9 +217,14 @@ def read_hosts_file(path: str) -> List[str]:
 @click.option("--no-verify", is_flag=True,
               help="Send no chunk digests: nodes cannot verify what they received.")
 @click.option("--no-repair", is_flag=True,
-              help="Do not spool the stream: the nodes below a lost node fail instead of being re-attached.")
+              help="Keep no repair window: the nodes below a lost node fail instead of being re-attached.")
+@click.option("--window", "window", type=Size(), default=f"{REPAIR_WINDOW >> 20}M",
+              show_default=True,
+              help="Bytes of the stream kept in memory to repair nodes from (suffixes K, M, G); a node "
+                   "that fell further behind cannot be repaired.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory of the repair spool, a copy of the stream (default: $TMPDIR or /tmp).")
+              help="Keep the whole stream in a file in this directory instead of the window (it needs "
+                   "room for the whole stream).")
 @click.option("--stall-timeout", type=SECONDS, default=3.0, show_default=True,
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
@@ -232,7 +237,7 @@ def read_hosts_file(path: str) -> List[str]:
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
-                   no_repair, spool_dir, stall_timeout, max_connections, compress,
+                   no_repair, window, spool_dir, stall_timeout, max_connections, compress,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
@@ -258,7 +263,8 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
-        spool_dir=spool_dir, stall_timeout=stall_timeout, compress=check_compress(compress),
+        spool_dir=spool_dir, window=window, stall_timeout=stall_timeout,
+        compress=check_compress(compress),
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     report = asyncio.run(serve(cfg))
     click.echo(report.table())

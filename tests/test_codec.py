@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kadeploy.data import codec
-from kadeploy.data.pump import EncodePump, NodeTap
+from kadeploy.data.pump import EncodePump, StreamTap
 
 RECORD = codec.RECORD_SIZE
 
@@ -170,7 +170,7 @@ def test_encode_pump_and_node_tap_through_real_pipes(tmp_path):
     pump = EncodePump(fd, codec.Pipeline(codec.encoder_stages(codec.Spec(codec.ZSTD), workers=2)))
     pump.start()
     out_r, out_w = os.pipe()
-    tap = NodeTap(pump.read_fd, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
+    tap = StreamTap(pump.read_fd, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
                   out_fd=out_w)
     tap.start()
     got = bytearray()
@@ -193,7 +193,7 @@ def test_node_tap_keeps_digesting_when_the_consumer_quits():
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     os.close(out_r)                               # the consumer is gone
-    tap = NodeTap(in_r, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
+    tap = StreamTap(in_r, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
                   out_fd=out_w)
     tap.start()
     os.write(in_w, wire) if len(wire) < 65536 else [os.write(in_w, wire[i:i + 65536])

@@ -72,12 +72,19 @@ class Healer:
         elif self.nodes[parent].state in ("connecting", "streaming", "done"):
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
+    def _unrepairable(self, child: Node, why: str) -> None:
+        """The window no longer holds what the child needs: it fails, saying so."""
+        log.error("cannot repair %s: it %s", child.name, why)
+        child.channel.post(P.Abort(reason=f"cannot repair this node: it {why}"))
+        self.node_lost(child, f"cannot be repaired: it {why}")
+
     def _reattach(self, child: Node, why: str) -> None:
         if not self.phase.can_repair:
-            log.warning("cannot repair %s: no spool of the stream (--no-repair, or it failed)",
+            log.warning("cannot repair %s: no repair window (--no-repair, or it failed)",
                         child.name)
             return
         log.warning("re-attaching %s to the server: %s", child.name, why)
-        self.phase.serve(child.info.node_id, child.name)
+        self.phase.serve(child.info.node_id, child.name,
+                         on_missed=lambda why: self._unrepairable(child, why))
         child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
                                       reason=why))

@@ -34,6 +34,7 @@ from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
 from kadeploy.data.commands import DEFAULT_PRODUCER
 from kadeploy.data.server_phase import ServerDataPhase
+from kadeploy.data.window import DEFAULT_WINDOW
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
@@ -74,8 +75,9 @@ class ServerConfig:
     key: Optional[bytes] = None
     max_connections: int = 4096
     verify: bool = True                # chunk digests beside the data, checked by every node
-    repair: bool = True                # spool the stream; re-attach the orphans of a lost node
-    spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
+    repair: bool = True                # keep a repair window; re-attach the orphans of a lost node
+    spool_dir: Optional[str] = None    # a spool file there instead of the in-memory window
+    window: int = DEFAULT_WINDOW       # bytes of the stream kept in memory for repairs
     stall_timeout: float = 3.0         # a node silent this long is given up
     compress: str = "none"             # --compress: none, zstd[:LEVEL] or auto (kadeploy.data.codec)
 

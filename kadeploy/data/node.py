@@ -23,7 +23,7 @@ from kadeploy.core import protocol as P
 from kadeploy.core.integrity import ChunkDigester, Verifier
 from kadeploy.data import codec
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
-from kadeploy.data.pump import NodeTap, make_pipe
+from kadeploy.data.pump import StreamTap, make_pipe
 from kadeploy.data.sinks import CONSUMER, DIGEST, Sinks
 from kadeploy.errors import NotJoined
 from kadeploy.view.progress import ClientBar
@@ -187,7 +187,7 @@ class DataPhase:
         # encoded; the tap thread reads its own copy from one more sink (the one copy
         # that leaves the kernel), digests it, and decodes it for the consumer.
         stages = codec.decoder_stages(place.codec)
-        hasher: Optional[NodeTap] = None
+        hasher: Optional[StreamTap] = None
         live = Sinks()
         if not stages:
             live.add(CONSUMER, consumer.stdin.fileno())
@@ -199,7 +199,7 @@ class DataPhase:
                 consumer.stdin.close()
             digester = (ChunkDigester(place.digest, cfg.key, place.chunk_size)
                         if link.verifier is not None else None)
-            hasher = NodeTap(r, digester, stages=codec.Pipeline(stages) if stages else None,
+            hasher = StreamTap(r, digester, stages=codec.Pipeline(stages) if stages else None,
                              out_fd=out_fd,
                              on_digest=lambda i, d: loop.call_soon_threadsafe(self._our_digest, i, d),
                              on_bad_stream=lambda why: loop.call_soon_threadsafe(self._on_mismatch))

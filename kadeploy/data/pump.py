@@ -4,11 +4,13 @@ EncodePump, on the server: reads the producer, encodes once, and writes the enco
   stream into a pipe that is the relay's source. It counts the content (the length
   End announces) and how long its writes wait for the relay, which is how `auto`
   learns the rate the stream really runs at.
-NodeTap, on a node: reads the one copy of the stream that leaves the kernel (a pipe
-  that is a sink of the relay), digests it, and, when the stream is encoded, decodes
-  it in the same thread and writes the content to the consumer. It counts what the
-  consumer got, and keeps digesting when the consumer or the decoder fails (the
-  relay must never wait for this thread, and the verdict needs every chunk).
+StreamTap, on a node and on the server: reads the one copy of the stream that leaves
+  the kernel (a pipe that is a sink of the relay), into the repair window when there
+  is one (kadeploy.data.window: the read IS the window's copy), digests it, and, on a
+  node whose stream is encoded, decodes it in the same thread and writes the content
+  to the consumer. It counts what the consumer got, and keeps digesting when the
+  consumer or the decoder fails (the verdict needs every chunk, and the children
+  and the window every byte).
 """
 from __future__ import annotations
 
@@ -97,14 +99,19 @@ class EncodePump(threading.Thread):
             os.close(self._write_fd)     # EOF for the relay
 
 
-class NodeTap(threading.Thread):
-    """Digests the relay's copy; decodes it for the consumer when there are stages."""
+class StreamTap(threading.Thread):
+    """Keeps the window, digests, and decodes for the consumer when there are stages.
+
+    emit_last: report the last, partial chunk's digest too (the server announces it;
+    a node keeps its own for the final verdict)."""
 
     def __init__(self, read_fd: int, digester=None, *, stages: Optional[Pipeline] = None,
-                 out_fd: Optional[int] = None, on_digest: Callable[[int, str], None] = lambda i, d: None,
+                 out_fd: Optional[int] = None, window=None, emit_last: bool = False,
+                 on_digest: Callable[[int, str], None] = lambda i, d: None,
                  on_bad_stream: Callable[[str], None] = lambda why: None) -> None:
         super().__init__(name="kadeploy-tap", daemon=True)
         self.read_fd, self.digester, self.stages, self.out_fd = read_fd, digester, stages, out_fd
+        self.window, self.emit_last = window, emit_last
         self.on_digest, self.on_bad_stream = on_digest, on_bad_stream
         self.wire = 0
         self.content = 0                 # bytes the consumer took
@@ -145,22 +152,32 @@ class NodeTap(threading.Thread):
 
     def run(self) -> None:
         os.set_blocking(self.read_fd, True)
-        buf = bytearray(READ_SIZE)
-        view = memoryview(buf)
+        window = self.window
+        view = None if window is not None else memoryview(bytearray(READ_SIZE))
         try:
-            while n := os.readv(self.read_fd, [view]):
+            while True:
+                into = window.reserve(READ_SIZE) if window is not None else view
+                n = os.readv(self.read_fd, [into])
+                if not n:
+                    break
+                if window is not None:
+                    window.commit(n)
                 self.wire += n
-                chunk = view[:n]
+                chunk = into[:n]
                 if self.digester is not None:
                     for index, digest in self.digester.update(chunk):
                         self.on_digest(index, digest)
                 self._feed(chunk)
             self._feed(None)
             if self.digester is not None:
-                _, self.whole = self.digester.finish()
+                last, self.whole = self.digester.finish()
+                if last is not None and self.emit_last:
+                    self.on_digest(*last)
         except BaseException as e:
             self.error = e
         finally:
+            if window is not None:
+                window.finish(self.error)
             os.close(self.read_fd)
             if self.out_fd is not None:
                 os.close(self.out_fd)    # EOF for the consumer
