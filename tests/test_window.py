@@ -46,8 +46,8 @@ def test_missed_message_names_the_option_and_the_gap():
     with pytest.raises(WindowMissed) as e:
         w.wait(100)
     msg = str(e.value)
-    assert "--window" in msg and "1 MiB" in msg and f"starts at byte {2 << 20}" in msg
-    assert f"fell {(2 << 20) - 100} bytes further behind" in msg
+    assert "--window" in msg and "1 MiB" in msg and f"from byte {2 << 20}" in msg
+    assert f"fell {(2 << 20) - 100} bytes further behind" in msg and "byte 100 of the stream" in msg
 
 
 def test_feeder_follows_a_growing_window_to_the_end():

@@ -195,8 +195,11 @@ class Client:
         from kadeploy.data.node import DataPhase, Outcome
         cfg = self.cfg
         data_key = auth.data_key(cfg.key, place.token)
+        # With a repair window this node may adopt a lost node's child, which resumes
+        # at an offset; the acceptor stays open for the whole data phase.
         acceptor = ChildAcceptor(self.listener, data_key, handshake_timeout=cfg.handshake_timeout,
-                                 sockbuf=cfg.sockbuf, on_refused=_log_refused)
+                                 sockbuf=cfg.sockbuf, on_refused=_log_refused,
+                                 offsets=bool(place.window))
 
         def reconnect(host: str, port: int, offset: int):
             return connect_parent(host, port, node_id, data_key, timeout=cfg.connect_timeout,
@@ -205,11 +208,14 @@ class Client:
         try:
             parent, children = await asyncio.gather(
                 reconnect(place.parent_host, place.parent_port, 0),
-                accept_children(acceptor, place.children, timeout=cfg.connect_timeout),
+                accept_children(acceptor, place.children, timeout=cfg.connect_timeout,
+                                gone=lambda: link.dropped),
                 return_exceptions=True)
-        finally:
+        except BaseException:
             acceptor.close()
+            raise
         if isinstance(children, BaseException):
+            acceptor.close()
             raise children
         for cid in place.children:
             if cid not in children:
@@ -217,13 +223,15 @@ class Client:
         if isinstance(parent, NotJoined):
             parent = await self._reattach_early(link, parent, reconnect)
         elif isinstance(parent, BaseException):
+            acceptor.close()
             raise parent
         if isinstance(parent, NotJoined):
+            acceptor.close()
             for s in children.values():
                 s.close()   # our children see the stream end early and say so
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
-        return await DataPhase(cfg, place, link, parent, children, reconnect).run()
+        return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor).run()
 
     async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
         """The parent was lost before the data flowed: the server re-attaches us (it
@@ -235,8 +243,9 @@ class Client:
             step = None
         if step is None:
             return error
+        from kadeploy.data.node import reconnect_to_adopter
         try:
-            return await reconnect(step.host, step.port, 0)
+            return await reconnect_to_adopter(reconnect, step.host, step.port, 0, link.stall)
         except NotJoined as e:
             return e
 

@@ -193,7 +193,8 @@ class Server:
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
                           token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
-                          stall_timeout=self.cfg.stall_timeout, codec=self.phase.wire_codec)
+                          stall_timeout=self.cfg.stall_timeout, codec=self.phase.wire_codec,
+                          window=self.cfg.window if self.cfg.repair and not self.cfg.spool_dir else 0)
             try:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:

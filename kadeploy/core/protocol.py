@@ -113,6 +113,7 @@ class Place(Message):
     chunk_size: int = 0
     stall_timeout: float = 3.0     # silence after which either side gives the other up
     codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
+    window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
 @dataclass
@@ -220,10 +221,18 @@ class DropChild(Message):
     node_id: int
 
 
+@dataclass
+class Adopt(Message):
+    """Server -> client: a lost node's child will connect to you; feed it from your
+    repair window, from the offset it asks for."""
+    CODE = 20
+    node_id: int
+
+
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
                               Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth,
-                              Digest, Ping, Reattach, DropChild)
+                              Digest, Ping, Reattach, DropChild, Adopt)
 }
 
 # JSON has one number type; these say which Python types a field accepts.
@@ -384,6 +393,8 @@ TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
     (PLACED, SERVER, Ping): PLACED,
     (PLACED, SERVER, Reattach): PLACED,
     (PLACED, SERVER, DropChild): PLACED,
+    (PLACED, SERVER, Adopt): PLACED,
+    (ENDED, SERVER, Adopt): ENDED,
     (ENDED, SERVER, Ping): ENDED,
     (ENDED, SERVER, Reattach): ENDED,
     (ENDED, SERVER, DropChild): ENDED,

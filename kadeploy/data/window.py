@@ -32,8 +32,8 @@ class WindowMissed(Exception):
 
     def __init__(self, offset: int, low: int, size: int) -> None:
         super().__init__(
-            f"needs the stream from byte {offset}, but the repair window (--window, "
-            f"{size >> 20} MiB) starts at byte {low}: it fell {low - offset} bytes further "
+            f"byte {offset} of the stream is no longer in the repair window ({WINDOW_OPTION}, "
+            f"{size >> 20} MiB, from byte {low}): the node fell {low - offset} bytes further "
             f"behind than the window; raise {WINDOW_OPTION}")
         self.offset, self.low, self.size = offset, low, size
 
