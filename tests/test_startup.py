@@ -12,6 +12,7 @@ import sys
 import time
 
 from kadeploy.control import netio
+from kadeploy.defaults import CONNECT_RETRY_CAP
 from kadeploy.core import protocol as P
 from kadeploy.lab.benchlib import startup
 
@@ -81,4 +82,4 @@ def test_refused_connect_is_retried_without_a_fixed_delay():
 
     late = asyncio.run(scenario())
     # The cap plus scheduling slack on a loaded machine.
-    assert late < netio.RETRY_CAP + 0.13, late
+    assert late < CONNECT_RETRY_CAP + 0.13, late

@@ -1,8 +1,8 @@
 """Finding the server by session name over UDP broadcast, as the original did.
 
-The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times; a server
-of that session answers the sender. The original answered its version string to
-port 4958; we answer to the request's source port instead (so several clients on one
+The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times (both in
+kadeploy.defaults); a server of that session answers the sender. The original
+answered its version string to port 4958; we answer to the request's source port instead (so several clients on one
 host all get their answer), with the version and the control port:
 ``kadeploy <version> <control port>\\0``. The answer's source address is the server.
 """
@@ -15,10 +15,10 @@ import struct
 import time
 from typing import List, Optional, Tuple
 
+from kadeploy.defaults import DISCOVERY_INTERVAL, DISCOVERY_PORT, DISCOVERY_TRIES
 from kadeploy.errors import NotJoined, UsageError
 from kadeploy.version import __version__
 
-DISCOVERY_PORT = 4957
 MAX_SESSION_NAME = 255
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFFLAGS = 0x8913
@@ -89,10 +89,9 @@ def broadcast_addresses() -> List[str]:
 class Responder(asyncio.DatagramProtocol):
     """Server side: answer requests for our session name."""
 
-    def __init__(self, session: str, control_port: int, log) -> None:
-        self.session, self.control_port, self.log = session, control_port, log
+    def __init__(self, session: str, control_port: int) -> None:
+        self.session, self.control_port = session, control_port
         self.transport = None
-        self.ignored = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -100,22 +99,20 @@ class Responder(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if parse_request(data) == self.session:
             self.transport.sendto(answer(self.control_port), addr)
-        else:
-            self.ignored += 1
 
 
-async def start_responder(session: str, control_port: int, log, port: int = DISCOVERY_PORT):
+async def start_responder(session: str, control_port: int, port: int = DISCOVERY_PORT):
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.bind(("0.0.0.0", port))
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: Responder(session, control_port, log), sock=sock)
+        lambda: Responder(session, control_port), sock=sock)
     return transport
 
 
-def discover(session: str, *, tries: int = 10, interval: float = 1.0,
+def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = DISCOVERY_INTERVAL,
              port: int = DISCOVERY_PORT) -> Tuple[str, int]:
     """(server address, control port) for a session, or NotJoined after `tries` seconds."""
     req = request(session)

@@ -17,7 +17,9 @@ from typing import Dict, Optional
 from kadeploy.control.registry import Node
 from kadeploy.core import protocol as P
 from kadeploy.core import repair
+from kadeploy.core.states import PLACED_ALIVE, RECEIVING
 from kadeploy.data.server_phase import ServerDataPhase
+from kadeploy.defaults import PING_INTERVAL
 
 log = logging.getLogger("kadeploy.server")
 
@@ -41,7 +43,7 @@ class Healer:
         stall timeout given up (frozen, or cut off from the network)."""
         stall = self.cfg.stall_timeout
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             for node in list(self.nodes.values()):
                 if node.error is not None or node.finished:
@@ -59,7 +61,7 @@ class Healer:
             return
         node.fail(reason)
         node.channel.abort()
-        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
+        needs = {i for i, n in self.nodes.items() if n.position and n.state in RECEIVING}
         # Nodes still receiving keep a window (unless --spool): they can adopt a lost
         # node's children, so the chain heals in place and the server's uplink keeps
         # carrying one stream.
@@ -77,7 +79,7 @@ class Healer:
     def _drop(self, parent: int, child: int) -> None:
         if parent == repair.SERVER:
             self.phase.drop(child)
-        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
+        elif self.nodes[parent].state in PLACED_ALIVE:
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
     def _adopt(self, parent: Node, child: Node, why: str) -> None:

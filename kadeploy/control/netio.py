@@ -10,10 +10,8 @@ from typing import Optional, Tuple
 
 from kadeploy.core import protocol
 from kadeploy.core.addresses import format_hostport, normalize_address
+from kadeploy.defaults import CONNECT_RETRY_CAP, CONNECT_RETRY_FIRST
 from kadeploy.errors import KadeployError, NotJoined
-
-RETRY_FIRST = 0.001   # s: the first pause after a refused connection
-RETRY_CAP = 0.02      # s: the longest pause, so the latest a waiting client can join
 
 
 def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,
@@ -76,11 +74,11 @@ async def connect(host: str, port: int, timeout: float, what: str, *,
     With retry_refused, a refused connection is tried again until `timeout` has
     passed: nodes often boot before the server is started. A refusal is immediate (a
     RST), and nothing tells us when the port opens, so the retries start at once and
-    back off only to RETRY_CAP: a client joins at most that long after the server
+    back off only to CONNECT_RETRY_CAP: a client joins at most that long after the server
     listens, at the cost of a few dozen refused SYNs a second while it waits."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    pause = RETRY_FIRST
+    pause = CONNECT_RETRY_FIRST
     while True:
         try:
             return await _connect_once(host, port, timeout, what)
@@ -88,7 +86,7 @@ async def connect(host: str, port: int, timeout: float, what: str, *,
             if not (retry_refused and e.refused and loop.time() < deadline):
                 raise
         await asyncio.sleep(pause)
-        pause = min(2 * pause, RETRY_CAP)
+        pause = min(2 * pause, CONNECT_RETRY_CAP)
 
 
 async def _connect_once(host: str, port: int, timeout: float, what: str) -> socket.socket:
