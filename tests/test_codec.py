@@ -267,3 +267,24 @@ def test_consumer_that_stops_early_fails_with_the_content_length(dep, tmp_path):
 def test_bad_compress_is_one_line(dep):
     server = dep.server("--compress", "gzip")
     assert_one_line_error(server, 64, "unknown compression 'gzip'")
+
+
+@pytest.mark.netns
+def test_compression_bench_smoke(tmp_path):
+    """bench/compress_debian.py at smoke size: a small tree instead of Debian's, N=2, one
+    rate, one round; correctness only (every experiment ok, the figures computed)."""
+    import json
+    import subprocess
+    import sys
+    src = _source(tmp_path)
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "compress_debian.py"), "--tree", str(src),
+                        "--nodes", "2", "--rate", "200mbit", "--repeat", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads((out / "compression.json").read_text())
+    (row,) = doc["rows"]
+    assert row["wall_none_s"] > 0 and row["wall_zstd_s"] > 0 and row["wall_auto_s"] > 0
+    assert 0 < row["zstd_over_none"] and 0 < row["auto_over_best"]
+    assert any("ratio" in c for c in doc["compression"])
