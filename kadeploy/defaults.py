@@ -29,3 +29,6 @@ PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a t
 # memory to re-serve a repaired node from: far more than the lag between a node and
 # its grandchild (two hops of socket buffers and pipes, ~12 MiB each at most here).
 REPAIR_WINDOW = 256 << 20
+# With a repair window, a child that has not connected this long after its parent is
+# ready does not hold the stream back: it is fed from the window when it arrives.
+LATE_CHILD_GRACE = 0.1

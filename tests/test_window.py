@@ -102,3 +102,48 @@ def test_tap_reads_the_stream_into_the_window_and_digests_it():
     assert digests == list(range(5))
     import hashlib
     assert tap.digester.digests[3] == hashlib.sha256(data[3 << 20:4 << 20]).hexdigest()
+
+
+# ------------------------------------------------------------ a slow child
+
+def test_a_slow_child_does_not_hold_the_stream_back(tmp_path):
+    """Node 3 of a chain is frozen when the deployment starts: nodes 1 and 2 take the
+    stream at once, and node 3, thawed later, gets it from node 2's window."""
+    import hashlib
+    import signal
+    import sys
+    import time
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from deploy import Deployment, load_report
+
+    data = os.urandom(24 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    dep = Deployment(str(tmp_path))
+    try:
+        report = str(tmp_path / "r.json")
+        server = dep.server("-n", "9", "-e", f"cat {tmp_path / 'blob'}", "--stall-timeout", "8",
+                            "--report", report)
+        base = 42000 + os.getpid() % 1000 * 10
+        clients = [dep.client("-h", "127.0.0.1", "-P", str(base + i), "-e", f"cat > {tmp_path}/got{i}")
+                   for i in range(3)]
+        deadline = time.monotonic() + 30
+        while server.err.count("registered ") < 3:
+            assert time.monotonic() < deadline, server.err
+            time.sleep(0.02)
+        os.killpg(clients[2].popen.pid, signal.SIGSTOP)
+        go = dep.client("-h", "127.0.0.1", "-g", name="go")
+        assert go.wait(30) == 0, go.err
+        while "still to connect" not in clients[1].err:   # node 2 has the stream, node 3 nothing
+            assert time.monotonic() < deadline, clients[1].err + server.err
+            time.sleep(0.02)
+        os.killpg(clients[2].popen.pid, signal.SIGCONT)
+        assert [c.wait(60) for c in clients] == [0, 0, 0], "\n".join(c.err for c in clients) + server.err
+        assert server.wait(60) == 0, server.err
+        assert "it will start from the repair window" in clients[1].err
+        for i in range(3):
+            assert hashlib.sha256((tmp_path / f"got{i}").read_bytes()).digest() == \
+                hashlib.sha256(data).digest()
+        assert load_report(report)["totals"]["ok"] == 3
+    finally:
+        dep.close()

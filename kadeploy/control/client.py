@@ -27,6 +27,7 @@ from kadeploy.defaults import (
     DISCOVERY_PORT,
     DISCOVERY_TRIES,
     HANDSHAKE_TIMEOUT,
+    LATE_CHILD_GRACE,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from kadeploy.version import SOFTWARE
@@ -212,11 +213,13 @@ class Client:
             return connect_parent(host, port, node_id, data_key, timeout=cfg.connect_timeout,
                                   sockbuf=cfg.sockbuf, offset=offset)
 
+        # With a window, the relay does not wait for a slow child: it is fed from the
+        # window when it connects (DataPhase, `late`).
+        wait = LATE_CHILD_GRACE if place.window else cfg.connect_timeout
         try:
             parent, children = await asyncio.gather(
                 reconnect(place.parent_host, place.parent_port, 0),
-                accept_children(acceptor, place.children, timeout=cfg.connect_timeout,
-                                gone=lambda: link.dropped),
+                accept_children(acceptor, place.children, timeout=wait, gone=lambda: link.dropped),
                 return_exceptions=True)
         except BaseException:
             acceptor.close()
@@ -224,8 +227,11 @@ class Client:
         if isinstance(children, BaseException):
             acceptor.close()
             raise children
-        for cid in place.children:
-            if cid not in children:
+        late = [cid for cid in place.children if cid not in children and cid not in link.dropped]
+        for cid in late:
+            if place.window:
+                log.info("child node %d is not connected yet: it will start from the repair window", cid)
+            else:
                 log.warning("child node %d did not connect within %g s", cid, cfg.connect_timeout)
         if isinstance(parent, NotJoined):
             parent = await self._reattach_early(link, parent, reconnect)
@@ -238,7 +244,8 @@ class Client:
                 s.close()   # our children see the stream end early and say so
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
-        return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor).run()
+        return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor,
+                               late=late if place.window else []).run()
 
     async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
         """The parent was lost before the data flowed: the server re-attaches us (it

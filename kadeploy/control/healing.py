@@ -89,7 +89,7 @@ class Healer:
         child.channel.post(P.Reattach(host=parent.info.address, port=parent.info.data_port,
                                       reason=why))
 
-    def _unrepairable(self, child: Node, why: str) -> None:
+    def unrepairable(self, child: Node, why: str) -> None:
         """The window no longer holds what the child needs: it fails, saying so."""
         log.error("cannot repair %s: %s", child.name, why)
         child.channel.post(P.Abort(reason=f"cannot repair this node: {why}"))
@@ -102,6 +102,6 @@ class Healer:
             return
         log.warning("re-attaching %s to the server: %s", child.name, why)
         self.phase.serve(child.info.node_id, child.name,
-                         on_missed=lambda why: self._unrepairable(child, why))
+                         on_missed=lambda why: self.unrepairable(child, why))
         child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
                                       reason=why))

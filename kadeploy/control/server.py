@@ -43,6 +43,7 @@ from kadeploy.defaults import (
     DISCOVERY_PORT,
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
+    LATE_CHILD_GRACE,
     PROGRESS_INTERVAL,
     REPAIR_WINDOW,
     STALL_TIMEOUT,
@@ -222,11 +223,18 @@ class Server:
     async def _accept_children(self) -> None:
         """Data connections from the server's own children, checked against the token."""
         child_ids = [self.by_pos[p].info.node_id for p in self.tree.children(0)]
+        window = self.phase.window is not None
         missing = await self.phase.accept_children(
-            child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == NodeState.FAILED})
+            child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == NodeState.FAILED},
+            timeout=LATE_CHILD_GRACE if window else None)
         for node_id in sorted(missing):
-            self.nodes[node_id].fail(
-                f"did not open its data connection within {self.cfg.connect_timeout:g} s")
+            node = self.nodes[node_id]
+            if window and node.error is None:
+                # The stream does not wait for it: it starts from the window when it comes.
+                log.info("%s is not connected yet: it will start from the repair window", node.name)
+                self.phase.serve(node_id, node.name, on_missed=lambda why, n=node: self.healer.unrepairable(n, why))
+            else:
+                node.fail(f"did not open its data connection within {self.cfg.connect_timeout:g} s")
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():

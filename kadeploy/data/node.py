@@ -176,7 +176,8 @@ class DataPhase:
     """Everything of one node's data phase; `run()` returns its Outcome."""
 
     def __init__(self, cfg, place: P.Place, link: ServerLink, parent: socket.socket,
-                 children: Dict[int, socket.socket], reconnect, acceptor=None) -> None:
+                 children: Dict[int, socket.socket], reconnect, acceptor=None,
+                 late: List[int] = ()) -> None:
         self.cfg, self.place, self.link = cfg, place, link
         self.source = parent
         self.children = children
@@ -187,6 +188,8 @@ class DataPhase:
         self.window = Window(place.window) if place.window else None
         self.adopted: Dict[int, socket.socket] = {}
         self.feeders: List[WindowFeeder] = []
+        self.late = list(late)              # children still connecting: fed from the window
+        self.awaited: Dict[int, asyncio.Future] = {}   # their connections, and adopted ones
         self.dropped: set = set()
         self.total = 0
         self.repairs = 0
@@ -201,12 +204,19 @@ class DataPhase:
             pass
 
     def _adopt(self, node_id: int) -> None:
-        """The server's word: node_id is a lost node's child and connects to us next."""
+        """Feed node_id from the window when it connects: a lost node's child (the
+        server's Adopt), or one of ours that was slow to connect."""
         if self.acceptor is None or self.window is None:
             log.warning("asked to adopt node %d, but this node keeps no repair window", node_id)
             return
         self.acceptor.admit = self._admit
-        self.acceptor.expect(node_id).add_done_callback(lambda f: self._feed(node_id, f))
+        # A slow child may have connected just after we stopped waiting for it: its
+        # connection is then in the future already expected for it.
+        fut = self.acceptor.expected.get(node_id)
+        if fut is None or fut.cancelled() or node_id in self.children or node_id in self.adopted:
+            fut = self.acceptor.expect(node_id)
+        fut.add_done_callback(lambda f: self._feed(node_id, f))
+        self.awaited[node_id] = fut
 
     def _admit(self, node_id: int, offset: int) -> Optional[str]:
         """Refuse an adopted child our window cannot serve, saying which option to raise."""
@@ -271,7 +281,7 @@ class DataPhase:
         for cid, sock in self.children.items():
             live.add(cid, sock.fileno())
         link.on_interrupt, link.on_drop, link.on_adopt = self._interrupt, self._drop, self._adopt
-        for node_id in link.adoptions:      # what the server said while we connected
+        for node_id in self.late + link.adoptions:   # slow children; the server's word meanwhile
             self._adopt(node_id)
         for node_id in link.dropped:
             self._drop(node_id)
@@ -309,12 +319,19 @@ class DataPhase:
                 os.close(hash_w)          # and for the digest thread
             for s in self.children.values():
                 shutdown_close(s)
-            link.reporting = False
         if hasher is not None:
             await loop.run_in_executor(None, hasher.join)
-        # Adopted children get the end of the stream from the window before we go.
-        for feeder in self.feeders:
+        # Children fed from the window (slow or adopted ones) get the whole stream
+        # before we go: first their connections, within the connect timeout...
+        waiting = [f for cid, f in self.awaited.items() if not f.done() and cid not in self.link.dropped]
+        if waiting:
+            log.info("waiting for %d child(ren) still to connect", len(waiting))
+            await asyncio.wait(waiting, timeout=cfg.connect_timeout)
+        # ...then the end of the stream from the window (still reporting meanwhile,
+        # or the server would give us up).
+        for feeder in list(self.feeders):
             await loop.run_in_executor(None, feeder.join)
+        link.reporting = False
         if self.acceptor is not None:
             self.acceptor.close()
         status = await loop.run_in_executor(None, consumer.wait)

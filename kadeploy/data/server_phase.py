@@ -85,11 +85,14 @@ class ServerDataPhase:
 
     # ------------------------------------------------------------ connections
 
-    async def accept_children(self, child_ids, *, gone: Callable[[], Set[int]]) -> Set[int]:
-        """The first level's data connections; returns the ids that did not connect."""
-        conns = await accept_children(self.acceptor, child_ids, timeout=self.cfg.connect_timeout,
-                                      gone=gone)
+    async def accept_children(self, child_ids, *, gone: Callable[[], Set[int]],
+                              timeout: Optional[float] = None) -> Set[int]:
+        """The first level's data connections (the relay's sinks); returns the ids that
+        did not connect within `timeout` (default: --connect-timeout)."""
+        conns = await accept_children(self.acceptor, child_ids, gone=gone,
+                                      timeout=self.cfg.connect_timeout if timeout is None else timeout)
         self.children.update(conns)
+        self._first_level = dict(conns)
         return set(child_ids) - set(conns)
 
     def drop(self, node_id: int) -> None:
@@ -148,7 +151,8 @@ class ServerDataPhase:
             sinks.add(SPOOL, self.spool.fd)
         if digest_w is not None:
             sinks.add(DIGEST, digest_w)
-        first_level = dict(self.children)
+        # Only those accepted before the stream: a late one is fed by a window feeder.
+        first_level = dict(getattr(self, "_first_level", {}))
         for node_id, sock in first_level.items():
             sinks.add(node_id, sock.fileno())
         self.counters = sinks.counters()
