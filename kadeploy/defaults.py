@@ -31,4 +31,4 @@ PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a t
 REPAIR_WINDOW = 256 << 20
 # With a repair window, a child that has not connected this long after its parent is
 # ready does not hold the stream back: it is fed from the window when it arrives.
-LATE_CHILD_GRACE = 0.1
+LATE_CHILD_GRACE = 0.5
