@@ -155,8 +155,8 @@ def read_hosts_file(path: str) -> List[str]:
               help="Send no chunk digests: nodes cannot verify what they received.")
 @click.option("--no-repair", is_flag=True,
               help="Keep no repair window: the nodes below a lost node fail instead of being re-attached.")
-@click.option("--window", "window", type=Size(), default=f"{defaults.REPAIR_WINDOW >> 20}M",
-              show_default=True,
+@click.option("--window", "window", type=Size(), default=defaults.REPAIR_WINDOW,
+              show_default=f"{defaults.REPAIR_WINDOW >> 20}M",
               help="Bytes of the stream kept in memory to repair nodes from (suffixes K, M, G); a node "
                    "that fell further behind cannot be repaired.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
