@@ -106,3 +106,17 @@ def test_a_node_behind_every_window_fails_naming_the_option(net, tmp_path):
     assert clients[1].wait(60) == 0
     assert clients[3].wait(60) == 1
     assert "raise --window" in clients[3].err, clients[3].err
+
+
+def test_with_a_spool_file_repairs_go_to_the_server(net, tmp_path):
+    """--spool DIR: the server keeps the whole stream in a file there, the nodes keep no
+    window, so a lost node's child is re-served by the server from the file."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    cluster, dep, server, clients, report = start(net, tmp_path, 4, 1, extra=["--spool", str(spool)])
+    time.sleep(0.4)
+    t = fault("kill", cluster, clients, 2)
+    check_survivors(tmp_path, server, clients, report, {2}, {2: t})
+    assert moved(server.err, 3, 0), server.err
+    assert "of the spool" in server.err
+    assert not list(spool.iterdir())            # removed at the end

@@ -218,6 +218,8 @@ class ServerDataPhase:
         ratio = res.bytes_in / self.pump.content if self.pump.content else 1.0
         note = f"{self.compress}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
         policy = getattr(self.pump.stages.stages[0], "policy", None)
+        if policy is not None and policy.decision is None:
+            return note + "; auto: the stream was shorter than the probe, sent as it is"
         return note + (f"; auto: {policy.why}" if policy is not None else "")
 
     def _start_digests(self, loop) -> Optional[int]:
