@@ -103,3 +103,16 @@ def test_hosts_file_order_wins():
 def test_render_deep_chain_without_recursion_limit():
     lines = render(build_tree(5000, 1), {})
     assert len(lines) == 5001 and lines[-1].strip() == "5000"
+
+
+# The indexed hosts list answers as a scan of host_matches would, line for line.
+_HOSTS = st.sampled_from(["n1", "n1.example", "n2", "n2.other", "198.18.0.2", "::ffff:198.18.0.2",
+                          "fd42::2", "198.18.0.3", "n10", ""])
+
+
+@given(st.lists(_HOSTS, max_size=8), _HOSTS, st.sampled_from(["198.18.0.2", "fd42::2", "10.1.1.1"]))
+def test_host_list_index_agrees_with_the_scan(hosts, hostname, address):
+    from kadeploy.core.topology import HostList, host_matches
+    node = NodeInfo(node_id=1, address=address, data_port=1, hostname=hostname)
+    scan = next((i for i, entry in enumerate(hosts) if host_matches(entry, node)), None)
+    assert HostList(hosts).first_match(node) == scan

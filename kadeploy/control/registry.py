@@ -20,7 +20,7 @@ from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.states import NodeState
-from kadeploy.core.topology import NodeInfo, host_matches
+from kadeploy.core.topology import HostList, NodeInfo
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
 
@@ -86,6 +86,7 @@ class Registry:
         self.rejected: Counter = Counter()
         self.open_connections = 0
         self._next_id = 1
+        self.host_list = HostList(cfg.hosts) if cfg.hosts is not None else None
 
     async def handle_control(self, reader, writer) -> None:
         ch = ControlChannel(reader, writer, P.SERVER)
@@ -184,7 +185,7 @@ class Registry:
             raise Rejection("protocol", f"invalid data port {msg.data_port}")
         if self.cfg.hosts is not None:
             probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
-            if not any(host_matches(h, probe) for h in self.cfg.hosts):
+            if self.host_list.first_match(probe) is None:
                 raise Rejection("hosts", "this host is not in the server's --hosts list")
 
     async def _follow(self, node: Node) -> None:
