@@ -18,10 +18,7 @@ from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
-from kadeploy.core.integrity import Verifier
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
-from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
-from kadeploy.data.node import DataPhase, Outcome, ServerLink
 from kadeploy.defaults import (
     BUFFER_SIZE,
     CONNECT_TIMEOUT,
@@ -30,11 +27,14 @@ from kadeploy.defaults import (
     DISCOVERY_PORT,
     DISCOVERY_TRIES,
     HANDSHAKE_TIMEOUT,
+    LATE_CHILD_GRACE,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from kadeploy.install.job import InstallJob
 from kadeploy.version import SOFTWARE
-from kadeploy.view.progress import ClientBar
+
+# The data plane (relay, digests, consumer, progress bar) is imported once the node is
+# registered and placed (_deploy): a client costs little CPU before it is registered.
 
 log = logging.getLogger("kadeploy.client")
 
@@ -141,7 +141,10 @@ class Client:
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            host, port = await loop.run_in_executor(None, find_server, self.cfg)
+            if self.cfg.host:     # no thread to start for discovery
+                host, port = self.cfg.host, self.cfg.control_port
+            else:
+                host, port = await loop.run_in_executor(None, find_server, self.cfg)
             ch = await _open_control(host, port, self.cfg)
             try:
                 return await self._session(ch)
@@ -167,6 +170,9 @@ class Client:
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))
+        from kadeploy.core.integrity import Verifier
+        from kadeploy.data.node import ServerLink
+        from kadeploy.view.progress import ClientBar
         verifier = Verifier(place.chunk_size) if place.digest else None
         link = ServerLink(ch, place.stall_timeout, verifier)
         link.bar = ClientBar(_Received(lambda: link.received()),
@@ -183,7 +189,9 @@ class Client:
             await ch.send(P.Done(ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds,
                                  consumer_status=outcome.consumer_status, error=outcome.error,
                                  backend=outcome.backend, verified=outcome.verified,
-                                 repairs=outcome.repairs, install=steps))
+                                 repairs=outcome.repairs, install=steps,
+                                 content_bytes=outcome.content_bytes,
+                                 decode_seconds=outcome.decode_seconds))
             if cfg.wait_finish:
                 log.info("waiting for the server's finish")
                 while not link.finished and link.lost is None:
@@ -202,37 +210,53 @@ class Client:
         return outcome
 
     async def _deploy(self, node_id: int, place: P.Place, link: ServerLink) -> Outcome:
+        from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
+        from kadeploy.data.node import DataPhase, Outcome
         cfg = self.cfg
         data_key = auth.data_key(cfg.key, place.token)
+        # With a repair window this node may adopt a lost node's child, which resumes
+        # at an offset; the acceptor stays open for the whole data phase.
         acceptor = ChildAcceptor(self.listener, data_key, handshake_timeout=cfg.handshake_timeout,
-                                 sockbuf=cfg.sockbuf, on_refused=_log_refused)
+                                 sockbuf=cfg.sockbuf, on_refused=_log_refused,
+                                 offsets=bool(place.window))
 
         def reconnect(host: str, port: int, offset: int):
             return connect_parent(host, port, node_id, data_key, timeout=cfg.connect_timeout,
                                   sockbuf=cfg.sockbuf, offset=offset)
 
+        # With a window, the relay does not wait for a slow child: it is fed from the
+        # window when it connects (DataPhase, `late`).
+        wait = LATE_CHILD_GRACE if place.window else cfg.connect_timeout
         try:
             parent, children = await asyncio.gather(
                 reconnect(place.parent_host, place.parent_port, 0),
-                accept_children(acceptor, place.children, timeout=cfg.connect_timeout),
+                accept_children(acceptor, place.children, timeout=wait, gone=lambda: link.dropped),
                 return_exceptions=True)
-        finally:
+        except BaseException:
             acceptor.close()
+            raise
         if isinstance(children, BaseException):
+            acceptor.close()
             raise children
-        for cid in place.children:
-            if cid not in children:
+        late = [cid for cid in place.children if cid not in children and cid not in link.dropped]
+        for cid in late:
+            if place.window:
+                log.info("child node %d is not connected yet: it will start from the repair window", cid)
+            else:
                 log.warning("child node %d did not connect within %g s", cid, cfg.connect_timeout)
         if isinstance(parent, NotJoined):
             parent = await self._reattach_early(link, parent, reconnect)
         elif isinstance(parent, BaseException):
+            acceptor.close()
             raise parent
         if isinstance(parent, NotJoined):
+            acceptor.close()
             for s in children.values():
                 s.close()   # our children see the stream end early and say so
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
-        return await DataPhase(cfg, place, link, parent, children, reconnect).run()
+        return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor,
+                               late=late if place.window else []).run()
 
     async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
         """The parent was lost before the data flowed: the server re-attaches us (it
@@ -244,8 +268,9 @@ class Client:
             step = None
         if step is None:
             return error
+        from kadeploy.data.node import reconnect_to_adopter
         try:
-            return await reconnect(step.host, step.port, 0)
+            return await reconnect_to_adopter(reconnect, step.host, step.port, 0, link.stall)
         except NotJoined as e:
             return e
 

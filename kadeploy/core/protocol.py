@@ -115,6 +115,8 @@ class Place(Message):
     chunk_size: int = 0
     stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
     install: Optional[str] = None  # JSON: the install manifest and this node's values
+    codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
+    window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
 @dataclass
@@ -131,6 +133,7 @@ class End(Message):
     ok: bool
     error: Optional[str] = None
     digest: Optional[str] = None   # of the whole stream, after every chunk's Digest
+    content_bytes: Optional[int] = None   # what each consumer must get, when the stream is encoded
 
 
 @dataclass
@@ -146,6 +149,8 @@ class Done(Message):
     verified: Optional[bool] = None   # None: the stream carried no digests
     repairs: int = 0                  # times this node was re-attached
     install: Optional[str] = None     # JSON: the install's steps (kadeploy.install.status)
+    content_bytes: Optional[int] = None   # what the consumer got, when the stream was encoded
+    decode_seconds: Optional[float] = None   # time this node spent decoding it
 
 
 @dataclass
@@ -220,10 +225,18 @@ class DropChild(Message):
     node_id: int
 
 
+@dataclass
+class Adopt(Message):
+    """Server -> client: a lost node's child will connect to you; feed it from your
+    repair window, from the offset it asks for."""
+    CODE = 20
+    node_id: int
+
+
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
                               Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth,
-                              Digest, Ping, Reattach, DropChild)
+                              Digest, Ping, Reattach, DropChild, Adopt)
 }
 
 # JSON has one number type; these say which Python types a field accepts.
@@ -386,6 +399,8 @@ TRANSITIONS: Dict[Tuple[State, str, Type[Message]], State] = {
     (State.PLACED, SERVER, Ping): State.PLACED,
     (State.PLACED, SERVER, Reattach): State.PLACED,
     (State.PLACED, SERVER, DropChild): State.PLACED,
+    (State.PLACED, SERVER, Adopt): State.PLACED,
+    (State.ENDED, SERVER, Adopt): State.ENDED,
     (State.ENDED, SERVER, Ping): State.ENDED,
     (State.ENDED, SERVER, Reattach): State.ENDED,
     (State.ENDED, SERVER, DropChild): State.ENDED,

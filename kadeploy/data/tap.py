@@ -1,8 +1,7 @@
-"""Beside the zero-copy relay: digests of the stream, and the server's repair spool.
+"""The server's repair spool, with --spool: the whole stream in a file.
 
-HashTap reads one copy of the stream from a pipe that is a sink of the relay, and
-  digests it. It is the only copy that leaves the kernel: the consumer, the children
-  and the spool are fed by splice.
+(The digests and the in-memory repair window, the default, are kadeploy.data.pump's
+StreamTap and kadeploy.data.window.)
 Spool is the server's copy of the stream in a file, written by the relay itself (a
   file sink); the relay's counters say how much of it is there.
 SpoolFeeder re-serves the spool from an offset to one repaired node with sendfile,
@@ -16,44 +15,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from kadeploy.core.integrity import ChunkDigester
-
-READ_SIZE = 1 << 20
 SPOOL_POLL = 0.05   # seconds between looks at a spool that has not grown
-
-
-class HashTap(threading.Thread):
-    """Digests what comes through a pipe; reports each whole chunk's digest."""
-
-    def __init__(self, read_fd: int, digester: ChunkDigester,
-                 on_digest: Callable[[int, str], None], *, emit_last: bool) -> None:
-        super().__init__(name="kadeploy-hash", daemon=True)
-        self.read_fd, self.digester, self.on_digest = read_fd, digester, on_digest
-        # The server announces its last, partial chunk; a node keeps its own for the
-        # final verdict (when the stream is short it is no chunk of the server's).
-        self.emit_last = emit_last
-        self.whole: Optional[str] = None
-        self.error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        os.set_blocking(self.read_fd, True)
-        buf = bytearray(READ_SIZE)
-        view = memoryview(buf)
-        try:
-            while n := os.readv(self.read_fd, [view]):
-                for index, digest in self.digester.update(view[:n]):
-                    self.on_digest(index, digest)
-            last, self.whole = self.digester.finish()
-            if last is not None and self.emit_last:
-                self.on_digest(*last)
-        except BaseException as e:  # reported as a failure of verification
-            self.error = e
-        finally:
-            os.close(self.read_fd)
-
-    @property
-    def digests(self):
-        return self.digester.digests
 
 
 class Spool:

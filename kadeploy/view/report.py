@@ -30,6 +30,15 @@ class NodeReport:
     verified: Optional[bool] = None     # every chunk's digest matched (None: not verified)
     repairs: int = 0                    # times re-attached after losing its parent
     steps: List[dict] = field(default_factory=list)   # an install's steps (kadeploy.install)
+    content_bytes: Optional[int] = None   # what its consumer got, when the stream was compressed
+    decode_seconds: Optional[float] = None   # time it spent decompressing
+
+    @property
+    def decode_rate(self) -> Optional[float]:
+        """Content bytes per second of decompression on this node."""
+        if self.content_bytes and self.decode_seconds:
+            return self.content_bytes / self.decode_seconds
+        return None
 
     @property
     def throughput(self) -> Optional[float]:
@@ -54,6 +63,7 @@ class Report:
     pipe_size: int = 0             # relay pipe capacity obtained (0: a copying backend)
     protocol: str = ""
     nodes: List[NodeReport] = field(default_factory=list)
+    compression: Optional[str] = None   # what --compress did: codec, bytes, ratio (None: off)
 
     @property
     def failed(self) -> List[NodeReport]:
@@ -64,6 +74,7 @@ class Report:
         d["format"] = REPORT_FORMAT
         for row, node in zip(d["nodes"], self.nodes):
             row["throughput"] = node.throughput
+            row["decode_rate"] = node.decode_rate
         d["totals"] = {"nodes": len(self.nodes), "ok": len(self.nodes) - len(self.failed),
                        "failed": len(self.failed)}
         return d
@@ -106,6 +117,11 @@ class Report:
         if any(n.steps for n in self.nodes):
             from kadeploy.install.report import steps_table
             lines += steps_table(self.nodes)
+        if self.compression:
+            rates = [n.decode_rate for n in self.nodes if n.decode_rate]
+            lines.append(f"compression {self.compression}" + (
+                f"; decompression {min(rates) / 1e6:.0f} to {max(rates) / 1e6:.0f} MB/s per node"
+                if rates else ""))
         if self.stream_error:
             lines.append(f"stream failed: {self.stream_error}")
         if self.rejected:
