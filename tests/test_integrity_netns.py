@@ -50,14 +50,14 @@ def corrupting_forwarder(listen_addr, target, ready, flip_at):
 def setup(vcluster, tmp_path):
     deps = []
 
-    def make(*server_args):
+    def make(*server_args, flip_at=FLIP_AT):
         cluster = vcluster(5)
         dep = Deployment(str(tmp_path), loopback=False,
                          wrap=lambda i, argv: ["ip", "netns", "exec", cluster.node(i).ns, *argv])
         deps.append(dep)
         ready = threading.Event()
         t = threading.Thread(target=cluster.call, daemon=True, args=(
-            4, corrupting_forwarder, "198.18.0.5", ("198.18.0.3", DATA_PORT), ready, FLIP_AT + 200))
+            4, corrupting_forwarder, "198.18.0.5", ("198.18.0.3", DATA_PORT), ready, flip_at + 200))
         t.start()
         assert ready.wait(10)
         report = str(tmp_path / "r.json")
@@ -94,6 +94,20 @@ def test_corruption_is_caught_and_reported(setup, tmp_path):
     assert row["bytes"] == SIZE
     got3 = (tmp_path / "got3").read_bytes()
     assert FLIP_AT < len(got3) < SIZE - CHUNK_SIZE, len(got3)
+
+
+def test_corruption_in_the_last_chunk_stops_the_consumer_before_its_end(setup, tmp_path):
+    """The last chunk is checked once the stream has ended: the consumer gets its end
+    of input only after that check, so a corrupted end is never taken for a whole copy
+    (before, `cat` here ended with exit 0 on a full-length bad copy)."""
+    last = (SIZE - 1) // CHUNK_SIZE
+    server, clients, report = setup(flip_at=SIZE - 100_000)
+    assert server.wait(120) == 2
+    assert clients[3].wait(30) == 1
+    assert f"corrupted data: chunk {last} " in clients[3].err
+    row = {r["position"]: r for r in load_report(report)["nodes"]}[3]
+    assert row["status"] == "failed" and row["verified"] is False
+    assert row["consumer_status"] == -signal.SIGTERM, row
 
 
 def test_without_verification_the_same_corruption_goes_unseen(setup, tmp_path):

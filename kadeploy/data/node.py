@@ -311,16 +311,24 @@ class DataPhase:
                 log.info("resumed at byte %d from %s", self.total, step.host)
         except BaseException:
             kill_group(consumer)   # interrupted: the consumer must not go on alone
+            if consumer.stdin is not None:
+                consumer.stdin.close()
             raise
         finally:
-            if consumer.stdin is not None:
-                consumer.stdin.close()    # EOF for the consumer
             if hasher is not None:
-                os.close(hash_w)          # and for the digest thread
+                os.close(hash_w)          # EOF for the digest thread
             for s in self.children.values():
                 shutdown_close(s)
         if hasher is not None:
             await loop.run_in_executor(None, hasher.join)
+        # The consumer has every byte but not yet its end of input: the last chunk
+        # is checked first, so a corrupted end is never taken for a whole copy.
+        end = link.end
+        whole = end is not None and end.ok and self.total == end.bytes
+        if link.verifier is not None and whole and self._digest_verdict() is not None:
+            self._on_mismatch()
+        if consumer.stdin is not None:
+            consumer.stdin.close()        # EOF for the consumer
         # Children fed from the window (slow or adopted ones) get the whole stream
         # before we go: first their connections, within the connect timeout...
         waiting = [f for cid, f in self.awaited.items() if not f.done() and cid not in self.link.dropped]
@@ -331,7 +339,6 @@ class DataPhase:
         # or the server would give us up).
         for feeder in list(self.feeders):
             await loop.run_in_executor(None, feeder.join)
-        link.reporting = False
         if self.acceptor is not None:
             self.acceptor.close()
         status = await loop.run_in_executor(None, consumer.wait)
