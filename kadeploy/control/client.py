@@ -19,6 +19,7 @@ from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
+from kadeploy.core.handshake import CONTROL, Asker, HandshakeFailed
 from kadeploy.core.integrity import Verifier
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
 from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
@@ -72,8 +73,9 @@ async def go_now(cfg: ClientConfig) -> str:
     host, port = await asyncio.get_running_loop().run_in_executor(None, find_server, cfg)
     ch = await _open_control(host, port, cfg)
     try:
-        go = P.Go(software=SOFTWARE, session=cfg.session, nonce=auth.new_nonce() if cfg.key else None)
-        msg = await request(ch, go, cfg, auth.go_context(go), "go-now")
+        asker = Asker(cfg.key, CONTROL)
+        go = P.Go(software=SOFTWARE, session=cfg.session, nonce=asker.nonce)
+        msg = await request(ch, go, asker, cfg, auth.go_context(go), "go-now")
         if not msg.started:
             raise NotJoined(f"server has already started ({msg.nodes} node(s))")
         return f"server starts with {msg.nodes} node(s)"
@@ -81,25 +83,23 @@ async def go_now(cfg: ClientConfig) -> str:
         ch.close()
 
 
-async def request(ch: ControlChannel, first: P.Message, cfg: ClientConfig, context: str,
-                  what: str) -> P.Message:
+async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: ClientConfig,
+                  context: str, what: str) -> P.Message:
     """Send Hello or Go and return the server's answer, after the mutual
-    challenge-response when we have a key; NotJoined when it cannot be had."""
+    challenge-response (kadeploy.core.handshake) when we have a key; NotJoined when
+    it cannot be had."""
     try:
         await ch.send(first)
         msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        if isinstance(msg, P.Challenge):
-            if cfg.key is None:  # a server only challenges a client that offered a nonce
-                raise NotJoined("the server sent a challenge we did not ask for")
-            if not auth.check(auth.proof(cfg.key, "server", first.nonce, msg.nonce, context), msg.proof):
-                await ch.send(P.Refuse(reason="server proof does not match"))
-                raise NotJoined("the server could not prove it knows the key: a different key, "
-                                "or not the server you meant")
-            await ch.send(P.Auth(proof=auth.proof(cfg.key, "client", first.nonce, msg.nonce, context)))
+        try:
+            auth_msg = asker.react(msg, context)
+        except HandshakeFailed as e:
+            if e.refuse:
+                await ch.send(P.Refuse(reason=e.refuse))
+            raise NotJoined(e.reason)
+        if auth_msg is not None:
+            await ch.send(auth_msg)
             msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        elif cfg.key is not None and not isinstance(msg, P.Refuse):
-            await ch.send(P.Refuse(reason="this client requires a key"))
-            raise NotJoined("the server has no key: refusing to join an unauthenticated session")
     except asyncio.TimeoutError:
         raise NotJoined(f"the server did not answer the {what}")
     except (ConnectionError, P.ProtocolError) as e:
@@ -141,10 +141,11 @@ class Client:
 
     async def _session(self, ch: ControlChannel) -> Outcome:
         cfg = self.cfg
+        asker = Asker(cfg.key, CONTROL)
         hello = P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
-                        session=cfg.session, advertise=cfg.advertise,
-                        nonce=auth.new_nonce() if cfg.key else None)
-        node_id = (await request(ch, hello, cfg, auth.hello_context(hello), "registration")).node_id
+                        session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
+        node_id = (await request(ch, hello, asker, cfg, auth.hello_context(hello),
+                                 "registration")).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
             while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server

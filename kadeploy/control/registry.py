@@ -19,6 +19,7 @@ from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
+from kadeploy.core.handshake import CONTROL, Answerer, HandshakeFailed
 from kadeploy.core.topology import NodeInfo, host_matches
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
@@ -132,21 +133,16 @@ class Registry:
         log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
 
     async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
-        """With a key, the mutual challenge-response (kadeploy.control.auth); Rejection if it fails."""
-        key = self.cfg.key
-        if key is None:
-            return
-        if client_nonce is None:
-            raise Rejection("auth", "this server requires a key (--key-file or $KADEPLOY_KEY)")
-        if not auth.well_formed_nonce(client_nonce):
-            raise Rejection("auth", "malformed nonce")
-        ours = auth.new_nonce()
-        await ch.send(P.Challenge(nonce=ours, proof=auth.proof(key, "server", client_nonce, ours, context)))
-        reply = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
-        if isinstance(reply, P.Refuse):
-            raise Rejection("auth", f"the client refused our proof: {reply.reason}")
-        if not auth.check(auth.proof(key, "client", client_nonce, ours, context), reply.proof):
-            raise Rejection("auth", "authentication failed: wrong key, or a replayed handshake")
+        """With a key, the mutual challenge-response (kadeploy.core.handshake); Rejection if it fails."""
+        try:
+            answerer = Answerer(self.cfg.key, CONTROL, client_nonce, context)
+            challenge = answerer.challenge()
+            if challenge is None:
+                return
+            await ch.send(challenge)
+            answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
+        except HandshakeFailed as e:
+            raise Rejection("auth", e.reason)
 
     async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
         if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
