@@ -9,6 +9,7 @@ from kadeploy.core.topology import (
     NodeInfo,
     address_key,
     build_tree,
+    listed_rank,
     order_nodes,
     render,
 )
@@ -94,10 +95,22 @@ def test_ipv4_mapped_sorts_with_ipv4():
 
 
 def test_hosts_file_order_wins():
-    nodes = [NodeInfo(1, "198.18.0.2", 1, "b"), NodeInfo(2, "198.18.0.3", 1, "c"),
-             NodeInfo(3, "198.18.0.4", 1, "d.cluster")]
-    ordered = order_nodes(nodes, hosts=["d", "198.18.0.3", "b"])
+    nodes = [NodeInfo(1, "198.18.0.2", 1, "b", listed=2), NodeInfo(2, "198.18.0.3", 1, "c", listed=1),
+             NodeInfo(3, "198.18.0.4", 1, "d.cluster", listed=0)]
+    ordered = order_nodes(nodes, by_list=True)
     assert [n.node_id for n in ordered] == [3, 2, 1]
+
+
+def test_hosts_entries_match_the_real_source_only():
+    hosts = ["d", "198.18.0.3", "::ffff:198.18.0.2", "unresolved"]
+    resolved = {"d": ["198.18.0.4", "fd42:6b64::4"]}
+    assert listed_rank(hosts, "198.18.0.4", resolved) == 0
+    assert listed_rank(hosts, "fd42:6b64::4", resolved) == 0
+    assert listed_rank(hosts, "198.18.0.3", resolved) == 1
+    assert listed_rank(hosts, "198.18.0.2", resolved) == 2
+    # A name is never compared as text with anything the peer says.
+    assert listed_rank(hosts, "198.18.0.9", resolved) is None
+    assert listed_rank(["d"], "d", {}) is None
 
 
 def test_render_deep_chain_without_recursion_limit():

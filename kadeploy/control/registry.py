@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 from kadeploy.control import auth
+from kadeploy.control.hostlist import HostList
 from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.handshake import CONTROL, Answerer, HandshakeFailed
-from kadeploy.core.topology import NodeInfo, host_matches
+from kadeploy.core.topology import NodeInfo
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
 
@@ -85,6 +86,7 @@ class Registry:
         self.start_now = asyncio.Event()
         self.rejected: Counter = Counter()
         self.open_connections = 0
+        self.hostlist: Optional[HostList] = None
         self._next_id = 1
 
     async def handle_control(self, reader, writer) -> None:
@@ -157,11 +159,12 @@ class Registry:
 
     async def _register(self, ch: ControlChannel, msg: P.Hello) -> Node:
         self._check_hello(ch, msg)
+        listed = await self._check_listed(ch)
         await self._authenticate(ch, msg.nonce, auth.hello_context(msg))
         self._check_hello(ch, msg)  # registration may have closed meanwhile
         node_id, self._next_id = self._next_id, self._next_id + 1
         info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
-                        data_port=msg.data_port, hostname=msg.hostname)
+                        data_port=msg.data_port, hostname=msg.hostname, listed=listed)
         node = Node(info=info, channel=ch)
         self.nodes[node_id] = node
         await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
@@ -177,10 +180,18 @@ class Registry:
             raise Rejection("session", f"this server runs session {self.cfg.session!r}, not {msg.session!r}")
         if not 0 < msg.data_port < 65536:
             raise Rejection("protocol", f"invalid data port {msg.data_port}")
-        if self.cfg.hosts is not None:
-            probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
-            if not any(host_matches(h, probe) for h in self.cfg.hosts):
-                raise Rejection("hosts", "this host is not in the server's --hosts list")
+
+    async def _check_listed(self, ch: ControlChannel) -> Optional[int]:
+        """With --hosts, the entry naming the address this connection comes from
+        (never what the peer says about itself); Rejection when none does."""
+        if self.cfg.hosts is None:
+            return None
+        if self.hostlist is None:
+            self.hostlist = HostList(self.cfg.hosts)
+        listed = await self.hostlist.rank(ch.peer_address)
+        if listed is None:
+            raise Rejection("hosts", f"this host ({ch.peer_address}) is not in the server's --hosts list")
+        return listed
 
     async def _follow(self, node: Node) -> None:
         """Read what a registered node says until its report (and release, with -w)."""

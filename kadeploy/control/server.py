@@ -175,7 +175,7 @@ class Server:
         for n in self.nodes.values():
             if n.error is not None:
                 n.reported.set()
-        order = order_nodes([n.info for n in alive], self.cfg.hosts)
+        order = order_nodes([n.info for n in alive], by_list=self.cfg.hosts is not None)
         return [self.nodes[i.node_id] for i in order]
 
     async def _place(self, ordered: List[Node]) -> None:

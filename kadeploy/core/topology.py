@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class NodeInfo:
     address: str       # as the server saw the control connection, or advertised
     data_port: int
     hostname: str = ""
+    listed: Optional[int] = None   # index of the --hosts entry its connection matched
 
 
 def address_key(address: str) -> Tuple[int, int, str]:
@@ -33,31 +34,34 @@ def address_key(address: str) -> Tuple[int, int, str]:
     return (0 if ip.version == 4 else 1, int(ip), "")
 
 
-def host_matches(entry: str, node: NodeInfo) -> bool:
-    """Does a --hosts line name this node (by address, in any spelling, or hostname)?"""
-    if entry == node.hostname or entry.split(".", 1)[0] == node.hostname.split(".", 1)[0] != "":
-        return True
-    return address_key(entry) == address_key(node.address) and address_key(entry)[0] < 2
+def is_address(text: str) -> bool:
+    return address_key(text)[0] < 2
 
 
-def order_nodes(nodes: Sequence[NodeInfo], hosts: Optional[Sequence[str]] = None) -> List[NodeInfo]:
-    """Deployment order: by address numerically, or in the order of a hosts list.
+def listed_rank(hosts: Sequence[str], source: str,
+                resolved: Mapping[str, Iterable[str]]) -> Optional[int]:
+    """The index of the first --hosts entry that names `source`, the address a
+    connection really comes from: an address entry in any spelling, or a name whose
+    addresses (`resolved`, looked up by the server) include it. What a peer says
+    about itself (its host name, --advertise) never counts: anyone can say anything."""
+    want = address_key(source)
+    for i, entry in enumerate(hosts):
+        candidates = [entry] if is_address(entry) else resolved.get(entry, ())
+        if any(address_key(a) == want for a in candidates):
+            return i
+    return None
 
-    With a hosts list every node must match an entry (the server refuses the others
-    at registration); several nodes on one host keep their address order by port."""
+
+def order_nodes(nodes: Sequence[NodeInfo], by_list: bool = False) -> List[NodeInfo]:
+    """Deployment order: by address numerically, or in the order of the hosts list
+    (each node's `listed` rank); several nodes on one host keep their address order
+    by port."""
     def natural(n: NodeInfo):
         return (address_key(n.address), n.data_port, n.node_id)
 
-    if hosts is None:
+    if not by_list:
         return sorted(nodes, key=natural)
-
-    def listed(n: NodeInfo):
-        for i, entry in enumerate(hosts):
-            if host_matches(entry, n):
-                return (i, natural(n))
-        return (len(hosts), natural(n))
-
-    return sorted(nodes, key=listed)
+    return sorted(nodes, key=lambda n: (n.listed if n.listed is not None else 1 << 62, natural(n)))
 
 
 @dataclass(frozen=True)
