@@ -18,6 +18,7 @@ import click
 
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
+from kadeploy.control.policy import security_options, server_verifies
 from kadeploy.data import synthetic
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
@@ -216,13 +217,15 @@ def read_hosts_file(path: str) -> List[str]:
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
+@security_options
 @common_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
                    no_repair, spool_dir, stall_timeout, max_connections,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
-                   connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
+                   connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose,
+                   insecure_no_verify):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
     from kadeploy.control.discovery import check_session_name
@@ -245,9 +248,10 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         report_file=report_file, discovery_port=discovery_port,
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
-        handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
+        handshake_timeout=handshake_timeout, repair=not no_repair,
         spool_dir=spool_dir, stall_timeout=stall_timeout,
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
+    cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
     report = asyncio.run(serve(cfg))
     click.echo(report.table())
     if report_file:
@@ -272,11 +276,12 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
               help="Tell the server to start now with the clients it has, then exit.")
 @click.option("--advertise", metavar="ADDRESS",
               help="Address this node's children connect to (default: the one the server sees).")
+@security_options
 @common_options
 @version_option
 def client_command(host, session, consumer, target, wait_finish, go, advertise, control_port,
                    data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,
-                   handshake_timeout, discovery_port, key_file, quiet, verbose):
+                   handshake_timeout, discovery_port, key_file, quiet, verbose, insecure_no_verify):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
     from kadeploy.control.client import Client, ClientConfig, exit_status, go_now
@@ -295,7 +300,8 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         relay_backend=relay_backend, buffer_size=buffer_size, sockbuf=sockbuf,
         connect_timeout=connect_timeout, discovery_port=discovery_port,
         progress_bar=False if quiet else None, handshake_timeout=handshake_timeout,
-        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
+        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning),
+        insecure_no_verify=insecure_no_verify)
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0

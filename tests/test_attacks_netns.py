@@ -71,3 +71,102 @@ def test_hosts_matches_the_real_source_not_what_the_peer_says(net, tmp_path):
     assert rep["rejected"]["hosts"] == 2
     assert [r["address"] for r in rep["nodes"]] == ["198.18.0.2", "198.18.0.3"]
     assert server.err.count("rejected 198.18.0.4 (hosts)") == 2
+
+
+MITM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mitm.py")
+
+
+@pytest.mark.parametrize("attack", ["rewrite-done", "drop-progress", "replay-progress",
+                                    "reorder-progress", "reorder-ping"])
+def test_a_forwarder_in_the_middle_cannot_change_drop_replay_or_reorder(net, keyfile, tmp_path, attack):
+    """Client (node 1) -> forwarder (node 2, no key) -> server (node 0). The data link
+    goes straight to the server; only the control connection passes the forwarder."""
+    import sys
+    cluster, dep = net(3, prefix="kds")
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "1", "--key-file", keyfile, "--report", report,
+                        "-e", "seq 100000; sleep 4", where=0)
+    mitm = dep._start("mitm", dep.wrap(2, [sys.executable, MITM, "30765", SERVER, "30765", attack]))
+    wait_for(lambda: "listening" in mitm.out)
+    consumer = "cat >/dev/null; exit 3" if attack == "rewrite-done" else "cat >/dev/null"
+    client = dep.client("-h", "198.18.0.3", "--key-file", keyfile, "-e", consumer, where=1)
+    assert client.wait(60) != 0
+    assert server.wait(60) == 1, server.err
+    assert "attacked: " in mitm.out          # the attack did happen
+    rep = load_report(report)
+    [node] = rep["nodes"]
+    assert node["status"] == "failed"
+    assert "failed authentication" in node["error"], node
+    if attack == "reorder-ping":               # seen by the node, which says so
+        assert "lost the server: control message" in client.err
+        assert "failed authentication" in client.err
+    else:                                      # seen by the server
+        assert "failed authentication" in server.err
+
+
+ROGUE_RESPONDER = r"""
+import select, socket, sys
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+udp.bind(("0.0.0.0", 4957))
+tcp = socket.create_server(("0.0.0.0", 30765))
+print("listening", flush=True)
+while True:
+    ready, _, _ = select.select([udp, tcp], [], [])
+    if tcp in ready:
+        conn, addr = tcp.accept()
+        print("tcp connection from", addr[0], flush=True)
+        conn.close()
+    if udp in ready:
+        data, addr = udp.recvfrom(512)
+        for _ in range(20):   # many answers, all at once: be first
+            udp.sendto(b"kadeploy 0.1.0 30765\0", addr)
+        print("answered", addr[0], flush=True)
+"""
+
+
+def test_a_rogue_discovery_responder_is_ignored_with_a_key(net, keyfile, tmp_path):
+    """Node 2 answers every broadcast at once, pointing clients at itself."""
+    import sys
+    cluster, dep = net(3, prefix="kds")
+    rogue = dep._start("rogue", dep.wrap(2, [sys.executable, "-c", ROGUE_RESPONDER]))
+    wait_for(lambda: "listening" in rogue.out)
+    # Only the rogue answers: a keyed client finds nobody, and never connects to it.
+    alone = dep.client("-s", "kds-session", "--key-file", keyfile, "-e", "cat >/dev/null", where=1)
+    assert_one_line_error(alone, 3, "answer(s) without a valid proof of the key ignored")
+    assert "answered 198.18.0.2" in rogue.out
+    # The real server answers too: the keyed client deploys from it.
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", "1", "-s", "kds-session", "--key-file", keyfile, "--report", report,
+                        "-e", "seq 1000", where=0)
+    member = dep.client("-s", "kds-session", "--key-file", keyfile, "-e", "cat >/dev/null", where=1)
+    assert member.wait(60) == 0 and server.wait(60) == 0, member.err
+    assert "found the server of session 'kds-session' at 198.18.0.1:30765" in member.err
+    assert rogue.out.count("answered 198.18.0.2") >= 2
+    assert "tcp connection" not in rogue.out
+    assert "anyone on this network can answer" not in member.err
+
+
+def test_discovery_without_a_key_warns_that_anyone_can_answer(net, tmp_path):
+    cluster, dep = net(2, prefix="kds")
+    server = dep.server("-n", "1", "-s", "kds-open", "-e", "seq 1000", where=0)
+    member = dep.client("-s", "kds-open", "-e", "cat >/dev/null", where=1)
+    assert member.wait(60) == 0 and server.wait(60) == 0
+    assert "no key: the first answer to the broadcast is taken, and anyone on this network can " \
+           "answer it" in member.err
+
+
+def test_no_verify_with_a_key_needs_a_second_option(net, keyfile, tmp_path):
+    cluster, dep = net(3, prefix="kds")
+    refused = dep.server("-n", "1", "--key-file", keyfile, "--no-verify", "-e", "true", where=0)
+    assert_one_line_error(refused, 64, "add --insecure-no-verify to mean it")
+    server = dep.server("-n", "2", "-a", "2", "--key-file", keyfile, "--no-verify", "--insecure-no-verify",
+                        "-e", "seq 1000", where=0)
+    # A keyed node refuses a stream without digests unless told the same.
+    strict = dep.client("-h", SERVER, "--key-file", keyfile, "-e", "cat >/dev/null", where=1)
+    lax = dep.client("-h", SERVER, "--key-file", keyfile, "--insecure-no-verify",
+                     "-e", "cat >/dev/null", where=2)
+    assert_one_line_error(strict, 3, "refuses an unverified stream unless given --insecure-no-verify")
+    assert lax.wait(60) == 0
+    assert server.wait(60) == 2     # some nodes failed: the strict one

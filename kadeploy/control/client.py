@@ -17,6 +17,7 @@ from typing import Optional
 from kadeploy import relay as relay_mod
 from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
+from kadeploy.control.policy import refuse_place
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.handshake import CONTROL, Asker, HandshakeFailed
@@ -52,6 +53,7 @@ class ClientConfig:
     discovery_tries: int = 10
     progress_bar: Optional[bool] = None   # None: when stderr is a terminal
     key: Optional[bytes] = None
+    insecure_no_verify: bool = False   # with a key, accept a stream without digests
 
     def consumer_command(self) -> str:
         return self.consumer or default_consumer(self.target or DEFAULT_TARGET)
@@ -63,7 +65,11 @@ def find_server(cfg: ClientConfig):
         return cfg.host, cfg.control_port
     from kadeploy.control.discovery import discover
     log.info("looking for session %r by broadcast", cfg.session)
-    host, port = discover(cfg.session, tries=cfg.discovery_tries, port=cfg.discovery_port)
+    if cfg.key is None:
+        log.warning("no key: the first answer to the broadcast is taken, and anyone on this "
+                    "network can answer it (see --key-file)")
+    host, port = discover(cfg.session, tries=cfg.discovery_tries, port=cfg.discovery_port,
+                          key=cfg.key)
     log.info("found the server of session %r at %s", cfg.session, format_hostport(host, port))
     return host, port
 
@@ -99,6 +105,7 @@ async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: Clien
             raise NotJoined(e.reason)
         if auth_msg is not None:
             await ch.send(auth_msg)
+            ch.authenticate(asker.session, asker=True)
             msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
     except asyncio.TimeoutError:
         raise NotJoined(f"the server did not answer the {what}")
@@ -154,6 +161,10 @@ class Client:
             raise NotJoined(f"lost the server before the start: {e}")
         if isinstance(place, (P.Refuse, P.Abort)):
             raise NotJoined(f"server gave up: {place.reason}")
+        refusal = refuse_place(place, cfg.key, cfg.insecure_no_verify)
+        if refusal:
+            await ch.send(P.Refuse(reason=refusal))
+            raise NotJoined(refusal)
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))

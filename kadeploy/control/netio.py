@@ -153,6 +153,11 @@ class ControlChannel:
             data = await self.reader.read(65536)
             self.conn.receive_data(data)
 
+    def authenticate(self, session, asker: bool) -> None:
+        """After a keyed handshake (kadeploy.core.handshake.SessionKeys): every frame
+        from now on is authenticated."""
+        self.conn.authenticate(*session.for_side(asker))
+
     async def send(self, msg: protocol.Message) -> None:
         self.writer.write(self.conn.send(msg))
         await self.writer.drain()

@@ -111,23 +111,31 @@ class Registry:
             self._reject(ch, e.category, e.reason)
             await _try_send(ch, P.Refuse(reason=e.reason))
         except P.ProtocolError as e:
-            self._reject(ch, "protocol", str(e))
             await _try_send(ch, P.Refuse(reason=str(e)))
+            if node is None:
+                self._reject(ch, "protocol", str(e))
+            else:   # a registered node's connection is no longer to be trusted
+                self._lost(node, f"broke the protocol: {e}")
         except asyncio.CancelledError:
             return  # the server is shutting down; this connection task just ends
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             if node is None:
                 self._reject(ch, "dropped", str(e) or "timed out")
-            elif self.registration_open:
-                # Left before the start: it no longer counts towards -n.
-                del self.nodes[node.info.node_id]
-                log.warning("node %s left before the start", node.name)
             else:
-                self.on_lost(node, f"lost the control connection: {e or 'closed'}")
+                self._lost(node, f"lost the control connection: {e or 'closed'}")
         finally:
             self.open_connections -= 1
             if node is None:
                 ch.close()
+
+    def _lost(self, node: Node, why: str) -> None:
+        if self.registration_open:
+            # Left before the start: it no longer counts towards -n.
+            del self.nodes[node.info.node_id]
+            node.channel.close()
+            log.warning("node %s left before the start: %s", node.name, why)
+        else:
+            self.on_lost(node, why)
 
     def _reject(self, ch: ControlChannel, category: str, reason: str) -> None:
         """Count and log a connection turned away; the deployment goes on."""
@@ -142,7 +150,8 @@ class Registry:
             if challenge is None:
                 return
             await ch.send(challenge)
-            answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
+            session = answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
+            ch.authenticate(session, asker=False)
         except HandshakeFailed as e:
             raise Rejection("auth", e.reason)
 
@@ -202,7 +211,8 @@ class Registry:
                 node.bytes = msg.bytes
                 node.meter.add(msg.bytes)
             elif isinstance(msg, P.Refuse):
-                node.fail(f"refused: {msg.reason}")
+                # Given up like a lost node, so that its children are re-attached.
+                self._lost(node, f"refused: {msg.reason}")
                 return
             elif isinstance(msg, P.Done):
                 node.done, node.bytes = msg, msg.bytes

@@ -383,7 +383,8 @@ class Server:
 async def _start_discovery(cfg: ServerConfig):
     from kadeploy.control.discovery import start_responder
     try:
-        return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port)
+        return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port,
+                                     key=cfg.key)
     except OSError as e:
         raise KadeployError(f"cannot listen for discovery on UDP port {cfg.discovery_port}: {e.strerror}")
 

@@ -11,11 +11,17 @@ Rules of this file:
   -> next state. An illegal message is a lookup miss, raised as LocalProtocolError
   (we tried to send it) or RemoteProtocolError (the peer sent it).
 - A Refuse may be sent by either side in any state; it ends the connection.
+- With a key, every frame after the handshake (after the asker's Auth) carries a
+  FrameAuth tag: HMAC-SHA256 over its direction's sequence number, header and body,
+  keyed by that direction's session key (kadeploy.core.handshake). A frame changed,
+  dropped, replayed or reordered in transit fails its tag, and the connection ends.
 - Image bytes never pass through here: the data connection carries one DataHello
   and DataWelcome, then raw stream bytes handed to the relay.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -304,12 +310,43 @@ def parse_body(code: int, body: bytes) -> Message:
     return _build(code, obj)
 
 
+class FrameAuth:
+    """The tags of the frames after a keyed handshake, one sequence per direction.
+
+    The sequence number is not sent: each side counts, so a frame dropped, replayed
+    or reordered is checked against the wrong number and fails like a changed one."""
+
+    TAG_SIZE = 32
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send_key, self._recv_key = send_key, recv_key
+        self.sent = 0
+        self.received = 0
+
+    @staticmethod
+    def _tag(key: bytes, seq: int, frame: bytes) -> bytes:
+        return hmac.new(key, seq.to_bytes(8, "big") + frame, hashlib.sha256).digest()
+
+    def seal(self, frame: bytes) -> bytes:
+        tag = self._tag(self._send_key, self.sent, frame)
+        self.sent += 1
+        return frame + tag
+
+    def check(self, frame: bytes, tag: bytes) -> None:
+        if not hmac.compare_digest(self._tag(self._recv_key, self.received, frame), tag):
+            raise RemoteProtocolError(
+                f"control message {self.received} failed authentication: changed, dropped, "
+                "replayed or reordered on the way")
+        self.received += 1
+
+
 class FrameReader:
     """Bytes in, messages out; framing does not depend on how the bytes arrive."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._closed = False
+        self.auth: Optional[FrameAuth] = None   # set after a keyed handshake
 
     def feed(self, data: bytes) -> None:
         if self._closed and data:
@@ -328,13 +365,18 @@ class FrameReader:
                 raise RemoteProtocolError("connection closed in the middle of a message")
             return None
         code, length = parse_header(bytes(self._buf[:HEADER_SIZE]))
-        if len(self._buf) < HEADER_SIZE + length:
+        end = HEADER_SIZE + length
+        whole = end + (FrameAuth.TAG_SIZE if self.auth is not None else 0)
+        if len(self._buf) < whole:
             if self._closed:
                 raise RemoteProtocolError("connection closed in the middle of a message")
             return None
-        body = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
-        del self._buf[:HEADER_SIZE + length]
-        return parse_body(code, body)
+        frame = bytes(self._buf[:end])
+        tag = bytes(self._buf[end:whole])
+        del self._buf[:whole]
+        if self.auth is not None:
+            self.auth.check(frame, tag)   # before the body is even parsed
+        return parse_body(code, frame[HEADER_SIZE:])
 
     @property
     def at_eof(self) -> bool:
@@ -410,6 +452,7 @@ class ControlConnection:
         self.their_role = SERVER if our_role == CLIENT else CLIENT
         self.state = START
         self._reader = FrameReader()
+        self._auth: Optional[FrameAuth] = None
 
     def _advance(self, sender: str, msg: Message, error: Type[ProtocolError]) -> None:
         if isinstance(msg, Refuse) and self.state != CLOSED:
@@ -420,9 +463,18 @@ class ControlConnection:
             raise error(f"{sender} may not send {type(msg).__name__} in state {self.state}")
         self.state = TRANSITIONS[key]
 
+    def authenticate(self, send_key: bytes, recv_key: bytes) -> None:
+        """From now on every frame either way carries a FrameAuth tag."""
+        self._auth = self._reader.auth = FrameAuth(send_key, recv_key)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth is not None
+
     def send(self, msg: Message) -> bytes:
         self._advance(self.our_role, msg, LocalProtocolError)
-        return encode(msg)
+        frame = encode(msg)
+        return self._auth.seal(frame) if self._auth is not None else frame
 
     def receive_data(self, data: bytes) -> None:
         """Feed received bytes; b"" means the peer closed."""

@@ -1,0 +1,39 @@
+"""What a key makes mandatory, decided in one place for the CLI, the server and the node.
+
+With a key, verification cannot be turned off by a message on the wire, nor by one
+option alone: the server's --no-verify needs --insecure-no-verify beside it, and a
+keyed node refuses a Place without digests unless it was given --insecure-no-verify
+itself. --encrypt needs a key (the stream's key is derived from it)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from kadeploy.core import protocol as P
+from kadeploy.errors import UsageError
+
+
+def security_options(f):
+    """The options of this module, on both ka-d-server and ka-d-client."""
+    return click.option(
+        "--insecure-no-verify", is_flag=True,
+        help="With a key, accept an unverified stream: on the server beside --no-verify, "
+             "on a client to accept a server that sends no digests.")(f)
+
+
+def server_verifies(key: Optional[bytes], no_verify: bool, insecure_no_verify: bool) -> bool:
+    """Whether the server sends chunk digests; UsageError for a keyed --no-verify
+    that was not confirmed."""
+    if no_verify and key is not None and not insecure_no_verify:
+        raise UsageError("--no-verify with a key leaves the nodes unable to tell a forged "
+                         "stream from the real one: add --insecure-no-verify to mean it")
+    return not no_verify
+
+
+def refuse_place(place: P.Place, key: Optional[bytes], insecure_no_verify: bool) -> Optional[str]:
+    """Why a keyed node will not take this place, or None."""
+    if key is not None and place.digest is None and not insecure_no_verify:
+        return ("the server sends no digests (--no-verify): with a key this node refuses "
+                "an unverified stream unless given --insecure-no-verify")
+    return None
