@@ -33,7 +33,7 @@ def frames(server, msgs):
 
 def place(**kw):
     base = dict(position=1, depth=1, n_nodes=1, arity=1, parent_host="198.18.0.1", parent_port=30764,
-                token="t", digest="sha256", chunk_size=4 << 20)
+                token="ab" * 16, digest="sha256", chunk_size=4 << 20)
     return P.Place(**(base | kw))
 
 

@@ -157,8 +157,10 @@ class Client:
         try:
             while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server
                 pass                                             # waits for the others
-        except (ConnectionError, P.ProtocolError) as e:
+        except ConnectionError as e:
             raise NotJoined(f"lost the server before the start: {e}")
+        except P.ProtocolError as e:
+            raise NotJoined(f"refused the server's word before the start: {e}")
         if isinstance(place, (P.Refuse, P.Abort)):
             raise NotJoined(f"server gave up: {place.reason}")
         refusal = refuse_place(place, cfg.key, cfg.insecure_no_verify)

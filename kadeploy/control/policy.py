@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from kadeploy.core import protocol as P
+from kadeploy.core.integrity import IntegrityError, new_hasher
 from kadeploy.errors import UsageError
 
 
@@ -32,8 +33,14 @@ def server_verifies(key: Optional[bytes], no_verify: bool, insecure_no_verify: b
 
 
 def refuse_place(place: P.Place, key: Optional[bytes], insecure_no_verify: bool) -> Optional[str]:
-    """Why a keyed node will not take this place, or None."""
+    """Why this node will not take this place, or None; decided before anything runs
+    (no consumer is started for a stream it could not verify)."""
     if key is not None and place.digest is None and not insecure_no_verify:
         return ("the server sends no digests (--no-verify): with a key this node refuses "
                 "an unverified stream unless given --insecure-no-verify")
+    if place.digest is not None:
+        try:
+            new_hasher(place.digest, key)
+        except IntegrityError as e:
+            return f"cannot verify the stream: {e}"
     return None

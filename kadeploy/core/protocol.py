@@ -7,6 +7,8 @@ Rules of this file:
   always recognised and named, not taken for garbage.
 - A body is at most MAX_BODY bytes; a longer one is refused before it is buffered.
 - Each message type has a fixed set of typed fields; anything else is a protocol error.
+  Each value must also make sense for its field (kadeploy.core.fields: ports, counts,
+  chunk sizes, algorithm names, ...), or the message is refused.
 - The legal order of messages is the table TRANSITIONS: (state, sender, message type)
   -> next state. An illegal message is a lookup miss, raised as LocalProtocolError
   (we tried to send it) or RemoteProtocolError (the peer sent it).
@@ -27,6 +29,7 @@ import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple, Type, Union
 
+from kadeploy.core import fields as fields_mod
 from kadeploy.version import PROTOCOL_VERSION
 
 MAGIC = b"KD"
@@ -116,7 +119,7 @@ class Place(Message):
     children: List[int] = field(default_factory=list)   # node ids expected to connect
     token: str = ""        # secret of this deployment, proves membership on data links
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
-    chunk_size: int = 0
+    chunk_size: int = 4 << 20      # kadeploy.core.integrity.CHUNK_SIZE
     stall_timeout: float = 3.0     # silence after which either side gives the other up
 
 
@@ -271,12 +274,19 @@ def _build(code: int, body: dict) -> Message:
         if item is not None and not all(isinstance(v, _ACCEPT[item]) and not isinstance(v, bool)
                                         for v in value):
             raise RemoteProtocolError(f"{cls.__name__}.{name} has items of the wrong type")
-    return cls(**body)
+    msg = cls(**body)
+    wrong = fields_mod.problem(msg)
+    if wrong:
+        raise RemoteProtocolError(wrong)
+    return msg
 
 
 # ----------------------------------------------------------------- framing
 
 def encode(msg: Message) -> bytes:
+    wrong = fields_mod.problem(msg)
+    if wrong:   # the same rules as the receiver's: we would be refused anyway
+        raise LocalProtocolError(f"about to send a bad message: {wrong}")
     body = json.dumps(msg.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) > MAX_BODY:
         raise LocalProtocolError(f"{type(msg).__name__} is {len(body)} bytes, over the {MAX_BODY} limit")

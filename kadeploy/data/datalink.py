@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, Optional, Set
 from kadeploy.control import auth
 from kadeploy.control.netio import connect, recv_frame, send_frame, set_sockbuf
 from kadeploy.core import protocol as P
-from kadeploy.core.addresses import normalize_address
+from kadeploy.core.addresses import format_hostport, normalize_address
 from kadeploy.core.handshake import DATA, Answerer, Asker, HandshakeFailed, well_formed_nonce
 from kadeploy.errors import NotJoined
 
@@ -44,7 +44,8 @@ async def connect_parent(host: str, port: int, node_id: int, key: bytes, *,
         return sock
     except (ConnectionError, asyncio.TimeoutError, P.ProtocolError) as e:
         sock.close()
-        raise NotJoined(f"data connection to parent failed: {e or 'timed out'}")
+        raise NotJoined(f"data connection to parent {format_hostport(host, port)} failed: "
+                        f"{e or 'timed out'}")
     except BaseException:
         sock.close()
         raise
