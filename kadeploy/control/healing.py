@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Dict, Optional
 
 from kadeploy.control.registry import Node
 from kadeploy.core import protocol as P
 from kadeploy.core import repair
-from kadeploy.data.datalink import ChildAcceptor
-from kadeploy.data.tap import Spool, SpoolFeeder
+from kadeploy.data.server_phase import ServerDataPhase
 
 log = logging.getLogger("kadeploy.server")
 
@@ -26,11 +24,16 @@ log = logging.getLogger("kadeploy.server")
 class Healer:
     def __init__(self, cfg, nodes: Dict[int, Node]) -> None:
         self.cfg, self.nodes = cfg, nodes
-        self.placed = False
-        self.parent_of: Dict[int, int] = {}               # node id -> parent id (0: server)
-        self.server_sinks: Dict[int, socket.socket] = {}  # data sockets the server feeds
-        self.acceptor: Optional[ChildAcceptor] = None     # the server's data port, once placed
-        self.spool: Optional[Spool] = None
+        self.parent_of: Dict[int, int] = {}        # node id -> parent id (0: server)
+        self.phase: Optional[ServerDataPhase] = None
+
+    @property
+    def placed(self) -> bool:
+        return self.phase is not None
+
+    def start(self, parent_of: Dict[int, int], phase: ServerDataPhase) -> None:
+        """The tree is placed: from now on lost nodes are cut off and repaired."""
+        self.parent_of, self.phase = dict(parent_of), phase
 
     async def watch(self) -> None:
         """Every second: a Ping to every node still at work, and nodes silent for the
@@ -65,32 +68,16 @@ class Healer:
 
     def _drop(self, parent: int, child: int) -> None:
         if parent == repair.SERVER:
-            sock = self.server_sinks.get(child)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)   # the relay or feeder retires it
-                except OSError:
-                    pass
+            self.phase.drop(child)
         elif self.nodes[parent].state in ("connecting", "streaming", "done"):
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
     def _reattach(self, child: Node, why: str) -> None:
-        if self.spool is None or self.spool.error is not None or self.acceptor is None:
-            log.warning("cannot repair %s: no spool of the stream (--no-repair)", child.name)
+        if not self.phase.can_repair:
+            log.warning("cannot repair %s: no spool of the stream (--no-repair, or it failed)",
+                        child.name)
             return
         log.warning("re-attaching %s to the server: %s", child.name, why)
-        fut = self.acceptor.expect(child.info.node_id)
-        fut.add_done_callback(lambda f: self._serve_spool(child, f))
+        self.phase.serve(child.info.node_id, child.name)
         child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
                                       reason=why))
-
-    def _serve_spool(self, child: Node, fut: asyncio.Future) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        sock, offset = fut.result()
-        log.info("serving %s from byte %d of the spool", child.name, offset)
-        self.server_sinks[child.info.node_id] = sock
-        loop = asyncio.get_running_loop()
-        SpoolFeeder(self.spool, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
-            log.warning, "spool feed to %s ended: %s", child.name, err)).start()
-

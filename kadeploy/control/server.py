@@ -6,8 +6,9 @@ that holds no lock the loop needs. Life of a deployment:
                or --wait-timeout;
   place     -> registration closes, nodes are ordered and each is told its place;
   connect   -> the server's children open data connections to it;
-  stream    -> the producer's stdout is relayed to them; nodes send Progress;
-  verify    -> beside the data, every chunk's digest goes to every node (kadeploy.data.tap);
+  stream    -> the producer's stdout is relayed to them (kadeploy.data.server_phase, the
+               twin of a node's data phase); nodes send Progress;
+  verify    -> beside the data, every chunk's digest goes to every node;
   heal      -> a node lost (connection closed, or silent for --stall-timeout) is cut
                off and its children re-attached to the server's spool (kadeploy.core.repair);
   end       -> the server tells every node the stream's length, digest and whether the
@@ -16,12 +17,9 @@ that holds no lock the loop needs. Life of a deployment:
 """
 from __future__ import annotations
 
-import array
 import asyncio
 import logging
-import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -29,19 +27,13 @@ from typing import Dict, List, Optional, Tuple
 from kadeploy import relay as relay_mod
 from kadeploy.control import auth
 from kadeploy.control.healing import Healer
-from kadeploy.control.netio import listen, shutdown_close
+from kadeploy.control.netio import listen
 from kadeploy.control.registry import Node, Registry
 from kadeploy.core import protocol as P
-from kadeploy.core.integrity import CHUNK_SIZE, ChunkDigester, default_algorithm
+from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
-from kadeploy.data.commands import (
-    DEFAULT_PRODUCER,
-    describe_status,
-    kill_group,
-    spawn_producer,
-)
-from kadeploy.data.datalink import ChildAcceptor, accept_children
-from kadeploy.data.tap import HashTap, Spool
+from kadeploy.data.commands import DEFAULT_PRODUCER
+from kadeploy.data.server_phase import ServerDataPhase
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
@@ -101,13 +93,10 @@ class Server:
         self.relay_result: Optional[relay_mod.RelayResult] = None
         self.stream_error: Optional[str] = None
         self.started = time.monotonic()
-        self.counters = array.array("Q", [0])
         self.sent_meter = RateMeter()
-        self._sink_ids: List[int] = []
         self.by_pos: Dict[int, Node] = {}
         self.healer = Healer(config, self.nodes)
-        self.hasher: Optional[HashTap] = None
-        self.spool: Optional[Spool] = None
+        self.phase: Optional[ServerDataPhase] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
 
     # ------------------------------------------------------------------- run
@@ -135,18 +124,20 @@ class Server:
                 raise KadeployError("no client registered" + (
                     f" within {cfg.wait_timeout:g} s" if cfg.wait_timeout else ""))
             self.started = time.monotonic()
+            self.phase = ServerDataPhase(cfg, data_sock, self.data_key, self.algorithm,
+                                         on_digest=lambda i, d: self._post_all(P.Digest(index=i, digest=d)),
+                                         on_refused=self._data_link_refused)
             await self._place(ordered)
             progress = ServerProgress(self._snapshot, interval=cfg.progress_interval,
                                       live=cfg.live, total=cfg.expected_size, log=log)
             progress.start()
             try:
-                sinks = await self._accept_children(data_sock)
-                await self._stream(sinks)
+                await self._accept_children()
+                await self._stream()
                 await self._collect()
             finally:
                 await progress.stop()
-                if self.healer.acceptor is not None:
-                    self.healer.acceptor.close()
+                self.phase.stop_accepting()
             await self._finish()
             return self._report(time.monotonic() - self.started)
         finally:
@@ -157,10 +148,8 @@ class Server:
             data_sock.close()
             for node in self.nodes.values():
                 node.channel.close()
-            for sock in self.healer.server_sinks.values():
-                sock.close()
-            if self.spool is not None:
-                self.spool.close()
+            if self.phase is not None:
+                self.phase.close()
 
     async def _wait_for_start(self) -> None:
         try:
@@ -187,6 +176,8 @@ class Server:
         log.info("tree (arity %d, %d node(s)):\n%s", self.cfg.arity, len(ordered),
                  "\n".join(render(self.tree, names)))
         self.by_pos = by_pos
+        parent_of = {n.info.node_id: by_pos[self.tree.parent(p)].info.node_id if self.tree.parent(p) else 0
+                     for p, n in by_pos.items()}
         for pos, node in by_pos.items():
             parent_pos = self.tree.parent(pos)
             if parent_pos == 0:
@@ -194,7 +185,6 @@ class Server:
             else:
                 parent = by_pos[parent_pos]
                 host, port = parent.info.address, parent.info.data_port
-            self.healer.parent_of[node.info.node_id] = by_pos[parent_pos].info.node_id if parent_pos else 0
             msg = P.Place(position=pos, depth=self.tree.depth(pos), n_nodes=len(ordered),
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
@@ -204,121 +194,45 @@ class Server:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
                 node.fail(f"lost before it was placed: {e}")
-        self.healer.placed = True
+        self.healer.start(parent_of, self.phase)
         for node in ordered:
             node.last_heard = time.monotonic()
             if node.error is not None:
                 self.healer.node_lost(node, node.error)
 
-    async def _accept_children(self, data_sock: socket.socket) -> List[socket.socket]:
+    def _data_link_refused(self, addr: str, why: str) -> None:
+        self.rejected["data-link"] += 1
+        log.warning("rejected data connection from %s: %s", addr, why)
+
+    async def _accept_children(self) -> None:
         """Data connections from the server's own children, checked against the token."""
         child_ids = [self.by_pos[p].info.node_id for p in self.tree.children(0)]
-
-        def refused(addr: str, why: str) -> None:
-            self.rejected["data-link"] += 1
-            log.warning("rejected data connection from %s: %s", addr, why)
-
-        self.healer.acceptor = ChildAcceptor(data_sock, self.data_key, offsets=True,
-                                      handshake_timeout=self.cfg.handshake_timeout,
-                                      sockbuf=self.cfg.sockbuf, on_refused=refused)
-        conns = await accept_children(
-            self.healer.acceptor, child_ids, timeout=self.cfg.connect_timeout,
-            gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
-        self.healer.server_sinks.update(conns)
-        for node_id in child_ids:
-            if node_id not in conns:
-                self.nodes[node_id].fail(
-                    f"did not open its data connection within {self.cfg.connect_timeout:g} s")
-        self._sink_ids = list(conns)
-        return list(conns.values())
-
-    def _extra_sinks(self) -> List[int]:
-        """The server's own sinks beside its children: the repair spool (a file the
-        relay writes) and a pipe to the digest thread; their places in `fds` come first."""
-        cfg, fds = self.cfg, []
-        if cfg.repair:
-            self.spool = self.healer.spool = Spool(cfg.spool_dir)
-            fds.append(self.spool.fd)
-        if self.algorithm:
-            loop = asyncio.get_running_loop()
-            r, w = os.pipe()
-            self.hasher = HashTap(r, ChunkDigester(self.algorithm, cfg.key), emit_last=True,
-                                  on_digest=lambda i, d: loop.call_soon_threadsafe(
-                                      self._post_all, P.Digest(index=i, digest=d)))
-            self.hasher.start()
-            fds.append(w)
-        return fds
+        missing = await self.phase.accept_children(
+            child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
+        for node_id in sorted(missing):
+            self.nodes[node_id].fail(
+                f"did not open its data connection within {self.cfg.connect_timeout:g} s")
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():
             if node.position and node.state in ("connecting", "streaming"):
                 node.channel.post(msg)
 
-    async def _stream(self, sinks: List[socket.socket]) -> None:
-        cfg = self.cfg
-        producer = spawn_producer(cfg.producer)
-        extra = self._extra_sinks()
-        fds = extra + [s.fileno() for s in sinks]
-        self._sink_ids = [0] * len(extra) + self._sink_ids
-        counters = self.counters = array.array("Q", [0] * (1 + len(fds)))
-        if self.spool is not None:
-            self.spool.attach(counters, 0)
-        loop = asyncio.get_running_loop()
-        res: Optional[relay_mod.RelayResult] = None
-        try:
-            res = await relay_mod.relay_in_thread(
-                producer.stdout.fileno(), fds, backend=cfg.relay_backend,
-                buffer_size=cfg.buffer_size, counters=counters)
-        finally:
-            if self.hasher is not None:
-                os.close(extra[-1])      # EOF for the digest thread
-            if self.spool is not None:
-                if res is not None and res.sink_errors[0] is not None:
-                    self.spool.error = res.sink_errors[0]
-                self.spool.finished = True
-            for node_id, s in list(self.healer.server_sinks.items()):
-                if s in sinks:
-                    del self.healer.server_sinks[node_id]
-                    shutdown_close(s)
-            producer.stdout.close()
-            if res is None or not res.eof:
-                kill_group(producer)  # nobody wants the rest of its output
-        self.producer_status = await loop.run_in_executor(None, producer.wait)
-        self.relay_result = res
-        self.stream_bytes = res.bytes_in
-        for node_id, err in zip(self._sink_ids, res.sink_errors):
-            if err is not None and node_id == 0:
-                log.error("the server's own copy of the stream (spool or digests) failed: %s", err)
-            elif err is not None:
-                # The node's own report (or its lost connection) gives the verdict.
-                log.warning("data connection to %s broke: %s", self.nodes[node_id].name,
-                            err.strerror or err)
-        whole = None
-        if self.hasher is not None:
-            await loop.run_in_executor(None, self.hasher.join)
-            whole = self.hasher.whole
-        if self.spool is not None and self.spool.error is not None:
-            log.warning("repair spool failed (%s): lost nodes can no longer be repaired",
-                        self.spool.error)
-        hash_failed = self.hasher is not None and (
-            self.hasher.error is not None or res.sink_errors[len(extra) - 1] is not None)
-        ok = res.eof and self.producer_status == 0 and not hash_failed
-        error = None
-        if res.ended == relay_mod.NO_SINKS:  # first: we killed the producer ourselves then
-            error = "every child of the server failed; stream abandoned"
-        elif self.producer_status != 0:
-            error = f"producer failed ({describe_status(self.producer_status)})"
-        elif not res.eof:
-            error = f"reading the producer failed: {res.source_error}"
-        elif hash_failed:
-            error = f"digesting the stream failed: {self.hasher.error or res.sink_errors[len(extra) - 1]}"
-        if error:
-            log.error("%s", error)
+    async def _stream(self) -> None:
+        out = await self.phase.stream(self.cfg.producer)
+        self.producer_status, self.relay_result, self.stream_bytes = out.producer_status, out.relay, out.bytes
+        for node_id, err in out.broken.items():
+            # The node's own report (or its lost connection) gives the verdict.
+            log.warning("data connection to %s broke: %s", self.nodes[node_id].name,
+                        getattr(err, "strerror", None) or err)
+        if out.error:
+            log.error("%s", out.error)
+        res = out.relay
         log.info("stream ended: %d bytes, relay backend %s%s", res.bytes_in, res.backend,
-                 f", pipes of {res.pipe_size} bytes (asked {cfg.buffer_size})" if res.pipe_size else "")
+                 f", pipes of {res.pipe_size} bytes (asked {self.cfg.buffer_size})" if res.pipe_size else "")
         # After every Digest: posts keep their order on each connection.
-        self._post_all(P.End(bytes=res.bytes_in, ok=ok, error=error, digest=whole))
-        self.stream_error = error
+        self._post_all(P.End(bytes=res.bytes_in, ok=out.error is None, error=out.error, digest=out.digest))
+        self.stream_error = out.error
 
     async def _collect(self) -> None:
         waits = [n.reported.wait() for n in self.nodes.values()]
@@ -340,7 +254,7 @@ class Server:
                 await asyncio.sleep(self.cfg.finish_delay)
 
     def _snapshot(self) -> Tuple[str, List[NodeView]]:
-        sent = self.counters[0]
+        sent = self.phase.sent if self.phase is not None else 0
         self.sent_meter.add(sent)
         header = (f"{SOFTWARE}: sent {human_bytes(sent)} at {human_rate(self.sent_meter.rate)}, "
                   f"{time.monotonic() - self.started:.0f} s")

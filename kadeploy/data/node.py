@@ -9,20 +9,20 @@ stream is complete.
 """
 from __future__ import annotations
 
-import array
 import asyncio
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from kadeploy import relay as relay_mod
 from kadeploy.control.netio import ControlChannel, shutdown_close
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import ChunkDigester, Verifier
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
+from kadeploy.data.sinks import CONSUMER, DIGEST, Sinks
 from kadeploy.data.tap import HashTap
 from kadeploy.errors import NotJoined
 from kadeploy.view.progress import ClientBar
@@ -183,30 +183,32 @@ class DataPhase:
         # The consumer is fed by splice like the children; the digest thread reads
         # its own copy from one more sink (the one copy that leaves the kernel).
         hasher: Optional[HashTap] = None
-        live: List[Tuple[object, int]] = [("consumer", consumer.stdin.fileno())]
+        live = Sinks()
+        live.add(CONSUMER, consumer.stdin.fileno())
         if link.verifier is not None:
             r, hash_w = os.pipe()
             hasher = HashTap(r, ChunkDigester(place.digest, cfg.key, place.chunk_size),
                              emit_last=False, on_digest=lambda i, d:
                              loop.call_soon_threadsafe(self._our_digest, i, d))
             hasher.start()
-            live.append(("digest", hash_w))
+            live.add(DIGEST, hash_w)
         self.hasher, self.consumer = hasher, consumer
-        live += [(cid, s.fileno()) for cid, s in self.children.items()]
+        for cid, sock in self.children.items():
+            live.add(cid, sock.fileno())
         link.on_interrupt, link.on_drop = self._interrupt, self._drop
         link.on_mismatch = self._on_mismatch
         started = time.monotonic()
         try:
             while True:
-                counters = array.array("Q", [0] * (1 + len(live)))
+                counters = live.counters()
                 link.received = lambda: self.total + counters[0]
                 res = await relay_mod.relay_in_thread(
-                    self.source.fileno(), [fd for _, fd in live], backend=cfg.relay_backend,
+                    self.source.fileno(), live.fds(), backend=cfg.relay_backend,
                     buffer_size=cfg.buffer_size, counters=counters)
                 self.total += res.bytes_in
                 counters[0] = 0              # now counted in self.total (progress reports)
                 self.backend = res.backend
-                live = self._retire(live, res)
+                self._retire(live, res)
                 self.source.close()
                 step = await link.next_step(self.total)
                 if step is None:
@@ -268,18 +270,16 @@ class DataPhase:
         verify for themselves."""
         kill_group(self.consumer)
 
-    def _retire(self, live, res: relay_mod.RelayResult):
-        keep = []
-        for (name, fd), err in zip(live, res.sink_errors):
-            if err is None:
-                keep.append((name, fd))
-            elif name == "consumer":
-                self.consumer_error = f"after {res.sink_bytes[0] + self.total - res.bytes_in} bytes"
-            elif name == "digest":
+    def _retire(self, live: Sinks, res: relay_mod.RelayResult) -> None:
+        """Take the sinks that failed out of the next run, and note why."""
+        sent = dict(zip(live.names(), res.sink_bytes))
+        for name, err in live.retire(res.sink_errors).items():
+            if name == CONSUMER:
+                self.consumer_error = f"after {sent[CONSUMER] + self.total - res.bytes_in} bytes"
+            elif name == DIGEST:
                 self.digest_error = err
             elif name not in self.dropped:
                 log.warning("child node %s dropped: %s", name, err.strerror or err)
-        return keep
 
     def _verdict(self, status: int) -> Optional[str]:
         """None when the copy is verified good, else the first reason it is not."""

@@ -57,22 +57,22 @@ class HashTap(threading.Thread):
 
 
 class Spool:
-    """The repair spool: a file the relay writes (sink `index` of its counters)."""
+    """The repair spool: a file the relay writes; `attach` tells it how to ask the
+    relay how much of the stream it holds."""
 
     def __init__(self, directory: Optional[str]) -> None:
         import tempfile
         self.fd, self.path = tempfile.mkstemp(prefix="kadeploy-spool-", dir=directory)
-        self.counters = None
-        self.index = 0
+        self._length: Callable[[], int] = lambda: 0
         self.finished = False
         self.error: Optional[OSError] = None
 
-    def attach(self, counters, index: int) -> None:
-        self.counters, self.index = counters, index
+    def attach(self, length: Callable[[], int]) -> None:
+        self._length = length
 
     @property
     def length(self) -> int:
-        return self.counters[1 + self.index] if self.counters is not None else 0
+        return self._length()
 
     def close(self) -> None:
         os.close(self.fd)
