@@ -1,33 +1,11 @@
-"""Build the optional compiled parts; everything else is in pyproject.toml.
+"""Build the optional compiled relay; everything else is in pyproject.toml.
 
-Both compiled parts are optional: on a machine without a compiler the install still
+The compiled part is optional: on a machine without a compiler the install still
 succeeds and kadeploy runs on the pure-Python relay backends. Extension(optional=True)
 is passed to setup() as is: cythonize() would silently drop the optional flag, and
-setuptools compiles .pyx sources itself when Cython is installed. cffi_modules has no
-optional flag, so it is only asked for when a test compile against Python.h works.
+setuptools compiles .pyx sources itself when Cython is installed.
 """
-import os
-import sysconfig
-import tempfile
-
 from setuptools import Extension, setup
-
-
-def can_compile_extensions() -> bool:
-    from distutils.ccompiler import new_compiler  # setuptools' copy once it is imported
-    from distutils.sysconfig import customize_compiler
-
-    try:
-        cc = new_compiler()
-        customize_compiler(cc)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "probe.c")
-            with open(src, "w") as f:
-                f.write("#include <Python.h>\nint kadeploy_probe(void) { return 0; }\n")
-            cc.compile([src], output_dir=tmp, include_dirs=[sysconfig.get_paths()["include"]])
-        return True
-    except Exception:  # no compiler, no Python headers, ...: skip the cffi part
-        return False
 
 
 setup(
@@ -41,5 +19,4 @@ setup(
     ],
     # Installed by pip under <prefix>/share/man/man1, where man(1) finds them.
     data_files=[("share/man/man1", ["man/ka-d-server.1", "man/ka-d-client.1", "man/kadeploy.1"])],
-    cffi_modules=["buildutils/build_cffi.py:ffibuilder"] if can_compile_extensions() else [],
 )

@@ -116,12 +116,15 @@ def run_chain(k: int, total: int, backend: str, buffer_size: int, expected: str)
 
 
 def main() -> None:
+    from kadeploy.defaults import BUFFER_SIZE
+    from kadeploy.relay import BACKENDS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--relay", type=int, metavar="NEXT_PORT", help=argparse.SUPPRESS)
-    ap.add_argument("--backend", default="cython,cffi,python,copy")
+    ap.add_argument("--backend", default=",".join(BACKENDS))
     ap.add_argument("--relays", default="1,2,4,8", help="chain lengths K to run")
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--buffer-size", type=int, default=1 << 20)
+    ap.add_argument("--buffer-size", type=int, default=BUFFER_SIZE)
     ap.add_argument("--json", action="store_true", help="one JSON line per run")
     a = ap.parse_args()
     if a.relay is not None:

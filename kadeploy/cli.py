@@ -1,7 +1,8 @@
 """Command line: ka-d-server, ka-d-client (the original's flags and ports) and kadeploy.
 
-Option lists are declared once here; `kadeploy server`/`kadeploy client` are the same
-commands as ka-d-server/ka-d-client. Every failure ends in one line on stderr and a
+Each command's own options are declared here, those several commands share in
+kadeploy.options; `kadeploy server`/`kadeploy client` are the same commands as
+ka-d-server/ka-d-client. Every failure ends in one line on stderr and a
 documented exit status (kadeploy.errors), never a traceback.
 """
 from __future__ import annotations
@@ -9,54 +10,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sys
 import time
 from typing import Callable, List, Optional
 
 import click
 
+from kadeploy import defaults
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
 from kadeploy.control.policy import security_options, server_verifies
 from kadeploy.data import synthetic
-from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from kadeploy.options import (
+    CONTEXT,
+    POSITIVE,
+    SECONDS,
+    Size,
+    arity_option,
+    check_backend,
+    network_options,
+)
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
-RELAY_CHOICES = ["auto", *relay_mod.BACKENDS]
-
-
 # ------------------------------------------------------------------ helpers
-
-def parse_size(text: str) -> int:
-    """'1M', '64k', '1048576' -> bytes (binary multiples)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size (e.g. 65536, 64K, 1M)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
-
-
-class Size(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            n = parse_size(value)
-        except click.BadParameter as e:
-            self.fail(str(e), param, ctx)
-        if n <= 0:
-            self.fail("must be greater than 0", param, ctx)
-        return n
-
-
-PORT = click.IntRange(1, 65535)
-POSITIVE = click.IntRange(min=1)
-SECONDS = click.FloatRange(min=0, min_open=True)
-
 
 def version_text(prog: str) -> str:
     try:
@@ -80,38 +57,6 @@ def version_option(f):
     # -v prints the version, as in the original; verbosity is --verbose / -q.
     return click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
                         callback=_print_version, help="Print the version, protocol and relay backend, and exit.")(f)
-
-
-def common_options(f):
-    """Options both commands share, in the order --help lists them."""
-    decorators = [
-        click.option("-p", "--control-port", type=PORT, default=CONTROL_PORT, show_default=True,
-                     help="TCP port of the control connections."),
-        click.option("-P", "--data-port", type=PORT, default=DATA_PORT, show_default=True,
-                     help="TCP port of the data connections."),
-        click.option("--bind", metavar="ADDRESS", help="Listen on this address only (default: every address, IPv4 and IPv6)."),
-        click.option("--relay", "relay_backend", type=click.Choice(RELAY_CHOICES), default=None,
-                     help=f"Relay backend (default: ${relay_mod.ENV_BACKEND}, else auto: the fastest that loads)."),
-        click.option("--buffer-size", type=Size(), default=relay_mod.DEFAULT_BUFFER_SIZE, show_default=True,
-                     help="Relay pipe/buffer size in bytes (suffixes K, M, G); pipes are capped at the system's pipe-max-size."),
-        click.option("--sockbuf", type=Size(), default=None,
-                     help="Fix SO_SNDBUF/SO_RCVBUF of data connections (default: kernel autotuning)."),
-        click.option("--connect-timeout", type=SECONDS, default=30.0, show_default=True,
-                     help="Seconds to wait for connections to be made: data links to parents and from "
-                          "children, and (client) a server that refuses because it has not started yet."),
-        click.option("--handshake-timeout", type=SECONDS, default=10.0, show_default=True,
-                     help="Seconds a new connection may take to introduce itself (and authenticate) before it is dropped."),
-        click.option("--discovery-port", type=PORT, default=4957, show_default=True,
-                     help="UDP port of discovery by session name."),
-        click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",
-                     help="Shared secret: only peers with the same key take part (mutual HMAC "
-                          "challenge-response); also $KADEPLOY_KEY_FILE, or the key itself in $KADEPLOY_KEY."),
-        click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors."),
-        click.option("--verbose", is_flag=True, help="Print debugging detail."),
-    ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
 
 
 def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
@@ -162,13 +107,6 @@ def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) ->
     sys.exit(rv or 0)
 
 
-def check_backend(name: Optional[str]) -> None:
-    try:
-        relay_mod.resolve(name)
-    except relay_mod.BackendUnavailable as e:
-        raise KadeployError(str(e), exit_code=EXIT_USAGE)
-
-
 # ------------------------------------------------------------------- server
 
 def read_hosts_file(path: str) -> List[str]:
@@ -186,8 +124,7 @@ def read_hosts_file(path: str) -> List[str]:
 @click.command("server", context_settings=CONTEXT)
 @click.option("-n", "--clients", "n_clients", type=POSITIVE, default=None,
               help="Number of clients to wait for before the tree is built (default 1, or the number of --hosts).")
-@click.option("-a", "--arity", type=POSITIVE, default=1, show_default=True,
-              help="Children per node: 1 is a chain, the fastest on a switched full-duplex network.")
+@arity_option
 @click.option("-s", "--session", metavar="NAME", help="Session name; clients may find the server by UDP broadcast of it.")
 @click.option("-e", "--command", "producer", metavar="CMD", default=None,
               help="Producer command, run by /bin/sh; its stdout is the stream. [default: (cd /; tar --create --one-file-system --sparse /)]")
@@ -205,7 +142,7 @@ def read_hosts_file(path: str) -> List[str]:
               help="Write the final report to this file as JSON.")
 @click.option("--size", "expected_size", type=Size(), default=None,
               help="Expected stream size (suffixes K, M, G), for the ETA of the progress display.")
-@click.option("--progress-interval", type=SECONDS, default=5.0, show_default=True,
+@click.option("--progress-interval", type=SECONDS, default=defaults.PROGRESS_INTERVAL, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal.")
 @click.option("--no-verify", is_flag=True,
               help="Send no chunk digests: nodes cannot verify what they received.")
@@ -213,12 +150,12 @@ def read_hosts_file(path: str) -> List[str]:
               help="Do not spool the stream: the nodes below a lost node fail instead of being re-attached.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
               help="Directory of the repair spool, a copy of the stream (default: $TMPDIR or /tmp).")
-@click.option("--stall-timeout", type=SECONDS, default=3.0, show_default=True,
+@click.option("--stall-timeout", type=SECONDS, default=defaults.STALL_TIMEOUT, show_default=True,
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
-@click.option("--max-connections", type=POSITIVE, default=4096, show_default=True,
+@click.option("--max-connections", type=POSITIVE, default=defaults.MAX_CONNECTIONS, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
 @security_options
-@common_options
+@network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
@@ -245,7 +182,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         finish_delay=delay / 10, control_port=control_port, data_port=data_port, bind=bind,
         wait_timeout=wait_timeout, hosts=hosts, relay_backend=relay_backend,
         buffer_size=buffer_size, sockbuf=sockbuf, connect_timeout=connect_timeout,
-        report_file=report_file, discovery_port=discovery_port,
+        discovery_port=discovery_port,
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, repair=not no_repair,
@@ -277,7 +214,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
 @click.option("--advertise", metavar="ADDRESS",
               help="Address this node's children connect to (default: the one the server sees).")
 @security_options
-@common_options
+@network_options
 @version_option
 def client_command(host, session, consumer, target, wait_finish, go, advertise, control_port,
                    data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,

@@ -1,6 +1,24 @@
-"""Ports and default values, named once: the CLI, the server, the client and the docs
-take them from here."""
+"""Ports and default values, named once: the CLI, the configs of server and client,
+discovery, the lab and the tests take them from here (the man pages state them, and
+tests/test_docs.py checks that they do)."""
 
 CONTROL_PORT = 30765     # TCP, the original's control port (-p)
 DATA_PORT = 30764        # TCP, the original's data port (-P)
 DISCOVERY_PORT = 4957    # UDP, where a session name is broadcast (-s)
+
+DISCOVERY_TRIES = 10     # broadcasts of a session name before giving up...
+DISCOVERY_INTERVAL = 1.0  # ...one every this many seconds
+
+BUFFER_SIZE = 1 << 20    # relay pipe/buffer bytes (--buffer-size): 1 MiB, the unprivileged pipe maximum
+
+CONNECT_TIMEOUT = 30.0   # seconds for data links (and a server not up yet) to connect (--connect-timeout)
+HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection may take to introduce itself (--handshake-timeout)
+STALL_TIMEOUT = 3.0      # seconds of silence after which a node, or the server, is given up (--stall-timeout)
+# Each side speaks this often, well within the stall timeout, so that a live peer is
+# never given up: the server pings every node, a node reports its progress.
+PING_INTERVAL = 1.0
+REPORT_INTERVAL = 1.0
+CONNECT_RETRY = 0.25     # seconds between tries at a server that refused (still starting)
+
+MAX_CONNECTIONS = 4096   # control connections open at once before more are refused (--max-connections)
+PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal (--progress-interval)

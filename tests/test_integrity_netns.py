@@ -7,6 +7,8 @@ import threading
 import pytest
 from deploy import Deployment, load_report
 
+from kadeploy.defaults import DATA_PORT
+
 pytestmark = pytest.mark.netns
 SIZE = 30_000_000
 FLIP_AT = 9_000_000     # stream offset of the corrupted byte (past the handshake)
@@ -17,7 +19,7 @@ def corrupting_forwarder(listen_addr, target, ready, flip_at):
     client direction, XOR one byte at `flip_at` bytes after the first 1 KiB of frames."""
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((listen_addr, 30764))
+    ls.bind((listen_addr, DATA_PORT))
     ls.listen(1)
     ready.set()
     client, _ = ls.accept()
@@ -53,7 +55,7 @@ def setup(vcluster, tmp_path):
         deps.append(dep)
         ready = threading.Event()
         t = threading.Thread(target=cluster.call, daemon=True, args=(
-            4, corrupting_forwarder, "198.18.0.5", ("198.18.0.3", 30764), ready, FLIP_AT + 200))
+            4, corrupting_forwarder, "198.18.0.5", ("198.18.0.3", DATA_PORT), ready, FLIP_AT + 200))
         t.start()
         assert ready.wait(10)
         report = str(tmp_path / "r.json")

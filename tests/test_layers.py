@@ -106,6 +106,16 @@ def test_pure_core_does_no_io(path):
     assert not outside, f"{path.name} is in the pure core but imports {sorted(outside)}"
 
 
+def test_lab_never_imports_the_cli():
+    # The lab's commands take shared options from kadeploy.options; importing
+    # kadeploy.cli from the lab made the bench <-> cli cycle.
+    g = graph()
+    lab = sorted(m for m in g if m == "kadeploy.lab" or m.startswith("kadeploy.lab."))
+    assert lab, "no lab modules found"
+    offenders = [m for m in lab if "kadeploy.cli" in g[m]]
+    assert not offenders, f"lab modules import kadeploy.cli: {offenders}"
+
+
 def test_lab_is_not_loaded_by_the_two_commands():
     # ka-d-server and ka-d-client start without the benchmark lab (and its imports).
     code = ("import sys, kadeploy.cli\n"

@@ -43,12 +43,12 @@ def run_conversation(split):
 
 def test_whole_conversation_fed_whole():
     ends = run_conversation(lambda b: [b])
-    assert ends[P.CLIENT].state == P.FINISHED
+    assert ends[P.CLIENT].state == P.State.FINISHED
 
 
 def test_whole_conversation_fed_byte_by_byte():
     ends = run_conversation(lambda b: [b[i:i + 1] for i in range(len(b))])
-    assert ends[P.SERVER].state == P.FINISHED
+    assert ends[P.SERVER].state == P.State.FINISHED
 
 
 def test_several_messages_in_one_read():
@@ -88,15 +88,15 @@ def test_every_state_is_reachable_and_can_end():
         assert sender in (P.CLIENT, P.SERVER) and msg in P.MESSAGE_TYPES.values()
         graph.setdefault(state, set()).add(nxt)
     states = set(graph) | {n for ns in graph.values() for n in ns}
-    seen, todo = {P.START}, [P.START]
+    seen, todo = {P.State.START}, [P.State.START]
     while todo:
         for n in graph.get(todo.pop(), ()):
             if n not in seen:
                 seen.add(n)
                 todo.append(n)
-    assert seen == states
+    assert seen == states == set(P.State)   # every state is in the table
     # Every state leads to an end (CLOSED or FINISHED); Refuse closes any of them.
-    for s in states - {P.CLOSED, P.FINISHED}:
+    for s in states - {P.State.CLOSED, P.State.FINISHED}:
         assert graph.get(s), f"{s} is a dead end"
 
 
@@ -201,7 +201,7 @@ def test_refuse_is_legal_in_any_state_and_closes(n_before):
         assert ends[other].next_event() == msg
     ends[P.CLIENT].receive_data(ends[P.SERVER].send(P.Refuse(reason="bye")))
     assert ends[P.CLIENT].next_event() == P.Refuse(reason="bye")
-    assert ends[P.CLIENT].state == ends[P.SERVER].state == P.CLOSED
+    assert ends[P.CLIENT].state == ends[P.SERVER].state == P.State.CLOSED
     with pytest.raises(P.LocalProtocolError):
         ends[P.SERVER].send(P.Finish())
 

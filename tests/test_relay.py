@@ -1,6 +1,6 @@
 """One suite for every relay backend, run against real sockets, pipes and files.
 
-Each test runs once per backend (cython, cffi, python, copy), like uvloop's mixins; the
+Each test runs once per backend (cython, python, copy), like uvloop's mixins; the
 copy backend is the oracle and every backend must agree with it. A backend that did
 not build is skipped, unless $KADEPLOY_REQUIRE_BACKEND names it: then the run fails.
 """

@@ -11,6 +11,7 @@ from kadeploy.control import auth
 from kadeploy.control.netio import recv_frame, send_frame
 from kadeploy.core import handshake as H
 from kadeploy.core import protocol as P
+from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 
 pytestmark = pytest.mark.netns
 KEY = b"correct horse battery staple 42"
@@ -58,12 +59,12 @@ def test_keyed_client_refuses_an_open_server(net, keyfile):
     c = dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "cat", where=1)
     assert_one_line_error(c, 3, "the server has no key")
     server.wait(30)
-    assert "no key: anyone who can reach TCP port 30765" in server.err
+    assert f"no key: anyone who can reach TCP port {CONTROL_PORT}" in server.err
 
 
 def _handshake(host, nonce=None, replay_auth=None):
     """A hand-made keyed registration; returns (reply, the Auth bytes we sent)."""
-    with socket.create_connection((host, 30765), timeout=10) as s:
+    with socket.create_connection((host, CONTROL_PORT), timeout=10) as s:
         hello = P.Hello(software="test", hostname="h", data_port=40000, nonce=nonce or H.new_nonce())
         s.sendall(P.encode(hello))
         r = P.FrameReader()
@@ -109,7 +110,7 @@ def test_stranger_on_a_data_port_is_refused(net, keyfile, tmp_path):
             loop = asyncio.get_running_loop()
             sock = socket.socket()
             sock.setblocking(False)
-            await loop.sock_connect(sock, ("198.18.0.2", 30764))
+            await loop.sock_connect(sock, ("198.18.0.2", DATA_PORT))
             with sock:
                 await send_frame(sock, P.DataHello(node_id=2, nonce=H.new_nonce()))
                 ch = await asyncio.wait_for(recv_frame(sock), 30)
@@ -147,7 +148,7 @@ def test_connection_flood_during_a_deployment(net, tmp_path):
                  P.encode(P.Hello(software="x", hostname="y", data_port=1))]
         while time.monotonic() < deadline and sent < 400:
             try:
-                s = socket.create_connection(("198.18.0.1", 30765), timeout=2)
+                s = socket.create_connection(("198.18.0.1", CONTROL_PORT), timeout=2)
                 s.sendall(kinds[sent % len(kinds)])
                 socks.append(s)
                 sent += 1
@@ -171,7 +172,7 @@ def test_connection_flood_during_a_deployment(net, tmp_path):
 
 def _can_connect(host):
     try:
-        socket.create_connection((host, 30765), timeout=1).close()
+        socket.create_connection((host, CONTROL_PORT), timeout=1).close()
         return True
     except OSError:
         return False

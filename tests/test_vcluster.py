@@ -13,10 +13,9 @@ import time
 
 import pytest
 
+from kadeploy.defaults import DISCOVERY_PORT
 from kadeploy.lab import vcluster as vc
 from kadeploy.lab.vcluster import NetemUnavailable, VClusterError, VirtualCluster
-
-DISCOVERY_PORT = 4957
 
 
 def _host_links() -> set[str]:

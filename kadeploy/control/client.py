@@ -14,7 +14,6 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from kadeploy import relay as relay_mod
 from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
 from kadeploy.control.policy import refuse_place
@@ -25,7 +24,15 @@ from kadeploy.core.integrity import Verifier
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
 from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
 from kadeploy.data.node import DataPhase, Outcome, ServerLink
-from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.defaults import (
+    BUFFER_SIZE,
+    CONNECT_TIMEOUT,
+    CONTROL_PORT,
+    DATA_PORT,
+    DISCOVERY_PORT,
+    DISCOVERY_TRIES,
+    HANDSHAKE_TIMEOUT,
+)
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import ClientBar
@@ -45,12 +52,12 @@ class ClientConfig:
     bind: Optional[str] = None
     advertise: Optional[str] = None
     relay_backend: Optional[str] = None
-    buffer_size: int = relay_mod.DEFAULT_BUFFER_SIZE
+    buffer_size: int = BUFFER_SIZE
     sockbuf: Optional[int] = None
-    connect_timeout: float = 30.0
-    handshake_timeout: float = 10.0
-    discovery_port: int = 4957
-    discovery_tries: int = 10
+    connect_timeout: float = CONNECT_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    discovery_port: int = DISCOVERY_PORT
+    discovery_tries: int = DISCOVERY_TRIES
     progress_bar: Optional[bool] = None   # None: when stderr is a terminal
     key: Optional[bytes] = None
     insecure_no_verify: bool = False   # with a key, accept a stream without digests

@@ -1,8 +1,8 @@
 """Finding the server by session name over UDP broadcast, as the original did.
 
-The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times; a server
-of that session answers the sender. The original answered its version string to
-port 4958; we answer to the request's source port instead (so several clients on one
+The client broadcasts ``NAME\\0`` to UDP port 4957 once a second, ten times (both in
+kadeploy.defaults); a server of that session answers the sender. The original
+answered its version string to port 4958; we answer to the request's source port instead (so several clients on one
 host all get their answer), with the version and the control port:
 ``kadeploy <version> <control port>\\0``. The answer's source address is the server.
 
@@ -22,10 +22,10 @@ import time
 from typing import List, Optional, Tuple
 
 from kadeploy.core.handshake import check, new_nonce, proof, well_formed_nonce
+from kadeploy.defaults import DISCOVERY_INTERVAL, DISCOVERY_PORT, DISCOVERY_TRIES
 from kadeploy.errors import NotJoined, UsageError
 from kadeploy.version import __version__
 
-DISCOVERY_PORT = 4957
 MAX_SESSION_NAME = 255
 _SIOCGIFBRDADDR = 0x8919
 _SIOCGIFFLAGS = 0x8913
@@ -116,10 +116,9 @@ class Responder(asyncio.DatagramProtocol):
     """Server side: answer requests for our session name (with a key, only keyed
     requests, with the proof)."""
 
-    def __init__(self, session: str, control_port: int, log, key: Optional[bytes] = None) -> None:
-        self.session, self.control_port, self.log, self.key = session, control_port, log, key
+    def __init__(self, session: str, control_port: int, key: Optional[bytes] = None) -> None:
+        self.session, self.control_port, self.key = session, control_port, key
         self.transport = None
-        self.ignored = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -127,12 +126,11 @@ class Responder(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         req = parse_request(data)
         if req is None or req[0] != self.session or (self.key is not None and req[1] is None):
-            self.ignored += 1
             return
         self.transport.sendto(answer(self.control_port, self.key, self.session, req[1]), addr)
 
 
-async def start_responder(session: str, control_port: int, log, port: int = DISCOVERY_PORT,
+async def start_responder(session: str, control_port: int, port: int = DISCOVERY_PORT,
                           key: Optional[bytes] = None):
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -140,11 +138,11 @@ async def start_responder(session: str, control_port: int, log, port: int = DISC
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.bind(("0.0.0.0", port))
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: Responder(session, control_port, log, key), sock=sock)
+        lambda: Responder(session, control_port, key), sock=sock)
     return transport
 
 
-def discover(session: str, *, tries: int = 10, interval: float = 1.0,
+def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = DISCOVERY_INTERVAL,
              port: int = DISCOVERY_PORT, key: Optional[bytes] = None) -> Tuple[str, int]:
     """(server address, control port) for a session, or NotJoined after `tries` seconds."""
     nonce = new_nonce() if key is not None else None

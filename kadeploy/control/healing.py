@@ -16,7 +16,9 @@ from typing import Dict, Optional
 from kadeploy.control.registry import Node
 from kadeploy.core import protocol as P
 from kadeploy.core import repair
+from kadeploy.core.states import PLACED_ALIVE, RECEIVING
 from kadeploy.data.server_phase import ServerDataPhase
+from kadeploy.defaults import PING_INTERVAL
 
 log = logging.getLogger("kadeploy.server")
 
@@ -40,7 +42,7 @@ class Healer:
         stall timeout given up (frozen, or cut off from the network)."""
         stall = self.cfg.stall_timeout
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             for node in list(self.nodes.values()):
                 if node.error is not None or node.finished:
@@ -58,7 +60,7 @@ class Healer:
             return
         node.fail(reason)
         node.channel.abort()
-        needs = {i for i, n in self.nodes.items() if n.position and n.state in ("connecting", "streaming")}
+        needs = {i for i, n in self.nodes.items() if n.position and n.state in RECEIVING}
         actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
         for action in actions:
             if isinstance(action, repair.Drop):
@@ -69,7 +71,7 @@ class Healer:
     def _drop(self, parent: int, child: int) -> None:
         if parent == repair.SERVER:
             self.phase.drop(child)
-        elif self.nodes[parent].state in ("connecting", "streaming", "done"):
+        elif self.nodes[parent].state in PLACED_ALIVE:
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
     def _reattach(self, child: Node, why: str) -> None:

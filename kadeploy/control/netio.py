@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 from kadeploy.core import protocol
 from kadeploy.core.addresses import format_hostport, normalize_address
+from kadeploy.defaults import CONNECT_RETRY
 from kadeploy.errors import KadeployError, NotJoined
 
 
@@ -80,7 +81,7 @@ async def connect(host: str, port: int, timeout: float, what: str, *,
         except NotJoined as e:
             if not (retry_refused and e.refused and loop.time() < deadline):
                 raise
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(CONNECT_RETRY)
 
 
 async def _connect_once(host: str, port: int, timeout: float, what: str) -> socket.socket:

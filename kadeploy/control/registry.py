@@ -21,6 +21,7 @@ from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.handshake import CONTROL, Answerer, HandshakeFailed
+from kadeploy.core.states import NodeState
 from kadeploy.core.topology import NodeInfo
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
@@ -43,14 +44,14 @@ class Node:
     last_heard: float = field(default_factory=time.monotonic)
 
     @property
-    def state(self) -> str:
+    def state(self) -> NodeState:
         if self.error is not None or (self.done is not None and not self.done.ok):
-            return "failed"
+            return NodeState.FAILED
         if self.done is not None:
-            return "done"
+            return NodeState.DONE
         if not self.position:
-            return "registered"
-        return "streaming" if self.bytes else "connecting"
+            return NodeState.REGISTERED
+        return NodeState.STREAMING if self.bytes else NodeState.CONNECTING
 
     @property
     def name(self) -> str:

@@ -31,10 +31,21 @@ from kadeploy.control.netio import listen
 from kadeploy.control.registry import Node, Registry
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
+from kadeploy.core.states import RECEIVING, NodeState, Verdict
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
 from kadeploy.data.commands import DEFAULT_PRODUCER
 from kadeploy.data.server_phase import ServerDataPhase
-from kadeploy.defaults import CONTROL_PORT, DATA_PORT
+from kadeploy.defaults import (
+    BUFFER_SIZE,
+    CONNECT_TIMEOUT,
+    CONTROL_PORT,
+    DATA_PORT,
+    DISCOVERY_PORT,
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    PROGRESS_INTERVAL,
+    STALL_TIMEOUT,
+)
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
@@ -62,21 +73,20 @@ class ServerConfig:
     wait_timeout: Optional[float] = None
     hosts: Optional[List[str]] = None
     relay_backend: Optional[str] = None
-    buffer_size: int = relay_mod.DEFAULT_BUFFER_SIZE
+    buffer_size: int = BUFFER_SIZE
     sockbuf: Optional[int] = None
-    connect_timeout: float = 30.0
-    handshake_timeout: float = 10.0
-    report_file: Optional[str] = None
-    discovery_port: int = 4957
-    progress_interval: float = 5.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    discovery_port: int = DISCOVERY_PORT
+    progress_interval: float = PROGRESS_INTERVAL
     live: Optional[bool] = None        # live table; None: when stderr is a terminal
     expected_size: Optional[int] = None
     key: Optional[bytes] = None
-    max_connections: int = 4096
+    max_connections: int = MAX_CONNECTIONS
     verify: bool = True                # chunk digests beside the data, checked by every node
     repair: bool = True                # spool the stream; re-attach the orphans of a lost node
     spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
-    stall_timeout: float = 3.0         # a node silent this long is given up
+    stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
 
 
 class Server:
@@ -208,14 +218,14 @@ class Server:
         """Data connections from the server's own children, checked against the token."""
         child_ids = [self.by_pos[p].info.node_id for p in self.tree.children(0)]
         missing = await self.phase.accept_children(
-            child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == "failed"})
+            child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == NodeState.FAILED})
         for node_id in sorted(missing):
             self.nodes[node_id].fail(
                 f"did not open its data connection within {self.cfg.connect_timeout:g} s")
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():
-            if node.position and node.state in ("connecting", "streaming"):
+            if node.position and node.state in RECEIVING:
                 node.channel.post(msg)
 
     async def _stream(self) -> None:
@@ -277,7 +287,7 @@ class Server:
                 data_port=node.info.data_port,
                 parent=self.tree.parent(node.position) if node.position and self.tree else None,
                 bytes=node.bytes, seconds=d.seconds if d else None,
-                status="ok" if node.ok else "failed",
+                status=Verdict.OK if node.ok else Verdict.FAILED,
                 error=node.error or (d.error if d and not d.ok else None),
                 consumer_status=d.consumer_status if d else None,
                 backend=d.backend if d else "",
@@ -297,7 +307,7 @@ class Server:
 async def _start_discovery(cfg: ServerConfig):
     from kadeploy.control.discovery import start_responder
     try:
-        return await start_responder(cfg.session, cfg.control_port, log, port=cfg.discovery_port,
+        return await start_responder(cfg.session, cfg.control_port, port=cfg.discovery_port,
                                      key=cfg.key)
     except OSError as e:
         raise KadeployError(f"cannot listen for discovery on UDP port {cfg.discovery_port}: {e.strerror}")
@@ -308,7 +318,7 @@ async def _start_discovery(cfg: ServerConfig):
 def exit_status(report: Report) -> int:
     if report.stream_error or not report.nodes:
         return EXIT_FAILED
-    failed = sum(1 for n in report.nodes if n.status != "ok")
+    failed = sum(1 for n in report.nodes if n.status != Verdict.OK)
     if failed == 0:
         return EXIT_OK
     return EXIT_FAILED if failed == len(report.nodes) else EXIT_SOME_FAILED

@@ -27,9 +27,11 @@ import hmac
 import json
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Optional, Tuple, Type
 
 from kadeploy.core import fields as fields_mod
+from kadeploy.core.states import Word
+from kadeploy.defaults import STALL_TIMEOUT
 from kadeploy.version import PROTOCOL_VERSION
 
 MAGIC = b"KD"
@@ -120,7 +122,7 @@ class Place(Message):
     token: str = ""        # secret of this deployment, proves membership on data links
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 4 << 20      # kadeploy.core.integrity.CHUNK_SIZE
-    stall_timeout: float = 3.0     # silence after which either side gives the other up
+    stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
 
 
 @dataclass
@@ -395,60 +397,62 @@ class FrameReader:
 
 # ----------------------------------------------------------- state machine
 
-# States of a control connection, the same on both ends.
-START = "START"            # nothing said yet
-HELLO_SENT = "HELLO_SENT"  # the client asked to join
-CHALLENGED = "CHALLENGED"  # the server proved it knows the key; the client must too
-AUTHENTICATED = "AUTHENTICATED"
-GO_SENT = "GO_SENT"        # the client asked the server to start now
-GO_CHALLENGED = "GO_CHALLENGED"
-GO_AUTHENTICATED = "GO_AUTHENTICATED"
-REGISTERED = "REGISTERED"  # welcomed; waiting for the tree
-PLACED = "PLACED"          # knows its place; data flows
-ENDED = "ENDED"            # the server said how long the stream was
-REPORTED = "REPORTED"      # the client sent its completion report
-FINISHED = "FINISHED"      # released (-w); nothing more to say
-CLOSED = "CLOSED"          # refused, aborted or done with
+class State(Word):
+    """States of a control connection, the same on both ends."""
+    START = "START"            # nothing said yet
+    HELLO_SENT = "HELLO_SENT"  # the client asked to join
+    CHALLENGED = "CHALLENGED"  # the server proved it knows the key; the client must too
+    AUTHENTICATED = "AUTHENTICATED"
+    GO_SENT = "GO_SENT"        # the client asked the server to start now
+    GO_CHALLENGED = "GO_CHALLENGED"
+    GO_AUTHENTICATED = "GO_AUTHENTICATED"
+    REGISTERED = "REGISTERED"  # welcomed; waiting for the tree
+    PLACED = "PLACED"          # knows its place; data flows
+    ENDED = "ENDED"            # the server said how long the stream was
+    REPORTED = "REPORTED"      # the client sent its completion report
+    FINISHED = "FINISHED"      # released (-w); nothing more to say
+    CLOSED = "CLOSED"          # refused, aborted or done with
+
 
 CLIENT, SERVER = "client", "server"
 
-TRANSITIONS: Dict[Tuple[str, str, Type[Message]], str] = {
-    (START, CLIENT, Hello): HELLO_SENT,
-    (START, CLIENT, Go): GO_SENT,
-    (GO_SENT, SERVER, GoAck): CLOSED,
+TRANSITIONS: Dict[Tuple[State, str, Type[Message]], State] = {
+    (State.START, CLIENT, Hello): State.HELLO_SENT,
+    (State.START, CLIENT, Go): State.GO_SENT,
+    (State.GO_SENT, SERVER, GoAck): State.CLOSED,
     # With a key, a challenge-response comes between the request and its answer.
-    (GO_SENT, SERVER, Challenge): GO_CHALLENGED,
-    (GO_CHALLENGED, CLIENT, Auth): GO_AUTHENTICATED,
-    (GO_AUTHENTICATED, SERVER, GoAck): CLOSED,
-    (HELLO_SENT, SERVER, Welcome): REGISTERED,
-    (HELLO_SENT, SERVER, Challenge): CHALLENGED,
-    (CHALLENGED, CLIENT, Auth): AUTHENTICATED,
-    (AUTHENTICATED, SERVER, Welcome): REGISTERED,
-    (REGISTERED, SERVER, Place): PLACED,
-    (REGISTERED, SERVER, Abort): CLOSED,
-    (REGISTERED, SERVER, Ping): REGISTERED,
-    (PLACED, CLIENT, Progress): PLACED,
-    (PLACED, SERVER, Digest): PLACED,
-    (PLACED, SERVER, Ping): PLACED,
-    (PLACED, SERVER, Reattach): PLACED,
-    (PLACED, SERVER, DropChild): PLACED,
-    (ENDED, SERVER, Ping): ENDED,
-    (ENDED, SERVER, Reattach): ENDED,
-    (ENDED, SERVER, DropChild): ENDED,
-    (PLACED, SERVER, End): ENDED,
-    (PLACED, CLIENT, Done): REPORTED,
-    (PLACED, SERVER, Abort): CLOSED,
-    (ENDED, CLIENT, Progress): ENDED,
-    (ENDED, CLIENT, Done): REPORTED,
-    (ENDED, SERVER, Abort): CLOSED,
+    (State.GO_SENT, SERVER, Challenge): State.GO_CHALLENGED,
+    (State.GO_CHALLENGED, CLIENT, Auth): State.GO_AUTHENTICATED,
+    (State.GO_AUTHENTICATED, SERVER, GoAck): State.CLOSED,
+    (State.HELLO_SENT, SERVER, Welcome): State.REGISTERED,
+    (State.HELLO_SENT, SERVER, Challenge): State.CHALLENGED,
+    (State.CHALLENGED, CLIENT, Auth): State.AUTHENTICATED,
+    (State.AUTHENTICATED, SERVER, Welcome): State.REGISTERED,
+    (State.REGISTERED, SERVER, Place): State.PLACED,
+    (State.REGISTERED, SERVER, Abort): State.CLOSED,
+    (State.REGISTERED, SERVER, Ping): State.REGISTERED,
+    (State.PLACED, CLIENT, Progress): State.PLACED,
+    (State.PLACED, SERVER, Digest): State.PLACED,
+    (State.PLACED, SERVER, Ping): State.PLACED,
+    (State.PLACED, SERVER, Reattach): State.PLACED,
+    (State.PLACED, SERVER, DropChild): State.PLACED,
+    (State.ENDED, SERVER, Ping): State.ENDED,
+    (State.ENDED, SERVER, Reattach): State.ENDED,
+    (State.ENDED, SERVER, DropChild): State.ENDED,
+    (State.PLACED, SERVER, End): State.ENDED,
+    (State.PLACED, CLIENT, Done): State.REPORTED,
+    (State.PLACED, SERVER, Abort): State.CLOSED,
+    (State.ENDED, CLIENT, Progress): State.ENDED,
+    (State.ENDED, CLIENT, Done): State.REPORTED,
+    (State.ENDED, SERVER, Abort): State.CLOSED,
     # A node that failed early reports before the server's End reaches it.
-    (REPORTED, SERVER, End): REPORTED,
-    (REPORTED, SERVER, Digest): REPORTED,
-    (REPORTED, SERVER, Ping): REPORTED,
-    (REPORTED, SERVER, Reattach): REPORTED,
-    (REPORTED, SERVER, DropChild): REPORTED,
-    (REPORTED, SERVER, Finish): FINISHED,
-    (REPORTED, SERVER, Abort): CLOSED,
+    (State.REPORTED, SERVER, End): State.REPORTED,
+    (State.REPORTED, SERVER, Digest): State.REPORTED,
+    (State.REPORTED, SERVER, Ping): State.REPORTED,
+    (State.REPORTED, SERVER, Reattach): State.REPORTED,
+    (State.REPORTED, SERVER, DropChild): State.REPORTED,
+    (State.REPORTED, SERVER, Finish): State.FINISHED,
+    (State.REPORTED, SERVER, Abort): State.CLOSED,
 }
 
 
@@ -460,13 +464,13 @@ class ControlConnection:
             raise ValueError(our_role)
         self.our_role = our_role
         self.their_role = SERVER if our_role == CLIENT else CLIENT
-        self.state = START
+        self.state = State.START
         self._reader = FrameReader()
         self._auth: Optional[FrameAuth] = None
 
     def _advance(self, sender: str, msg: Message, error: Type[ProtocolError]) -> None:
-        if isinstance(msg, Refuse) and self.state != CLOSED:
-            self.state = CLOSED  # either side may refuse at any point, then closes
+        if isinstance(msg, Refuse) and self.state != State.CLOSED:
+            self.state = State.CLOSED  # either side may refuse at any point, then closes
             return
         key = (self.state, sender, type(msg))
         if key not in TRANSITIONS:
@@ -509,6 +513,3 @@ def expect(msg: Message, *types: Type[Message]) -> Message:
         raise RemoteProtocolError(f"expected {names}, got {type(msg).__name__}")
     return msg
 
-
-AnyMessage = Union[Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End, Done, Finish,
-                   Abort, DataHello, DataWelcome, Challenge, Auth, Digest, Ping, Reattach, DropChild]

@@ -24,11 +24,11 @@ from kadeploy.core.integrity import ChunkDigester, Verifier
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
 from kadeploy.data.sinks import CONSUMER, DIGEST, Sinks
 from kadeploy.data.tap import HashTap
+from kadeploy.defaults import REPORT_INTERVAL
 from kadeploy.errors import NotJoined
 from kadeploy.view.progress import ClientBar
 
 log = logging.getLogger("kadeploy.client")
-PROGRESS_INTERVAL = 1.0
 
 
 @dataclass
@@ -109,7 +109,7 @@ class ServerLink:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL)
+            await asyncio.sleep(REPORT_INTERVAL)
             if self.reporting and self.lost is None:
                 try:
                     await self.ch.send(P.Progress(bytes=self.received()))

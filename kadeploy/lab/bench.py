@@ -29,12 +29,18 @@ from typing import List, Optional
 
 import click
 
+from kadeploy import defaults
 from kadeploy.errors import EXIT_USAGE, KadeployError
 from kadeploy.lab.benchlib import execute, output
 from kadeploy.lab.benchlib.methods import METHODS, NEEDS, Experiment
 from kadeploy.lab.benchlib.progress import Progress
-
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+from kadeploy.options import (
+    CONTEXT,
+    RELAY_CHOICES,
+    check_backend,
+    format_size,
+    parse_size,
+)
 
 
 def _split(text: str) -> List[str]:
@@ -54,7 +60,6 @@ def int_list(lo: int, hi: int):
 
 
 def size_list(ctx, param, value):
-    from kadeploy.cli import parse_size
     out = [parse_size(t) for t in _split(value)]
     if not out or min(out) <= 0:
         raise click.BadParameter("sizes must be greater than 0")
@@ -140,10 +145,11 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="Cluster sizes N to sweep, server included (comma-separated).")
 @click.option("--arity", "arities", default="1", show_default=True, callback=int_list(1, 249),
               help="kadeploy arities to sweep (1 = chain).")
-@click.option("--buffer-size", "buffers", default="1M", show_default=True, callback=size_list,
+@click.option("--buffer-size", "buffers", default=format_size(defaults.BUFFER_SIZE), show_default=True,
+              callback=size_list,
               help="kadeploy relay buffer sizes to sweep (suffixes K, M).")
 @click.option("--backend", "backends", default="auto", show_default=True,
-              callback=choice_list(["auto", "cython", "cffi", "python", "copy"]),
+              callback=choice_list(list(RELAY_CHOICES)),
               help="kadeploy relay backends to sweep.")
 @click.option("--integrity", default="on", show_default=True,
               callback=lambda ctx, p, v: [x == "on" for x in choice_list(["on", "off"])(ctx, p, v)],
@@ -173,7 +179,6 @@ def bench_command(nodes, arities, buffers, backends, integrity, methods, rates, 
     size and relay backend) and for a DIY socat chain, a star and udpcast. Needs root."""
     check_prerequisites(methods, delay, loss)
     if "kadeploy" in methods:
-        from kadeploy.cli import check_backend
         for b in backends:
             check_backend(b)
     size = size[0]

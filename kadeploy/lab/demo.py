@@ -19,7 +19,7 @@ from typing import Iterator, List
 import click
 
 from kadeploy.lab.treedigest import diff_manifests, tree_digest, tree_manifest
-from kadeploy.relay import BACKENDS
+from kadeploy.options import CONTEXT, arity_option, relay_option
 
 
 def make_sample_tree(root: str, *, big_mib: int = 32, n_files: int = 300, seed: int = 1) -> None:
@@ -67,13 +67,11 @@ def workdir() -> Iterator[str]:
         yield path
 
 
-@click.command("demo", context_settings={"help_option_names": ["--help"]})
+@click.command("demo", context_settings=CONTEXT)
 @click.option("-n", "--clients", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Number of clients.")
-@click.option("-a", "--arity", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Arity of the tree (1 is a chain).")
-@click.option("--relay", "relay_backend", type=click.Choice(["auto", *BACKENDS]), default=None,
-              help="Relay backend for every node.")
+@arity_option
+@relay_option
 @click.option("--source", type=click.Path(exists=True, file_okay=False), default=None,
               help="Clone this directory instead of a generated sample tree.")
 def demo_command(clients: int, arity: int, relay_backend, source):

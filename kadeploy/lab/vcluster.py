@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from kadeploy.core.states import Word
+
 __all__ = [
     "VClusterError",
     "NetemUnavailable",
@@ -395,6 +397,13 @@ class Node:
         return call_in_netns(self.ns, fn, *args, **kwargs)
 
 
+class ClusterState(Word):
+    """A VirtualCluster's life: new -> up -> closed."""
+    NEW = "new"
+    UP = "up"
+    CLOSED = "closed"
+
+
 class VirtualCluster:
     """N network namespaces on one virtual switch.  Use as a context manager.
 
@@ -426,7 +435,7 @@ class VirtualCluster:
         ]
         self._procs: list[subprocess.Popen] = []
         self._procs_lock = threading.Lock()
-        self._state = "new"           # new -> up -> closed
+        self._state = ClusterState.NEW
 
     # ---- public API
 
@@ -444,7 +453,7 @@ class VirtualCluster:
         return [self.switch_ns] + [n.ns for n in self.nodes]
 
     def _netns_exec(self, i: int, argv: Sequence[str] | str) -> list[str]:
-        if self._state != "up":
+        if self._state != ClusterState.UP:
             raise VClusterError(f"virtual cluster {self.tag} is {self._state}, not up")
         if isinstance(argv, str):
             argv = ["sh", "-c", argv]
@@ -482,7 +491,7 @@ class VirtualCluster:
             warnings.warn(f"virtual cluster teardown: {e}", RuntimeWarning, stacklevel=2)
 
     def start(self) -> None:
-        if self._state != "new":
+        if self._state != ClusterState.NEW:
             raise VClusterError(f"virtual cluster {self.tag} already {self._state}")
         _require_root("a virtual cluster")
         ip, tc = _ip_binary(), _tc_binary()
@@ -495,7 +504,7 @@ class VirtualCluster:
                     "load it with 'modprobe sch_netem' or run without delay/loss")
         if self.ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
             raise VClusterError("ipv6=True but this kernel has no IPv6 support")
-        self._state = "up"
+        self._state = ClusterState.UP
         atexit.register(self.close)
         try:
             self._build(ip, tc)
@@ -567,9 +576,9 @@ class VirtualCluster:
     def close(self) -> None:
         """Kill every process, delete every namespace.  Idempotent; raises
         VClusterError (after doing all it can) if something could not be removed."""
-        if self._state == "closed":
+        if self._state == ClusterState.CLOSED:
             return
-        self._state = "closed"
+        self._state = ClusterState.CLOSED
         atexit.unregister(self.close)
         problems: list[str] = []
 

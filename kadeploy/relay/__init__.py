@@ -14,9 +14,9 @@ Contract shared by every backend (tests/test_relay.py holds them all to it):
 - The relay never closes nor shuts down an fd: its caller owns them, and signals EOF
   downstream (close a pipe, ``shutdown(SHUT_WR)`` a socket) after it returns.
 
-Backends, fastest first where they build: ``cython`` (the compiled splice/tee loop,
-no GIL), ``cffi`` (the same loop in Python over cffi's libc bindings), ``python``
-(``os.splice`` plus tee), ``copy`` (recv/write with one buffer: the oracle).
+Backends: ``cython`` (the compiled splice/tee loop, no GIL), ``python`` (the same
+loop in Python, ``os.splice`` plus tee through ctypes), ``copy`` (recv/write with one
+buffer: the oracle). ``auto`` tries them in AUTO_ORDER, which is not this order.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import importlib
 import os
 from typing import Dict, Optional, Sequence
 
+from kadeploy import defaults
 from kadeploy.relay.result import (
     EOF,
     NO_SINKS,
@@ -37,17 +38,16 @@ ENV_BACKEND = "KADEPLOY_RELAY"
 # Set when a run must use the compiled core (CI): a missing backend is then an error
 # instead of a silent fallback.
 ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"
-BACKENDS = ("cython", "cffi", "python", "copy")
+BACKENDS = ("cython", "python", "copy")
 # The order `auto` tries them in, from bench/RESULTS.md: the compiled loop costs the
 # least CPU per GB everywhere; on shaped links (like real ones, where bytes arrive a
-# segment at a time) the copy loop beats the splice loops written in Python, whose
-# per-iteration overhead outweighs the copies they save.
-AUTO_ORDER = ("cython", "copy", "cffi", "python")
-DEFAULT_BUFFER_SIZE = 1 << 20
+# segment at a time) the copy loop beats the splice loop written in Python, whose
+# per-iteration overhead outweighs the copies it saves.
+AUTO_ORDER = ("cython", "copy", "python")
+DEFAULT_BUFFER_SIZE = defaults.BUFFER_SIZE
 
 _MODULES = {
     "cython": "kadeploy.relay.cython_backend",
-    "cffi": "kadeploy.relay.cffi_backend",
     "python": "kadeploy.relay.python_backend",
     "copy": "kadeploy.relay.copy",
 }

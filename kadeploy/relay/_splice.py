@@ -1,4 +1,4 @@
-"""The splice/tee relay loop in Python, shared by the cffi and python backends.
+"""The splice/tee loop in Python (the python backend) and the set-up all splice backends share.
 
 The loop is written once and parametrized by a ``Syscalls`` object (how to call
 splice, tee and F_SETPIPE_SZ). The setup helpers (sink checks, pipe sizing) are also
@@ -71,7 +71,7 @@ def pipe_size_request(buffer_size: int) -> int:
     return max(page, -(-buffer_size // page) * page)
 
 
-def check_fds(src_fd: int, sink_fds: Sequence[int]) -> None:
+def check_sinks(sink_fds: Sequence[int]) -> None:
     """Refuse, before any byte moves, the sinks splice is known to reject."""
     for fd in sink_fds:
         mode = os.fstat(fd).st_mode
@@ -132,7 +132,7 @@ def start(name: str, src_fd: int, sink_fds: Sequence[int], counters):
     if not sinks:
         res.ended = NO_SINKS
         return res, sinks
-    check_fds(src_fd, sinks)
+    check_sinks(sinks)
     if counters is not None and len(counters) < 1 + len(sinks):
         raise ValueError(f"counters needs {1 + len(sinks)} slots, has {len(counters)}")
     return res, sinks

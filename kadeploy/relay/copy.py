@@ -59,7 +59,7 @@ def run(src_fd: int, sink_fds: Sequence[int], *, buffer_size: int,
                 res.sink_bytes[i] += n
                 if counters is not None:
                     counters[1 + i] = res.sink_bytes[i]
-            elif err == "stopped":
+            elif err is STOPPED:
                 res.ended = STOPPED
                 return res
             else:
@@ -78,7 +78,7 @@ def _poll(poller):
 def _write_all(fd: int, data: memoryview, stop_fd: int) -> Optional[object]:
     """Write all of data to a non-blocking fd, waiting with poll.
 
-    Returns None when done, "stopped" if the stop fd fired, or the OSError."""
+    Returns None when done, STOPPED if the stop fd fired, or the OSError."""
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     if stop_fd >= 0:
@@ -93,7 +93,7 @@ def _write_all(fd: int, data: memoryview, stop_fd: int) -> Optional[object]:
                 return e
         events = dict(_poll(poller))
         if stop_fd >= 0 and events.get(stop_fd):
-            return "stopped"
+            return STOPPED
         if events.get(fd, 0) & (select.POLLERR | select.POLLHUP) and not events[fd] & select.POLLOUT:
             # Let the next write report the precise error (EPIPE, ECONNRESET).
             try:

@@ -1,7 +1,6 @@
 """The python backend: ``os.splice`` (Python >= 3.10) plus tee.
 
-Python has no ``os.tee``. tee comes from the cffi binding when it built (no GIL
-games, errno read reliably), else from ctypes' ``libc.tee`` with ``use_errno=True``;
+Python has no ``os.tee``. tee comes from ctypes' ``libc.tee`` with ``use_errno=True``;
 ctypes needs no compiler, so this backend runs anywhere os.splice exists. Pipes are
 sized with the fcntl module. The loop itself is the shared one in ``_splice``.
 """
@@ -38,14 +37,9 @@ def _ctypes_tee():
 
 
 try:
-    from kadeploy.relay.cffi_backend import tee as _tee
-    TEE_FROM = "cffi"
-except ImportError:
-    try:
-        _tee = _ctypes_tee()
-    except (OSError, AttributeError) as exc:
-        raise ImportError(f"no tee(2) available through cffi or ctypes: {exc}") from exc
-    TEE_FROM = "ctypes"
+    _tee = _ctypes_tee()
+except (OSError, AttributeError) as exc:
+    raise ImportError(f"no tee(2) available through ctypes: {exc}") from exc
 
 
 def _splice_call(fd_in: int, fd_out: int, count: int, flags: int) -> int:

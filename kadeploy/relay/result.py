@@ -4,10 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-EOF = "eof"
-SOURCE_ERROR = "source-error"
-STOPPED = "stopped"
-NO_SINKS = "no-sinks"
+from kadeploy.core.states import Word
+
+
+class Ended(Word):
+    """Why a relay run ended."""
+    EOF = "eof"                    # the source was read to its clean end
+    SOURCE_ERROR = "source-error"  # reading failed, e.g. a reset connection
+    STOPPED = "stopped"            # the stop fd became readable
+    NO_SINKS = "no-sinks"          # every sink failed, so nobody wanted the rest
+
+
+# The names every backend (the compiled one too) and the control plane use.
+EOF, SOURCE_ERROR, STOPPED, NO_SINKS = Ended.EOF, Ended.SOURCE_ERROR, Ended.STOPPED, Ended.NO_SINKS
 
 
 class SpliceUnsupported(OSError):
@@ -25,10 +34,7 @@ class RelayResult:
     # Per sink, in the order given: bytes written and the error that retired it.
     sink_bytes: List[int] = field(default_factory=list)
     sink_errors: List[Optional[OSError]] = field(default_factory=list)
-    # Why the loop ended: EOF (source read to its clean end), SOURCE_ERROR (reading
-    # failed, e.g. a reset connection), STOPPED (the stop fd became readable) or
-    # NO_SINKS (every sink failed, so nobody wanted the rest).
-    ended: str = ""
+    ended: Optional[Ended] = None  # None while the relay runs
     source_error: Optional[OSError] = None
     # Capacity in bytes of the pipes the splice backends obtained (F_GETPIPE_SZ after
     # F_SETPIPE_SZ); 0 for the copy backend, which uses no pipe.

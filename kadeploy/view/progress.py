@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional, Tuple
 
+from kadeploy.core.states import NodeState
+
 RATE_WINDOW = 5.0  # seconds of samples behind a displayed rate
 
 
@@ -62,7 +64,7 @@ class NodeView:
     position: int
     name: str
     parent: str
-    state: str
+    state: NodeState
     bytes: int
     rate: float
     error: str = ""
@@ -145,12 +147,12 @@ class ServerProgress:
 def summary_line(header: str, rows: List[NodeView]) -> str:
     counts = collections.Counter(r.state for r in rows)
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    streaming = [r for r in rows if r.state == "streaming"]
+    streaming = [r for r in rows if r.state == NodeState.STREAMING]
     slowest = ""
     if streaming:
         s = min(streaming, key=lambda r: r.bytes)
         slowest = f"; slowest {s.name} at {human_bytes(s.bytes)} ({human_rate(s.rate)})"
-    failed = [r for r in rows if r.state == "failed"]
+    failed = [r for r in rows if r.state == NodeState.FAILED]
     bad = f"; failed: {', '.join(r.name for r in failed)}" if failed else ""
     return f"{header}; nodes: {states}{slowest}{bad}"
 
@@ -161,7 +163,7 @@ def render_table(header: str, rows: List[NodeView], total: Optional[int] = None)
     table = Table(title=header, title_justify="left", expand=False)
     for col in ("POS", "NODE", "PARENT", "STATE", "RECEIVED", "RATE", "ETA", "LAST ERROR"):
         table.add_column(col, no_wrap=col != "LAST ERROR")
-    style = {"failed": "red", "done": "green", "streaming": "cyan"}
+    style = {NodeState.FAILED: "red", NodeState.DONE: "green", NodeState.STREAMING: "cyan"}
     for r in rows:
         table.add_row(str(r.position or "-"), r.name, r.parent, f"[{style.get(r.state, '')}]{r.state}",
                       human_bytes(r.bytes), human_rate(r.rate), eta(r.bytes, total, r.rate),

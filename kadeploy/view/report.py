@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from kadeploy.core.addresses import format_hostport
+from kadeploy.core.states import Verdict
 
 REPORT_FORMAT = 1
 
@@ -21,7 +22,7 @@ class NodeReport:
     parent: Optional[int]
     bytes: int
     seconds: Optional[float]
-    status: str                    # "ok" or "failed"
+    status: Verdict
     error: Optional[str] = None
     consumer_status: Optional[int] = None
     backend: str = ""
@@ -55,7 +56,7 @@ class Report:
 
     @property
     def failed(self) -> List[NodeReport]:
-        return [n for n in self.nodes if n.status != "ok"]
+        return [n for n in self.nodes if n.status != Verdict.OK]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -92,7 +93,7 @@ class Report:
                 f"{n.seconds:.2f}" if n.seconds is not None else "-",
                 f"{rate / 1e6:.1f}" if rate else "-",
                 {True: "yes", False: "NO", None: "-"}[n.verified],
-                (n.status if n.status == "ok" else f"FAILED: {n.error or 'unknown'}")
+                (n.status if n.status == Verdict.OK else f"FAILED: {n.error or 'unknown'}")
                 + (f" (repaired {n.repairs}x)" if n.repairs else ""),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]

@@ -20,15 +20,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from kadeploy import defaults
 from kadeploy.data.synthetic import synthetic_producer
 
 METHODS = ("kadeploy", "diy", "star", "udpcast")
-BASELINES = ("diy", "star", "udpcast")
 # Debian packages each baseline needs, and the command that proves it is there.
 NEEDS = {"diy": ("socat", "socat"), "star": ("socat", "socat"),
          "udpcast": ("udp-sender", "udpcast")}
-DATA_PORT = 30764           # kadeploy's; the baselines use their own
-BASE_PORT = 40764
+BASE_PORT = 40764           # the baselines'; kadeploy's clients listen on defaults.DATA_PORT
 SOCAT_BUFFER = 128 * 1024   # socat's default is 8 KiB; an admin would raise it
 SERVER_ADDR = "198.18.0.1"
 COUNT_CONSUMER = "dd bs=128K of=/dev/null"
@@ -41,7 +40,7 @@ class Experiment:
     n: int                         # nodes, server included
     size: int                      # bytes
     arity: int = 1
-    buffer_size: int = 1 << 20
+    buffer_size: int = defaults.BUFFER_SIZE
     backend: str = "auto"
     repeat: int = 1
     integrity: bool = True         # kadeploy's digests and repair spool (off: --no-verify --no-repair)
@@ -80,7 +79,7 @@ def kadeploy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan
                                 *([] if e.integrity else ["--no-verify", "--no-repair"])])}
     for i in range(1, e.n):
         cmds[i] = shlex.join(kd + ["client", "-h", SERVER_ADDR, "--discard", *common])
-    return Plan(cmds, {i: DATA_PORT for i in range(1, e.n)}, report_file=report)
+    return Plan(cmds, {i: defaults.DATA_PORT for i in range(1, e.n)}, report_file=report)
 
 
 def _socat_listen(port: int) -> str:
