@@ -170,3 +170,38 @@ def test_no_verify_with_a_key_needs_a_second_option(net, keyfile, tmp_path):
     assert_one_line_error(strict, 3, "refuses an unverified stream unless given --insecure-no-verify")
     assert lax.wait(60) == 0
     assert server.wait(60) == 2     # some nodes failed: the strict one
+
+
+@contextmanager
+def capture(cluster, path):
+    """tcpdump on the virtual switch's bridge (every frame between every node), to `path`."""
+    import subprocess
+    proc = subprocess.Popen(["ip", "netns", "exec", cluster.switch_ns, "tcpdump", "-i", "br0", "-U",
+                             "-s", "0", "-w", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "listening on" not in (line := proc.stderr.readline()):
+            assert proc.poll() is None and time.monotonic() < deadline, f"tcpdump: {line}"
+        yield
+    finally:
+        time.sleep(0.5)   # the last frames reach the file
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_without_encrypt_the_stream_is_readable_on_the_wire_even_with_a_key(net, keyfile, tmp_path):
+    """What a key does not protect: a capture on the bridge holds the tree's content."""
+    cluster, dep = net(3, prefix="kds")
+    marker = f"kds-marker-{os.urandom(8).hex()}"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "secret.txt").write_text((marker + "\n") * 2000)
+    pcap = tmp_path / "wire.pcap"
+    with capture(cluster, pcap):
+        server = dep.server("-n", "2", "--key-file", keyfile, "-e", f"tar -C {src} -c .", where=0)
+        clients = [dep.client("-h", SERVER, "--key-file", keyfile, "-e", "tar -t >/dev/null", where=i)
+                   for i in (1, 2)]
+        assert [c.wait(60) for c in clients] == [0, 0] and server.wait(60) == 0
+    wire = pcap.read_bytes()
+    assert len(wire) > 2000 * len(marker)       # the stream was captured ...
+    assert marker.encode() in wire              # ... and can be read
