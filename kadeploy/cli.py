@@ -107,6 +107,14 @@ def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) ->
     sys.exit(rv or 0)
 
 
+def check_compress(text: str) -> str:
+    from kadeploy.data.codec import CodecError, parse_spec
+    try:
+        return str(parse_spec(text))
+    except CodecError as e:
+        raise click.BadParameter(str(e), param_hint="'--compress'")
+
+
 # ------------------------------------------------------------------- server
 
 def read_hosts_file(path: str) -> List[str]:
@@ -147,19 +155,28 @@ def read_hosts_file(path: str) -> List[str]:
 @click.option("--no-verify", is_flag=True,
               help="Send no chunk digests: nodes cannot verify what they received.")
 @click.option("--no-repair", is_flag=True,
-              help="Do not spool the stream: the nodes below a lost node fail instead of being re-attached.")
+              help="Keep no repair window: the nodes below a lost node fail instead of being re-attached.")
+@click.option("--window", "window", type=Size(), default=f"{defaults.REPAIR_WINDOW >> 20}M",
+              show_default=True,
+              help="Bytes of the stream kept in memory to repair nodes from (suffixes K, M, G); a node "
+                   "that fell further behind cannot be repaired.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory of the repair spool, a copy of the stream (default: $TMPDIR or /tmp).")
+              help="Keep the whole stream in a file in this directory instead of the window (it needs "
+                   "room for the whole stream).")
 @click.option("--stall-timeout", type=SECONDS, default=defaults.STALL_TIMEOUT, show_default=True,
               help="Seconds of silence after which a node is given up (and the server, by the nodes).")
 @click.option("--max-connections", type=POSITIVE, default=defaults.MAX_CONNECTIONS, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
+@click.option("--compress", metavar="none|zstd[:LEVEL]|auto", default="none", show_default=True,
+              help="Compress the stream once on the server (zstd, LEVEL 1-19, default 3; on every core); "
+                   "relays forward it as it is and each node decompresses for its consumer. auto "
+                   "compresses only when the link is slower than compressing and decompressing.")
 @security_options
 @network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
-                   no_repair, spool_dir, stall_timeout, max_connections,
+                   no_repair, window, spool_dir, stall_timeout, max_connections, compress,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose,
                    insecure_no_verify):
@@ -186,7 +203,8 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, repair=not no_repair,
-        spool_dir=spool_dir, stall_timeout=stall_timeout,
+        spool_dir=spool_dir, window=window, stall_timeout=stall_timeout,
+        compress=check_compress(compress),
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
     report = asyncio.run(serve(cfg))
@@ -229,7 +247,8 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         raise click.UsageError("give the server with -h HOST or find it with -s SESSION")
     if session is not None:
         check_session_name(session)
-    check_backend(relay_backend)
+    if relay_backend or os.environ.get(relay_mod.ENV_BACKEND) or os.environ.get(relay_mod.ENV_REQUIRE):
+        check_backend(relay_backend)   # else `auto`, which always loads: checked when used
     consumer = synthetic.client_consumer(consumer)
     cfg = ClientConfig(
         host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,

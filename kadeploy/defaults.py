@@ -18,7 +18,14 @@ STALL_TIMEOUT = 3.0      # seconds of silence after which a node, or the server,
 # never given up: the server pings every node, a node reports its progress.
 PING_INTERVAL = 1.0
 REPORT_INTERVAL = 1.0
-CONNECT_RETRY = 0.25     # seconds between tries at a server that refused (still starting)
+# A refused connection (the server not up yet) is retried at once, then backing off to
+# CONNECT_RETRY_CAP: a client joins at most that long after the server listens.
+CONNECT_RETRY_FIRST = 0.001
+CONNECT_RETRY_CAP = 0.02
 
 MAX_CONNECTIONS = 4096   # control connections open at once before more are refused (--max-connections)
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal (--progress-interval)
+# Bytes of the stream the server (and, for repairs in place, every node) keeps in
+# memory to re-serve a repaired node from: far more than the lag between a node and
+# its grandchild (two hops of socket buffers and pipes, ~12 MiB each at most here).
+REPAIR_WINDOW = 256 << 20

@@ -26,7 +26,8 @@ def places(draw):
                    parent_host=draw(name), parent_port=draw(port), children=children,
                    token=draw(hexs(32)), digest=draw(st.none() | st.sampled_from(ALGORITHMS)),
                    chunk_size=draw(st.integers(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)),
-                   stall_timeout=draw(st.floats(0.05, 3600)))
+                   stall_timeout=draw(st.floats(0.05, 3600)),
+                   codec=draw(st.none() | st.sampled_from(F.CODECS)), window=draw(count))
 
 
 BY_TYPE = {
@@ -41,10 +42,11 @@ BY_TYPE = {
     P.Place: places(),
     P.Progress: st.builds(P.Progress, bytes=count),
     P.End: st.builds(P.End, bytes=count, ok=st.booleans(), error=st.none() | line,
-                     digest=st.none() | hexs(64)),
+                     digest=st.none() | hexs(64), content_bytes=st.none() | count),
     P.Done: st.builds(P.Done, ok=st.booleans(), bytes=count, seconds=st.floats(0, 1e6),
                       consumer_status=st.none() | st.integers(-255, 255), error=st.none() | line,
-                      backend=line, verified=st.none() | st.booleans(), repairs=count),
+                      backend=line, verified=st.none() | st.booleans(), repairs=count,
+                      content_bytes=st.none() | count, decode_seconds=st.none() | st.floats(0, 1e6)),
     P.Finish: st.builds(P.Finish),
     P.Abort: st.builds(P.Abort, reason=line),
     P.DataHello: st.builds(P.DataHello, node_id=node_id, nonce=hexs(32), offset=count),
@@ -55,6 +57,7 @@ BY_TYPE = {
     P.Ping: st.builds(P.Ping),
     P.Reattach: st.builds(P.Reattach, host=name, port=port, reason=line),
     P.DropChild: st.builds(P.DropChild, node_id=node_id),
+    P.Adopt: st.builds(P.Adopt, node_id=node_id),
 }
 assert set(BY_TYPE) == set(P.MESSAGE_TYPES.values())
 valid_messages = st.one_of(*BY_TYPE.values())

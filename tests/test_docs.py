@@ -338,8 +338,8 @@ def code_environment_variables() -> set[str]:
     return names
 
 
-# Not ours, but read: the server spools the stream in $TMPDIR by default.
-EXTRA_ENV = {"ka-d-server.1": {"TMPDIR"}, "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"}}
+# Not ours, but read: kadeploy (bench, demo) makes its scratch files in $TMPDIR.
+EXTRA_ENV = {"ka-d-server.1": set(), "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"}}
 
 
 def test_environment_scan_finds_the_known_variables():

@@ -41,7 +41,8 @@ BAD = [
     (P.Challenge, "nonce", "AB" * 16), (P.Challenge, "proof", ""),
     (P.Digest, "index", -1), (P.Digest, "digest", "cd" * 31),
     (P.Reattach, "port", 0), (P.Reattach, "host", ""), (P.DropChild, "node_id", 0),
-    (P.Welcome, "node_id", 0),
+    (P.Welcome, "node_id", 0), (P.Place, "codec", "gzip"), (P.Place, "window", -1),
+    (P.End, "content_bytes", -1), (P.Done, "decode_seconds", -0.5),
 ]
 
 

@@ -20,10 +20,7 @@ from kadeploy.control.policy import refuse_place
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.handshake import CONTROL, Asker, HandshakeFailed
-from kadeploy.core.integrity import Verifier
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
-from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
-from kadeploy.data.node import DataPhase, Outcome, ServerLink
 from kadeploy.defaults import (
     BUFFER_SIZE,
     CONNECT_TIMEOUT,
@@ -35,7 +32,9 @@ from kadeploy.defaults import (
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
 from kadeploy.version import SOFTWARE
-from kadeploy.view.progress import ClientBar
+
+# The data plane (relay, digests, consumer, progress bar) is imported once the node is
+# registered and placed (_deploy): a client costs little CPU before it is registered.
 
 log = logging.getLogger("kadeploy.client")
 
@@ -144,7 +143,10 @@ class Client:
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            host, port = await loop.run_in_executor(None, find_server, self.cfg)
+            if self.cfg.host:     # no thread to start for discovery
+                host, port = self.cfg.host, self.cfg.control_port
+            else:
+                host, port = await loop.run_in_executor(None, find_server, self.cfg)
             ch = await _open_control(host, port, self.cfg)
             try:
                 return await self._session(ch)
@@ -177,6 +179,9 @@ class Client:
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))
+        from kadeploy.core.integrity import Verifier
+        from kadeploy.data.node import ServerLink
+        from kadeploy.view.progress import ClientBar
         verifier = Verifier(place.chunk_size) if place.digest else None
         link = ServerLink(ch, place.stall_timeout, verifier)
         link.bar = ClientBar(_Received(lambda: link.received()),
@@ -189,7 +194,8 @@ class Client:
             await ch.send(P.Done(ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds,
                                  consumer_status=outcome.consumer_status, error=outcome.error,
                                  backend=outcome.backend, verified=outcome.verified,
-                                 repairs=outcome.repairs))
+                                 repairs=outcome.repairs, content_bytes=outcome.content_bytes,
+                                 decode_seconds=outcome.decode_seconds))
             if cfg.wait_finish:
                 log.info("waiting for the server's finish")
                 while not link.finished and link.lost is None:
@@ -206,10 +212,15 @@ class Client:
         return outcome
 
     async def _deploy(self, node_id: int, place: P.Place, link: ServerLink) -> Outcome:
+        from kadeploy.data.datalink import ChildAcceptor, accept_children, connect_parent
+        from kadeploy.data.node import DataPhase, Outcome
         cfg = self.cfg
         data_key = auth.data_key(cfg.key, place.token)
+        # With a repair window this node may adopt a lost node's child, which resumes
+        # at an offset; the acceptor stays open for the whole data phase.
         acceptor = ChildAcceptor(self.listener, data_key, handshake_timeout=cfg.handshake_timeout,
-                                 sockbuf=cfg.sockbuf, on_refused=_log_refused)
+                                 sockbuf=cfg.sockbuf, on_refused=_log_refused,
+                                 offsets=bool(place.window))
 
         def reconnect(host: str, port: int, offset: int):
             return connect_parent(host, port, node_id, data_key, timeout=cfg.connect_timeout,
@@ -218,11 +229,14 @@ class Client:
         try:
             parent, children = await asyncio.gather(
                 reconnect(place.parent_host, place.parent_port, 0),
-                accept_children(acceptor, place.children, timeout=cfg.connect_timeout),
+                accept_children(acceptor, place.children, timeout=cfg.connect_timeout,
+                                gone=lambda: link.dropped),
                 return_exceptions=True)
-        finally:
+        except BaseException:
             acceptor.close()
+            raise
         if isinstance(children, BaseException):
+            acceptor.close()
             raise children
         for cid in place.children:
             if cid not in children:
@@ -230,13 +244,15 @@ class Client:
         if isinstance(parent, NotJoined):
             parent = await self._reattach_early(link, parent, reconnect)
         elif isinstance(parent, BaseException):
+            acceptor.close()
             raise parent
         if isinstance(parent, NotJoined):
+            acceptor.close()
             for s in children.values():
                 s.close()   # our children see the stream end early and say so
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
-        return await DataPhase(cfg, place, link, parent, children, reconnect).run()
+        return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor).run()
 
     async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
         """The parent was lost before the data flowed: the server re-attaches us (it
@@ -248,8 +264,9 @@ class Client:
             step = None
         if step is None:
             return error
+        from kadeploy.data.node import reconnect_to_adopter
         try:
-            return await reconnect(step.host, step.port, 0)
+            return await reconnect_to_adopter(reconnect, step.host, step.port, 0, link.stall)
         except NotJoined as e:
             return e
 

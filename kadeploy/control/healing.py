@@ -3,8 +3,9 @@
 Every second the server pings every node still at work and gives up those silent
 for the stall timeout (frozen, or cut off). A node given up, or whose connection
 closed, is cut off: its parent stops feeding it and its children that still need
-data are re-attached to the server, which re-serves them from its spool at their
-exact offset (the plan is kadeploy.core.repair's; this is its I/O).
+data take its place under its nearest ancestor that keeps a repair window (or the
+server), which re-serves them from their exact offset (the plan is
+kadeploy.core.repair's; this is its I/O).
 """
 from __future__ import annotations
 
@@ -61,12 +62,19 @@ class Healer:
         node.fail(reason)
         node.channel.abort()
         needs = {i for i, n in self.nodes.items() if n.position and n.state in RECEIVING}
-        actions, self.parent_of = repair.plan(node_id, self.parent_of, needs)
+        # Nodes still receiving keep a window (unless --spool): they can adopt a lost
+        # node's children, so the chain heals in place and the server's uplink keeps
+        # carrying one stream.
+        can_serve = needs if self.cfg.repair and not self.cfg.spool_dir else set()
+        actions, self.parent_of = repair.plan(node_id, self.parent_of, needs, can_serve)
         for action in actions:
             if isinstance(action, repair.Drop):
                 self._drop(action.parent, action.child)
-            else:
+            elif action.new_parent == repair.SERVER:
                 self._reattach(self.nodes[action.child], f"parent {node.name} lost: {reason}")
+            else:
+                self._adopt(self.nodes[action.new_parent], self.nodes[action.child],
+                            f"parent {node.name} lost: {reason}")
 
     def _drop(self, parent: int, child: int) -> None:
         if parent == repair.SERVER:
@@ -74,12 +82,26 @@ class Healer:
         elif self.nodes[parent].state in PLACED_ALIVE:
             self.nodes[parent].channel.post(P.DropChild(node_id=child))
 
+    def _adopt(self, parent: Node, child: Node, why: str) -> None:
+        """Heal in place: `parent` feeds `child` from its own repair window."""
+        log.warning("re-attaching %s under %s: %s", child.name, parent.name, why)
+        parent.channel.post(P.Adopt(node_id=child.info.node_id))
+        child.channel.post(P.Reattach(host=parent.info.address, port=parent.info.data_port,
+                                      reason=why))
+
+    def _unrepairable(self, child: Node, why: str) -> None:
+        """The window no longer holds what the child needs: it fails, saying so."""
+        log.error("cannot repair %s: %s", child.name, why)
+        child.channel.post(P.Abort(reason=f"cannot repair this node: {why}"))
+        self.node_lost(child, f"cannot be repaired: {why}")
+
     def _reattach(self, child: Node, why: str) -> None:
         if not self.phase.can_repair:
-            log.warning("cannot repair %s: no spool of the stream (--no-repair, or it failed)",
+            log.warning("cannot repair %s: no repair window (--no-repair, or it failed)",
                         child.name)
             return
         log.warning("re-attaching %s to the server: %s", child.name, why)
-        self.phase.serve(child.info.node_id, child.name)
+        self.phase.serve(child.info.node_id, child.name,
+                         on_missed=lambda why: self._unrepairable(child, why))
         child.channel.post(P.Reattach(host=child.channel.local_address, port=self.cfg.data_port,
                                       reason=why))

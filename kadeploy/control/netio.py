@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 from kadeploy.core import protocol
 from kadeploy.core.addresses import format_hostport, normalize_address
-from kadeploy.defaults import CONNECT_RETRY
+from kadeploy.defaults import CONNECT_RETRY_CAP, CONNECT_RETRY_FIRST
 from kadeploy.errors import KadeployError, NotJoined
 
 
@@ -72,16 +72,21 @@ async def connect(host: str, port: int, timeout: float, what: str, *,
     """A connected non-blocking TCP socket, or NotJoined with a one-line reason.
 
     With retry_refused, a refused connection is tried again until `timeout` has
-    passed: nodes often boot before the server is started."""
+    passed: nodes often boot before the server is started. A refusal is immediate (a
+    RST), and nothing tells us when the port opens, so the retries start at once and
+    back off only to CONNECT_RETRY_CAP: a client joins at most that long after the server
+    listens, at the cost of a few dozen refused SYNs a second while it waits."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    pause = CONNECT_RETRY_FIRST
     while True:
         try:
             return await _connect_once(host, port, timeout, what)
         except NotJoined as e:
             if not (retry_refused and e.refused and loop.time() < deadline):
                 raise
-        await asyncio.sleep(CONNECT_RETRY)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, CONNECT_RETRY_CAP)
 
 
 async def _connect_once(host: str, port: int, timeout: float, what: str) -> socket.socket:

@@ -44,6 +44,7 @@ from kadeploy.defaults import (
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     PROGRESS_INTERVAL,
+    REPAIR_WINDOW,
     STALL_TIMEOUT,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
@@ -84,9 +85,11 @@ class ServerConfig:
     key: Optional[bytes] = None
     max_connections: int = MAX_CONNECTIONS
     verify: bool = True                # chunk digests beside the data, checked by every node
-    repair: bool = True                # spool the stream; re-attach the orphans of a lost node
-    spool_dir: Optional[str] = None    # default: $TMPDIR or /tmp
+    repair: bool = True                # keep a repair window; re-attach the orphans of a lost node
+    spool_dir: Optional[str] = None    # a spool file there instead of the in-memory window
+    window: int = REPAIR_WINDOW        # bytes of the stream kept in memory for repairs
     stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
+    compress: str = "none"             # --compress: none, zstd[:LEVEL] or auto (kadeploy.data.codec)
 
 
 class Server:
@@ -102,6 +105,7 @@ class Server:
         self.producer_status: Optional[int] = None
         self.relay_result: Optional[relay_mod.RelayResult] = None
         self.stream_error: Optional[str] = None
+        self.compression: Optional[str] = None
         self.started = time.monotonic()
         self.sent_meter = RateMeter()
         self.by_pos: Dict[int, Node] = {}
@@ -199,7 +203,8 @@ class Server:
                           arity=self.cfg.arity, parent_host=host, parent_port=port,
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
                           token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
-                          stall_timeout=self.cfg.stall_timeout)
+                          stall_timeout=self.cfg.stall_timeout, codec=self.phase.wire_codec,
+                          window=self.cfg.window if self.cfg.repair and not self.cfg.spool_dir else 0)
             try:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
@@ -241,8 +246,12 @@ class Server:
         log.info("stream ended: %d bytes, relay backend %s%s", res.bytes_in, res.backend,
                  f", pipes of {res.pipe_size} bytes (asked {self.cfg.buffer_size})" if res.pipe_size else "")
         # After every Digest: posts keep their order on each connection.
-        self._post_all(P.End(bytes=res.bytes_in, ok=out.error is None, error=out.error, digest=out.digest))
+        self._post_all(P.End(bytes=res.bytes_in, ok=out.error is None, error=out.error, digest=out.digest,
+                             content_bytes=out.content_bytes))
         self.stream_error = out.error
+        self.compression = out.compression
+        if out.compression:
+            log.info("compression %s", out.compression)
 
     async def _collect(self) -> None:
         waits = [n.reported.wait() for n in self.nodes.values()]
@@ -292,7 +301,9 @@ class Server:
                 consumer_status=d.consumer_status if d else None,
                 backend=d.backend if d else "",
                 failed_at=round(node.failed_at - self.started, 3) if node.failed_at else None,
-                verified=d.verified if d else None, repairs=d.repairs if d else 0))
+                verified=d.verified if d else None, repairs=d.repairs if d else 0,
+                content_bytes=d.content_bytes if d else None,
+                decode_seconds=d.decode_seconds if d else None))
         return Report(
             software=SOFTWARE, session=self.cfg.session, arity=self.cfg.arity,
             stream_bytes=self.stream_bytes, seconds=seconds,
@@ -300,7 +311,7 @@ class Server:
             backend=self.relay_result.backend if self.relay_result else "",
             pipe_size=self.relay_result.pipe_size if self.relay_result else 0,
             protocol=f"{PROTOCOL_NAME}/{PROTOCOL_VERSION}",
-            rejected=dict(self.rejected), nodes=rows,
+            rejected=dict(self.rejected), nodes=rows, compression=self.compression,
             started_at=round(time.time() - (time.monotonic() - self.started), 3))
 
 

@@ -20,6 +20,9 @@ MAX_NODES = 1 << 20
 MAX_TEXT = 1000                  # reasons, errors
 MAX_NAME = 255                   # host names, addresses, sessions
 MAX_STALL = 24 * 3600.0
+# The codecs a Place may name; kadeploy.data.codec.decoder_stages builds them (the
+# pure core cannot import the data plane, so the names are repeated here).
+CODECS = ("zstd",)
 
 Rule = Callable[[object], Optional[str]]   # None: fine; else what is wrong
 
@@ -95,11 +98,12 @@ RULES: Dict[str, Dict[str, Rule]] = {
               "parent_host": _host, "parent_port": PORT, "children": _each(NODE_ID),
               "token": _hex(32), "digest": _one_of(ALGORITHMS),
               "chunk_size": _range(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
-              "stall_timeout": _range(0.05, MAX_STALL)},
+              "stall_timeout": _range(0.05, MAX_STALL), "codec": _one_of(CODECS), "window": COUNT},
     "Progress": {"bytes": COUNT},
-    "End": {"bytes": COUNT, "error": REASON, "digest": DIGEST},
+    "End": {"bytes": COUNT, "error": REASON, "digest": DIGEST, "content_bytes": COUNT},
     "Done": {"bytes": COUNT, "seconds": _range(0.0, 1e9), "consumer_status": _range(-255, 255),
-             "error": REASON, "backend": _text(MAX_NAME), "repairs": COUNT},
+             "error": REASON, "backend": _text(MAX_NAME), "repairs": COUNT, "content_bytes": COUNT,
+             "decode_seconds": _range(0.0, 1e9)},
     "Abort": {"reason": REASON},
     "DataHello": {"node_id": NODE_ID, "nonce": NONCE, "offset": COUNT},
     "Challenge": {"nonce": NONCE, "proof": PROOF},
@@ -107,6 +111,7 @@ RULES: Dict[str, Dict[str, Rule]] = {
     "Digest": {"index": COUNT, "digest": DIGEST},
     "Reattach": {"host": _host, "port": PORT, "reason": REASON},
     "DropChild": {"node_id": NODE_ID},
+    "Adopt": {"node_id": NODE_ID},
 }
 
 

@@ -123,6 +123,8 @@ class Place(Message):
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
     chunk_size: int = 4 << 20      # kadeploy.core.integrity.CHUNK_SIZE
     stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
+    codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
+    window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
 @dataclass
@@ -139,6 +141,7 @@ class End(Message):
     ok: bool
     error: Optional[str] = None
     digest: Optional[str] = None   # of the whole stream, after every chunk's Digest
+    content_bytes: Optional[int] = None   # what each consumer must get, when the stream is encoded
 
 
 @dataclass
@@ -153,6 +156,8 @@ class Done(Message):
     backend: str = ""
     verified: Optional[bool] = None   # None: the stream carried no digests
     repairs: int = 0                  # times this node was re-attached
+    content_bytes: Optional[int] = None   # what the consumer got, when the stream was encoded
+    decode_seconds: Optional[float] = None   # time this node spent decoding it
 
 
 @dataclass
@@ -227,10 +232,18 @@ class DropChild(Message):
     node_id: int
 
 
+@dataclass
+class Adopt(Message):
+    """Server -> client: a lost node's child will connect to you; feed it from your
+    repair window, from the offset it asks for."""
+    CODE = 20
+    node_id: int
+
+
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     cls.CODE: cls for cls in (Hello, Go, Welcome, Refuse, GoAck, Place, Progress, End,
                               Done, Finish, Abort, DataHello, DataWelcome, Challenge, Auth,
-                              Digest, Ping, Reattach, DropChild)
+                              Digest, Ping, Reattach, DropChild, Adopt)
 }
 
 # JSON has one number type; these say which Python types a field accepts.
@@ -436,6 +449,8 @@ TRANSITIONS: Dict[Tuple[State, str, Type[Message]], State] = {
     (State.PLACED, SERVER, Ping): State.PLACED,
     (State.PLACED, SERVER, Reattach): State.PLACED,
     (State.PLACED, SERVER, DropChild): State.PLACED,
+    (State.PLACED, SERVER, Adopt): State.PLACED,
+    (State.ENDED, SERVER, Adopt): State.ENDED,
     (State.ENDED, SERVER, Ping): State.ENDED,
     (State.ENDED, SERVER, Reattach): State.ENDED,
     (State.ENDED, SERVER, DropChild): State.ENDED,

@@ -68,6 +68,9 @@ class ChildAcceptor:
         self.listener, self.key = listener, key
         self.handshake_timeout, self.sockbuf = handshake_timeout, sockbuf
         self.on_refused, self.offsets = on_refused, offsets
+        # admit(node_id, offset): None, or why this node cannot be served from there
+        # (said to the child in the Refuse, before any byte flows).
+        self.admit: Callable[[int, int], Optional[str]] = lambda node_id, offset: None
         self.expected: Dict[int, asyncio.Future] = {}
         self._handshakes: Set[asyncio.Task] = set()
         self._task: Optional[asyncio.Task] = None
@@ -116,6 +119,9 @@ class ChildAcceptor:
                 raise P.RemoteProtocolError(f"node {hello.node_id} is already connected")
             if hello.offset < 0 or (hello.offset and not self.offsets):
                 raise P.RemoteProtocolError(f"cannot serve the stream from offset {hello.offset}")
+            why = self.admit(hello.node_id, hello.offset)
+            if why:
+                raise P.RemoteProtocolError(why)
             set_sockbuf(conn, self.sockbuf)
             await send_frame(conn, P.DataWelcome())
             fut.set_result((conn, hello.offset))

@@ -15,15 +15,17 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 from kadeploy import relay as relay_mod
 from kadeploy.control.netio import ControlChannel, shutdown_close
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import ChunkDigester, Verifier
+from kadeploy.data import codec
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
+from kadeploy.data.pump import StreamTap, make_pipe
 from kadeploy.data.sinks import CONSUMER, DIGEST, Sinks
-from kadeploy.data.tap import HashTap
+from kadeploy.data.window import Window, WindowFeeder, WindowMissed
 from kadeploy.defaults import REPORT_INTERVAL
 from kadeploy.errors import NotJoined
 from kadeploy.view.progress import ClientBar
@@ -41,6 +43,8 @@ class Outcome:
     backend: str
     verified: Optional[bool] = None
     repairs: int = 0
+    content_bytes: Optional[int] = None    # what the consumer got, when the stream is encoded
+    decode_seconds: Optional[float] = None
 
 
 class ServerLink:
@@ -57,6 +61,11 @@ class ServerLink:
         self.received: Callable[[], int] = lambda: 0
         self.on_interrupt: Callable[[], None] = lambda: None   # stop reading the current source
         self.on_drop: Callable[[int], None] = lambda node_id: None
+        # Until the data phase takes them, adoptions wait here (the server may ask
+        # while this node is still connecting to its own parent and children).
+        self.adoptions: List[int] = []
+        self.dropped: Set[int] = set()      # children the server said are gone
+        self.on_adopt: Callable[[int], None] = self.adoptions.append
         self.on_mismatch: Callable[[], None] = lambda: None
         self.reporting = True
         self.bar: Optional[ClientBar] = None
@@ -98,7 +107,10 @@ class ServerLink:
                 self.reattach = msg
                 self.on_interrupt()
             elif isinstance(msg, P.DropChild):
+                self.dropped.add(msg.node_id)
                 self.on_drop(msg.node_id)
+            elif isinstance(msg, P.Adopt):
+                self.on_adopt(msg.node_id)
             elif isinstance(msg, (P.Abort, P.Refuse)):
                 return self._give_up(f"server aborted: {msg.reason}")
             elif isinstance(msg, P.Finish):
@@ -143,15 +155,38 @@ class ServerLink:
                 pass
 
 
+async def reconnect_to_adopter(reconnect, host: str, port: int, offset: int,
+                               patience: float) -> socket.socket:
+    """The new parent's data connection after a Reattach. A node parent may refuse us
+    for a moment (the server's Adopt to it and its Reattach to us race, and it may
+    still be connecting itself): retry, backing off, for `patience` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + patience, 0.005
+    while True:
+        try:
+            return await reconnect(host, port, offset)
+        except NotJoined as e:
+            if "not a child of this node" not in str(e) or loop.time() > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 0.2)
+
+
 class DataPhase:
     """Everything of one node's data phase; `run()` returns its Outcome."""
 
     def __init__(self, cfg, place: P.Place, link: ServerLink, parent: socket.socket,
-                 children: Dict[int, socket.socket], reconnect) -> None:
+                 children: Dict[int, socket.socket], reconnect, acceptor=None) -> None:
         self.cfg, self.place, self.link = cfg, place, link
         self.source = parent
         self.children = children
         self.reconnect = reconnect          # async (host, port, offset) -> socket
+        # Our data listener stays open: the server may ask us to adopt a lost node's
+        # child (Adopt), which we feed from our repair window.
+        self.acceptor = acceptor
+        self.window = Window(place.window) if place.window else None
+        self.adopted: Dict[int, socket.socket] = {}
+        self.feeders: List[WindowFeeder] = []
         self.dropped: set = set()
         self.total = 0
         self.repairs = 0
@@ -165,8 +200,38 @@ class DataPhase:
         except OSError:
             pass
 
+    def _adopt(self, node_id: int) -> None:
+        """The server's word: node_id is a lost node's child and connects to us next."""
+        if self.acceptor is None or self.window is None:
+            log.warning("asked to adopt node %d, but this node keeps no repair window", node_id)
+            return
+        self.acceptor.admit = self._admit
+        self.acceptor.expect(node_id).add_done_callback(lambda f: self._feed(node_id, f))
+
+    def _admit(self, node_id: int, offset: int) -> Optional[str]:
+        """Refuse an adopted child our window cannot serve, saying which option to raise."""
+        if self.window is not None and offset < self.window.low:
+            return str(WindowMissed(offset, self.window.low, self.window.size))
+        return None
+
+    def _feed(self, node_id: int, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        sock, offset = fut.result()
+        log.info("adopted node %d: feeding it from byte %d of the repair window", node_id, offset)
+        self.adopted[node_id] = sock
+        loop = asyncio.get_running_loop()
+
+        def ended(err: Optional[BaseException]) -> None:
+            if err is not None and node_id not in self.dropped:
+                loop.call_soon_threadsafe(log.warning, "feed to adopted node %d ended: %s", node_id, err)
+
+        feeder = WindowFeeder(self.window, sock, offset, on_end=ended, name=str(node_id))
+        self.feeders.append(feeder)
+        feeder.start()
+
     def _drop(self, node_id: int) -> None:
-        sock = self.children.get(node_id)
+        sock = self.children.get(node_id) or self.adopted.get(node_id)
         if sock is not None and node_id not in self.dropped:
             self.dropped.add(node_id)
             log.warning("dropping child node %d on the server's word", node_id)
@@ -180,22 +245,36 @@ class DataPhase:
         loop = asyncio.get_running_loop()
         consumer = spawn_consumer(cfg.consumer_command(),
                                   cwd=cfg.target if cfg.consumer and cfg.target else None)
-        # The consumer is fed by splice like the children; the digest thread reads
-        # its own copy from one more sink (the one copy that leaves the kernel).
-        hasher: Optional[HashTap] = None
+        # The consumer is fed by splice like the children, unless the stream is
+        # encoded; the tap thread reads its own copy from one more sink (the one copy
+        # that leaves the kernel), digests it, and decodes it for the consumer.
+        stages = codec.decoder_stages(place.codec)
+        hasher: Optional[StreamTap] = None
         live = Sinks()
-        live.add(CONSUMER, consumer.stdin.fileno())
-        if link.verifier is not None:
-            r, hash_w = os.pipe()
-            hasher = HashTap(r, ChunkDigester(place.digest, cfg.key, place.chunk_size),
-                             emit_last=False, on_digest=lambda i, d:
-                             loop.call_soon_threadsafe(self._our_digest, i, d))
+        if not stages:
+            live.add(CONSUMER, consumer.stdin.fileno())
+        if link.verifier is not None or stages or self.window is not None:
+            r, hash_w = make_pipe()
+            out_fd = None
+            if stages:
+                out_fd = os.dup(consumer.stdin.fileno())   # the tap's own: it closes it at the end
+                consumer.stdin.close()
+            digester = (ChunkDigester(place.digest, cfg.key, place.chunk_size)
+                        if link.verifier is not None else None)
+            hasher = StreamTap(r, digester, stages=codec.Pipeline(stages) if stages else None,
+                             out_fd=out_fd, window=self.window,
+                             on_digest=lambda i, d: loop.call_soon_threadsafe(self._our_digest, i, d),
+                             on_bad_stream=lambda why: loop.call_soon_threadsafe(self._on_mismatch))
             hasher.start()
             live.add(DIGEST, hash_w)
         self.hasher, self.consumer = hasher, consumer
         for cid, sock in self.children.items():
             live.add(cid, sock.fileno())
-        link.on_interrupt, link.on_drop = self._interrupt, self._drop
+        link.on_interrupt, link.on_drop, link.on_adopt = self._interrupt, self._drop, self._adopt
+        for node_id in link.adoptions:      # what the server said while we connected
+            self._adopt(node_id)
+        for node_id in link.dropped:
+            self._drop(node_id)
         link.on_mismatch = self._on_mismatch
         started = time.monotonic()
         try:
@@ -215,7 +294,7 @@ class DataPhase:
                     break
                 self.repairs += 1
                 try:
-                    self.source = await self.reconnect(step.host, step.port, self.total)
+                    self.source = await self._reconnect(step.host, step.port)
                 except NotJoined as e:
                     link.lost = f"re-attaching failed: {e}"
                     break
@@ -224,7 +303,8 @@ class DataPhase:
             kill_group(consumer)   # interrupted: the consumer must not go on alone
             raise
         finally:
-            consumer.stdin.close()        # EOF for the consumer
+            if consumer.stdin is not None:
+                consumer.stdin.close()    # EOF for the consumer
             if hasher is not None:
                 os.close(hash_w)          # and for the digest thread
             for s in self.children.values():
@@ -232,6 +312,11 @@ class DataPhase:
             link.reporting = False
         if hasher is not None:
             await loop.run_in_executor(None, hasher.join)
+        # Adopted children get the end of the stream from the window before we go.
+        for feeder in self.feeders:
+            await loop.run_in_executor(None, feeder.join)
+        if self.acceptor is not None:
+            self.acceptor.close()
         status = await loop.run_in_executor(None, consumer.wait)
         seconds = time.monotonic() - started
         self.digest_problem = self._digest_verdict()
@@ -240,17 +325,23 @@ class DataPhase:
             log.error("%s", error)
         else:
             log.info("done: %d bytes in %.2f s%s", self.total, seconds,
-                     ", every chunk verified" if hasher else "")
+                     ", every chunk verified" if link.verifier else "")
+        encoded = hasher is not None and hasher.stages is not None
         return Outcome(ok=error is None, bytes=self.total, seconds=seconds, error=error,
                        consumer_status=status, backend=self.backend,
-                       verified=None if hasher is None else self.digest_problem is None,
-                       repairs=self.repairs)
+                       verified=None if link.verifier is None else self.digest_problem is None,
+                       repairs=self.repairs,
+                       content_bytes=hasher.content if encoded else None,
+                       decode_seconds=round(hasher.decode_seconds, 6) if encoded else None)
+
+    async def _reconnect(self, host: str, port: int) -> socket.socket:
+        return await reconnect_to_adopter(self.reconnect, host, port, self.total, self.link.stall)
 
     def _digest_verdict(self) -> Optional[str]:
         """Why the bytes received are not the server's (None: they are, chunk by chunk
         and as a whole); only for a verified stream."""
         link, end = self.link, self.link.end
-        if self.hasher is None:
+        if link.verifier is None:
             return None
         if link.verifier.mismatch:
             return link.verifier.mismatch
@@ -290,12 +381,23 @@ class DataPhase:
             return f"the server's stream failed: {end.error}"
         if link.verifier is not None and link.verifier.mismatch:
             return link.verifier.mismatch   # first: the consumer was stopped for it
+        tap = self.hasher
+        if tap is not None and tap.consumer_error is not None:
+            self.consumer_error = f"after {tap.content} bytes"
         if self.consumer_error is not None:
-            return (f"consumer stopped reading {self.consumer_error} of {end.bytes} "
+            whole = end.content_bytes if end.content_bytes is not None else end.bytes
+            return (f"consumer stopped reading {self.consumer_error} of {whole} "
                     f"({describe_status(status)})")
         if self.total != end.bytes:
             why = f"; {link.lost}" if link.lost else ""
             return f"stream cut: received {self.total} of {end.bytes} bytes{why}"
+        if tap is not None and tap.decode_error:
+            return tap.decode_error
+        if tap is not None and tap.stages is not None and (tap.error or self.digest_error):
+            return f"decoding failed: {tap.error or self.digest_error}"
+        if tap is not None and tap.stages is not None and tap.content != end.content_bytes:
+            return (f"consumer got {tap.content} bytes of content, the server sent "
+                    f"{end.content_bytes}")
         if status != 0:
             return f"consumer failed ({describe_status(status)})"
         return self.digest_problem

@@ -1,14 +1,16 @@
 """The server's data phase, the twin of a node's (kadeploy.data.node.DataPhase).
 
 It owns everything the server's relay feeds: the data listener and its acceptor, the
-sinks by name (each child of the server by node id, the digest tap, the repair spool),
-the relay run, and the repair feeds that re-serve a re-attached node from the spool.
+sinks by name (each child of the server by node id, the tap, the spool when asked),
+the relay run, and the repair feeds that re-serve a re-attached node from the repair
+window (in memory, kadeploy.data.window) or, with --spool, from a file.
 The control plane asks it to accept the first level's connections, to stream, to
 drop(node) a child and to serve(node) a re-attached one; nothing else reaches in.
 
-    producer --pipe--> relay --splice--> each child's socket
-                         +--> SPOOL (a file)     <-- SpoolFeeder --> a re-attached node
-                         +--> DIGEST (a pipe)    --> HashTap --> Digest messages
+    producer --pipe--> [EncodePump: --compress] --pipe--> relay --splice--> each child's socket
+                         +--> DIGEST (a pipe) --> StreamTap --> Digest messages
+                                                      +--> Window <-- WindowFeeder --> a re-attached node
+                         +--> SPOOL (a file, only with --spool) <-- SpoolFeeder
 """
 from __future__ import annotations
 
@@ -22,10 +24,14 @@ from typing import Callable, Dict, Hashable, Optional, Set
 from kadeploy import relay as relay_mod
 from kadeploy.control.netio import shutdown_close
 from kadeploy.core.integrity import ChunkDigester
+from kadeploy.data import codec
 from kadeploy.data.commands import describe_status, kill_group, spawn_producer
 from kadeploy.data.datalink import ChildAcceptor, accept_children
+from kadeploy.data.pump import EncodePump
 from kadeploy.data.sinks import DIGEST, SPOOL, Sinks
-from kadeploy.data.tap import HashTap, Spool, SpoolFeeder
+from kadeploy.data.pump import StreamTap, make_pipe
+from kadeploy.data.tap import Spool, SpoolFeeder
+from kadeploy.data.window import Window, WindowFeeder, WindowMissed
 
 log = logging.getLogger("kadeploy.server")
 
@@ -40,6 +46,8 @@ class StreamOutcome:
     error: Optional[str]
     digest: Optional[str]                      # the whole stream's, when verifying
     broken: Dict[Hashable, BaseException] = field(default_factory=dict)  # child -> error
+    content_bytes: Optional[int] = None        # the producer's bytes, when the stream is encoded
+    compression: Optional[str] = None          # what --compress did, for the report
 
 
 class ServerDataPhase:
@@ -54,10 +62,21 @@ class ServerDataPhase:
         self.children: Dict[int, socket.socket] = {}
         # The spool exists before the stream, so a node lost while the first level
         # connects can still have its children re-attached (from byte 0).
-        self.spool: Optional[Spool] = Spool(cfg.spool_dir) if cfg.repair else None
+        # The window too; it is in memory, so the server never writes into the file
+        # systems it sends, unless --spool asks for a file.
+        self.spool: Optional[Spool] = Spool(cfg.spool_dir) if cfg.repair and cfg.spool_dir else None
+        self.window: Optional[Window] = (Window(cfg.window) if cfg.repair and not cfg.spool_dir
+                                         else None)
         self.sinks = Sinks()
         self.counters = self.sinks.counters()
-        self.hasher: Optional[HashTap] = None
+        self.hasher: Optional[StreamTap] = None
+        self.compress = codec.parse_spec(getattr(cfg, "compress", codec.NONE))
+        self.pump: Optional[EncodePump] = None
+
+    @property
+    def wire_codec(self) -> Optional[str]:
+        """How the nodes decode the stream (Place.codec)."""
+        return self.compress.wire
 
     @property
     def sent(self) -> int:
@@ -84,23 +103,38 @@ class ServerDataPhase:
 
     @property
     def can_repair(self) -> bool:
+        if self.window is not None:
+            return self.window.error is None
         return self.spool is not None and self.spool.error is None
 
-    def serve(self, node_id: int, name: str) -> None:
-        """Accept a re-attached node's data connection and feed it from the spool, from
-        the offset it asks for (it knows what it has, byte for byte)."""
+    def serve(self, node_id: int, name: str,
+              on_missed: Callable[[str], None] = lambda why: None) -> None:
+        """Accept a re-attached node's data connection and feed it from the window (or
+        the spool), from the offset it asks for (it knows what it has, byte for byte).
+        on_missed(why): the window no longer holds that offset; the node cannot be
+        repaired."""
         fut = self.acceptor.expect(node_id)
-        fut.add_done_callback(lambda f: self._feed(node_id, name, f))
+        fut.add_done_callback(lambda f: self._feed(node_id, name, f, on_missed))
 
-    def _feed(self, node_id: int, name: str, fut: asyncio.Future) -> None:
+    def _feed(self, node_id: int, name: str, fut: asyncio.Future, on_missed) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
         sock, offset = fut.result()
-        log.info("serving %s from byte %d of the spool", name, offset)
-        self.children[node_id] = sock
         loop = asyncio.get_running_loop()
-        SpoolFeeder(self.spool, sock, offset, on_end=lambda err: err and loop.call_soon_threadsafe(
-            log.warning, "spool feed to %s ended: %s", name, err)).start()
+
+        def ended(err: Optional[BaseException]) -> None:
+            if isinstance(err, WindowMissed):
+                loop.call_soon_threadsafe(on_missed, str(err))
+            elif err is not None:
+                loop.call_soon_threadsafe(log.warning, "repair feed to %s ended: %s", name, err)
+
+        self.children[node_id] = sock
+        if self.window is not None:
+            log.info("serving %s from byte %d of the repair window", name, offset)
+            WindowFeeder(self.window, sock, offset, on_end=ended, name=name).start()
+        else:
+            log.info("serving %s from byte %d of the spool", name, offset)
+            SpoolFeeder(self.spool, sock, offset, on_end=ended).start()
 
     # ----------------------------------------------------------------- stream
 
@@ -121,9 +155,10 @@ class ServerDataPhase:
         if self.spool is not None:
             self.spool.attach(lambda: sinks.sent(self.counters, SPOOL))
         res: Optional[relay_mod.RelayResult] = None
+        source = self._start_encoding(producer.stdout.fileno())
         try:
             res = await relay_mod.relay_in_thread(
-                producer.stdout.fileno(), sinks.fds(), backend=cfg.relay_backend,
+                source, sinks.fds(), backend=cfg.relay_backend,
                 buffer_size=cfg.buffer_size, counters=self.counters)
         finally:
             if digest_w is not None:
@@ -137,9 +172,12 @@ class ServerDataPhase:
                 if self.children.get(node_id) is sock:
                     del self.children[node_id]
                 shutdown_close(sock)
-            producer.stdout.close()
             if res is None or not res.eof:
                 kill_group(producer)     # nobody wants the rest of its output
+            if self.pump is not None:
+                os.close(source)         # an encoder still writing stops (EPIPE)
+                await loop.run_in_executor(None, self.pump.join)
+            producer.stdout.close()
         status = await loop.run_in_executor(None, producer.wait)
         if self.hasher is not None:
             await loop.run_in_executor(None, self.hasher.join)
@@ -149,31 +187,59 @@ class ServerDataPhase:
         if self.spool is not None and self.spool.error is not None:
             log.warning("repair spool failed (%s): lost nodes can no longer be repaired",
                         self.spool.error)
+        if self.window is not None and self.window.error is not None:
+            log.warning("repair window failed (%s): lost nodes can no longer be repaired",
+                        self.window.error)
         return StreamOutcome(
             bytes=res.bytes_in, producer_status=status, relay=res,
             error=self._stream_error(res, status, errors.get(DIGEST)),
             digest=self.hasher.whole if self.hasher is not None else None,
-            broken={n: e for n, e in errors.items() if e is not None and n not in (SPOOL, DIGEST)})
+            broken={n: e for n, e in errors.items() if e is not None and n not in (SPOOL, DIGEST)},
+            content_bytes=self.pump.content if self.pump is not None else None,
+            compression=self._compression_note(res))
+
+    def _start_encoding(self, producer_fd: int) -> int:
+        """The relay's source: the producer itself, or the encoder's pipe."""
+        stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
+                                      link_rate=lambda: self.pump.link_rate())
+        if not stages:
+            return producer_fd
+        self.pump = EncodePump(producer_fd, codec.Pipeline(stages))
+        self.pump.start()
+        return self.pump.read_fd
+
+    def _compression_note(self, res: relay_mod.RelayResult) -> Optional[str]:
+        if self.pump is None:
+            return None
+        ratio = res.bytes_in / self.pump.content if self.pump.content else 1.0
+        note = f"{self.compress}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
+        policy = getattr(self.pump.stages.stages[0], "policy", None)
+        return note + (f"; auto: {policy.why}" if policy is not None else "")
 
     def _start_digests(self, loop) -> Optional[int]:
-        """The digest thread on a pipe that the relay feeds; the pipe's write end."""
-        if not self.algorithm:
+        """The tap thread (digests, window) on a pipe that the relay feeds; the pipe's
+        write end."""
+        if not self.algorithm and self.window is None:
             return None
-        r, w = os.pipe()
-        self.hasher = HashTap(r, ChunkDigester(self.algorithm, self.cfg.key), emit_last=True,
-                              on_digest=lambda i, d: loop.call_soon_threadsafe(self.on_digest, i, d))
+        r, w = make_pipe()
+        digester = ChunkDigester(self.algorithm, self.cfg.key) if self.algorithm else None
+        self.hasher = StreamTap(r, digester, window=self.window, emit_last=True,
+                                on_digest=lambda i, d: loop.call_soon_threadsafe(self.on_digest, i, d))
         self.hasher.start()
         return w
 
     def _stream_error(self, res: relay_mod.RelayResult, status: int,
                       digest_sink_error: Optional[BaseException]) -> Optional[str]:
-        hash_error = (self.hasher.error or digest_sink_error) if self.hasher is not None else None
+        hash_error = ((self.hasher.error or digest_sink_error)
+                      if self.hasher is not None and self.algorithm else None)
         if res.ended == relay_mod.NO_SINKS:  # first: we killed the producer ourselves then
             return "every child of the server failed; stream abandoned"
         if status != 0:
             return f"producer failed ({describe_status(status)})"
         if not res.eof:
             return f"reading the producer failed: {res.source_error}"
+        if self.pump is not None and self.pump.error is not None:
+            return f"compressing the stream failed: {self.pump.error}"
         if hash_error is not None:
             return f"digesting the stream failed: {hash_error}"
         return None

@@ -76,6 +76,28 @@ def choice_list(choices):
     return convert
 
 
+def compress_list(ctx, param, value):
+    from kadeploy.data.codec import CodecError, parse_spec
+    try:
+        return list(dict.fromkeys(str(parse_spec(t)) for t in _split(value))) or ["none"]
+    except CodecError as e:
+        raise click.BadParameter(str(e))
+
+
+def tar_size(directory: str) -> int:
+    """Bytes of the tar stream of `directory` (the same command as the producer's)."""
+    import subprocess
+    from kadeploy.lab.benchlib.methods import Experiment, producer
+    proc = subprocess.Popen(["/bin/sh", "-c", producer(Experiment("x", 2, 0, source=os.path.abspath(directory)))],
+                            stdout=subprocess.PIPE)
+    total = 0
+    while chunk := proc.stdout.read(1 << 20):
+        total += len(chunk)
+    if proc.wait() != 0:
+        raise KadeployError(f"tar of {directory} failed (exit status {proc.returncode})")
+    return total
+
+
 def rate_list(ctx, param, value):
     from kadeploy.lab.vcluster import parse_rate
     out = []
@@ -124,7 +146,7 @@ def check_prerequisites(methods: List[str], delay, loss) -> None:
 
 
 def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
-               integrity=(True,)) -> List[Experiment]:
+               integrity=(True,), compress=("none",), source=None) -> List[Experiment]:
     """Every repeat runs every configuration once, N by N, methods interleaved, so
     that background noise spreads over all of them."""
     out = []
@@ -132,11 +154,11 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
         for n in nodes:
             for m in methods:
                 if m == "kadeploy":
-                    out += [Experiment("kadeploy", n, size, a, b, be, r, i)
+                    out += [Experiment("kadeploy", n, size, a, b, be, r, i, c, source)
                             for a in arities for b in buffers for be in backends
-                            for i in integrity]
+                            for i in integrity for c in compress]
                 else:
-                    out.append(Experiment(m, n, size, repeat=r))
+                    out.append(Experiment(m, n, size, repeat=r, source=source))
     return out
 
 
@@ -154,6 +176,10 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
 @click.option("--integrity", default="on", show_default=True,
               callback=lambda ctx, p, v: [x == "on" for x in choice_list(["on", "off"])(ctx, p, v)],
               help="kadeploy with its digests and repair spool (on), without them (off), or both (on,off).")
+@click.option("--compress", "compress", default="none", show_default=True, callback=compress_list,
+              help="kadeploy --compress values to sweep (none, zstd, zstd:LEVEL, auto).")
+@click.option("--source", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Stream a tar of this directory (every method alike) instead of --size zero bytes.")
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               callback=choice_list(list(METHODS)),
               help="Methods to run: kadeploy and the baselines diy, star, udpcast.")
@@ -172,8 +198,8 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="Directory for results.csv, results.json and the plots. [default: ./bench-DATE-TIME]")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the PNG plots.")
-def bench_command(nodes, arities, buffers, backends, integrity, methods, rates, delay, loss,
-                  size, repeat, timeout, outdir, plain, no_plots):
+def bench_command(nodes, arities, buffers, backends, integrity, compress, source, methods, rates,
+                  delay, loss, size, repeat, timeout, outdir, plain, no_plots):
     """Measure deployments on a virtual cluster of network namespaces: time vs N,
     throughput vs link rate, CPU per GB per node, for kadeploy (per arity, buffer
     size and relay backend) and for a DIY socat chain, a star and udpcast. Needs root."""
@@ -181,13 +207,15 @@ def bench_command(nodes, arities, buffers, backends, integrity, methods, rates, 
     if "kadeploy" in methods:
         for b in backends:
             check_backend(b)
-    size = size[0]
+    size = size[0] if source is None else tar_size(source)
+    source = os.path.abspath(source) if source else None
     started = datetime.datetime.now().astimezone()
     outdir = outdir or f"bench-{started:%Y%m%d-%H%M%S}"
     os.makedirs(outdir, exist_ok=True)
-    experiments = plan_sweep(nodes, arities, buffers, backends, methods, size, repeat, integrity)
+    experiments = plan_sweep(nodes, arities, buffers, backends, methods, size, repeat, integrity,
+                             compress, source)
     reference = {"arity": arities[0], "buffer_size": buffers[0], "backend": backends[0],
-                 "integrity": integrity[0]}
+                 "integrity": integrity[0], "compress": compress[0]}
     rows = run_sweep(experiments, rates, delay, loss, timeout, plain, outdir)
     summary = output.aggregate(rows)
     doc = {"command": "kadeploy bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),

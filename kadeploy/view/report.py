@@ -29,6 +29,15 @@ class NodeReport:
     failed_at: Optional[float] = None   # seconds after the start when the failure was known
     verified: Optional[bool] = None     # every chunk's digest matched (None: not verified)
     repairs: int = 0                    # times re-attached after losing its parent
+    content_bytes: Optional[int] = None   # what its consumer got, when the stream was compressed
+    decode_seconds: Optional[float] = None   # time it spent decompressing
+
+    @property
+    def decode_rate(self) -> Optional[float]:
+        """Content bytes per second of decompression on this node."""
+        if self.content_bytes and self.decode_seconds:
+            return self.content_bytes / self.decode_seconds
+        return None
 
     @property
     def throughput(self) -> Optional[float]:
@@ -53,6 +62,7 @@ class Report:
     pipe_size: int = 0             # relay pipe capacity obtained (0: a copying backend)
     protocol: str = ""
     nodes: List[NodeReport] = field(default_factory=list)
+    compression: Optional[str] = None   # what --compress did: codec, bytes, ratio (None: off)
 
     @property
     def failed(self) -> List[NodeReport]:
@@ -63,6 +73,7 @@ class Report:
         d["format"] = REPORT_FORMAT
         for row, node in zip(d["nodes"], self.nodes):
             row["throughput"] = node.throughput
+            row["decode_rate"] = node.decode_rate
         d["totals"] = {"nodes": len(self.nodes), "ok": len(self.nodes) - len(self.failed),
                        "failed": len(self.failed)}
         return d
@@ -102,6 +113,11 @@ class Report:
         rate = self.stream_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
         lines.append(f"{ok} of {len(self.nodes)} node(s) ok; {self.stream_bytes} bytes in "
                      f"{self.seconds:.2f} s ({rate:.1f} MB/s); relay backend {self.backend or '-'}")
+        if self.compression:
+            rates = [n.decode_rate for n in self.nodes if n.decode_rate]
+            lines.append(f"compression {self.compression}" + (
+                f"; decompression {min(rates) / 1e6:.0f} to {max(rates) / 1e6:.0f} MB/s per node"
+                if rates else ""))
         if self.stream_error:
             lines.append(f"stream failed: {self.stream_error}")
         if self.rejected:

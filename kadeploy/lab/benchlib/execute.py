@@ -117,6 +117,7 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
            "buffer_size": e.buffer_size if e.method == "kadeploy" else None,
            "backend": e.backend if e.method == "kadeploy" else None,
            "integrity": e.integrity if e.method == "kadeploy" else None,
+           "compress": e.compress if e.method == "kadeploy" else None,
            "size": e.size, "repeat": e.repeat}
     if error is None and any(n is None for n in nodes):
         error = "a node left no record"
@@ -138,6 +139,7 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
         if rep is not None:
             stream_s = rep.get("seconds")
             row["backend_used"] = rep.get("backend")
+            row["compression"] = rep.get("compression")
     wall_s = None
     if all(n is not None for n in nodes):
         wall_s = max(n["end"] for n in nodes[1:]) - nodes[0]["start"]

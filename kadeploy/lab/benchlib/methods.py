@@ -43,7 +43,9 @@ class Experiment:
     buffer_size: int = defaults.BUFFER_SIZE
     backend: str = "auto"
     repeat: int = 1
-    integrity: bool = True         # kadeploy's digests and repair spool (off: --no-verify --no-repair)
+    integrity: bool = True         # kadeploy's digests and repair window (off: --no-verify --no-repair)
+    compress: str = "none"         # kadeploy's --compress
+    source: Optional[str] = None   # a directory streamed as tar (None: `size` synthetic zero bytes)
 
     @property
     def receivers(self) -> int:
@@ -52,7 +54,8 @@ class Experiment:
     def label(self) -> str:
         if self.method == "kadeploy":
             return (f"kadeploy N={self.n} a={self.arity} buf={self.buffer_size >> 10}K "
-                    f"{self.backend}{'' if self.integrity else ' no-verify'} #{self.repeat}")
+                    f"{self.backend}{'' if self.integrity else ' no-verify'}"
+                    f"{'' if self.compress == 'none' else ' ' + self.compress} #{self.repeat}")
         return f"{self.method} N={self.n} #{self.repeat}"
 
 
@@ -69,13 +72,22 @@ def addr(i: int) -> str:
     return f"198.18.0.{i + 1}"
 
 
+def producer(e: Experiment) -> str:
+    """The stream of an experiment, the same for every method: a tar of the source
+    directory, or synthetic zeros."""
+    if e.source:
+        return f"tar --create --numeric-owner --directory {shlex.quote(e.source)} ."
+    return synthetic_producer(e.size)
+
+
 def kadeploy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
     kd = [sys.executable, "-m", "kadeploy"]
     common = ["--relay", e.backend, "--buffer-size", str(e.buffer_size), "-q"]
     report = f"{workdir}/report.json"
     cmds = {0: shlex.join(kd + ["server", "-n", str(e.receivers), "-a", str(e.arity),
-                                "--synthetic", str(e.size), "--report", report,
-                                "--wait-timeout", "120", *common,
+                                *(["-e", producer(e)] if e.source else ["--synthetic", str(e.size)]),
+                                "--report", report, "--wait-timeout", "120", *common,
+                                *([] if e.compress == "none" else ["--compress", e.compress]),
                                 *([] if e.integrity else ["--no-verify", "--no-repair"])])}
     for i in range(1, e.n):
         cmds[i] = shlex.join(kd + ["client", "-h", SERVER_ADDR, "--discard", *common])
@@ -92,7 +104,7 @@ def _socat_send(i: int, port: int) -> str:
 
 def diy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
     port = BASE_PORT
-    cmds = {0: f"{synthetic_producer(e.size)} | {_socat_send(1, port)}"}
+    cmds = {0: f"{producer(e)} | {_socat_send(1, port)}"}
     for i in range(1, e.n):
         if i == e.n - 1:
             cmds[i] = f"{_socat_listen(port)} | {COUNT_CONSUMER}"
@@ -107,7 +119,7 @@ def diy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
 def star_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
     port = BASE_PORT
     targets = " ".join(f"{addr(i)}:{port}" for i in range(1, e.n))
-    cmds = {0: f"{synthetic_producer(e.size)} | {shlex.quote(sys.executable)} "
+    cmds = {0: f"{producer(e)} | {shlex.quote(sys.executable)} "
                f"-m kadeploy.lab.benchlib.star {targets}"}
     for i in range(1, e.n):
         cmds[i] = f"{_socat_listen(port)} | {COUNT_CONSUMER}"
@@ -118,7 +130,7 @@ def udpcast_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:
     # Without a cap udp-sender overruns the shaped port's queue and spends its time on
     # retransmissions; 95 % of the link rate is its best case here.
     cap = f" --max-bitrate {int(rate_bits * 0.95 / 1e6)}m" if rate_bits else ""
-    cmds = {0: (f"{synthetic_producer(e.size)} | udp-sender --interface eth0 --nokbd "
+    cmds = {0: (f"{producer(e)} | udp-sender --interface eth0 --nokbd "
                 f"--min-receivers {e.receivers} --full-duplex{cap}")}
     for i in range(1, e.n):
         cmds[i] = f"udp-receiver --interface eth0 --nokbd | {COUNT_CONSUMER}"

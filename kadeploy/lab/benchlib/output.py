@@ -6,11 +6,11 @@ import json
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity")
+KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity", "compress")
 CSV_FIELDS = [*KEY, "size", "repeat", "ok", "wall_s", "stream_s", "throughput_mbit",
               "stream_mbit", "link_fraction", "stream_link_fraction", "cpu_server_s",
               "cpu_client_mean_s", "cpu_client_max_s", "cpu_total_s", "cpu_per_gb_server",
-              "cpu_per_gb_client", "backend_used", "error"]
+              "cpu_per_gb_client", "backend_used", "compression", "error"]
 MEASURES = ("wall_s", "stream_s", "link_fraction", "stream_link_fraction",
             "cpu_per_gb_server", "cpu_per_gb_client")
 

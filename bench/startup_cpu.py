@@ -1,0 +1,68 @@
+"""CPU a client process costs from exec to its registration, against the interpreter's
+own start-up measured in the same run (`python -c pass`).
+
+    .venv/bin/python bench/startup_cpu.py [--rounds 20] [--out bench/out/startup.json]
+
+The issue's figure: <= 50 ms of CPU from exec to registration. Byte code is cached
+as in an installed copy (pip compiles it at install time): the run clears
+PYTHONDONTWRITEBYTECODE and does one warm-up round first.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from kadeploy.lab.benchlib import startup  # noqa: E402
+
+
+def client_argv():
+    script = os.path.join(os.path.dirname(sys.executable), "ka-d-client")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "kadeploy", "client"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cmd = client_argv() + ["--discard"]
+    startup.measure(cmd, env=env)                       # warm-up: byte code cached
+    runs = startup.measure_many(cmd, args.rounds, env=env)
+    floor = startup.python_floor(sys.executable, args.rounds)
+    bad = [r.status for r in runs if r.status != 3]     # 3: refused, "could not join"
+    if bad:
+        print(f"startup_cpu: client exited {bad[0]} instead of 3 after the refusal", file=sys.stderr)
+        return 1
+    totals = sorted(r.cpu_total for r in runs)
+    result = {
+        "command": " ".join(["bench/startup_cpu.py"] + (argv or sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, "
+                   f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}",
+        "rounds": args.rounds,
+        "cpu_to_exit_ms": {"min": 1000 * totals[0], "median": 1000 * statistics.median(totals),
+                           "max": 1000 * totals[-1]},
+        "cpu_at_hello_ms_median": 1000 * statistics.median(r.cpu_at_hello for r in runs),
+        "wall_to_hello_ms_median": 1000 * statistics.median(r.wall_to_hello for r in runs),
+        "python_floor_ms": 1000 * floor,
+        "ratio_to_floor": statistics.median(totals) / floor if floor else None,
+        "target_ms": 50,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Stream codecs: what the server does to the stream once, before the relay, and each
+node undoes for its own consumer only, after its digest tap.
+
+    server:  producer -> encode stages -> relay -> children        (kadeploy.data.pump)
+    node:    relay -> digest tap -> decode stages -> consumer      (same thread as the tap)
+
+Relays forward the encoded bytes untouched (splice), and the digests are of the bytes
+on the wire. A codec is a list of Stages, applied in order on the server and in
+reverse order on a node; compression is one stage, and another (encryption with an
+AEAD) joins the same list. The stage interface is two calls:
+
+    update(data) -> bytes    the output so far (may be empty: a stage may buffer)
+    finish()     -> bytes    the rest; a decoder raises CodecError on a cut stream
+
+`--compress` takes none, zstd, zstd:LEVEL or auto (choose_spec). The zstd stage's wire
+format is a series of records, each a 5-byte header (kind, payload length) and its
+payload: a zstd frame of up to RECORD_SIZE bytes of content, or the content raw.
+Independent frames let the server compress several records at once on several cores;
+raw records let `auto` stop compressing when compression does not pay (AutoPolicy).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, List, Optional, Sequence
+
+NONE, ZSTD, AUTO = "none", "zstd", "auto"
+DEFAULT_LEVEL = 3          # zstd's own default: ~0.3-0.5 GB/s per core, a good ratio
+MAX_LEVEL = 19             # above this zstd needs "ultra" memory on every node
+RECORD_SIZE = 4 << 20      # content bytes per record: large frames, small loss of ratio
+RECORD = struct.Struct(">BI")
+KIND_RAW, KIND_ZSTD = 0x52, 0x5A   # "R", "Z"
+MAX_PAYLOAD = RECORD_SIZE + (RECORD_SIZE >> 6) + 1024   # a zstd frame's worst case, with margin
+
+
+class CodecError(Exception):
+    """A stream that does not decode, or a bad --compress value; one line for the user."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What --compress asked for: none, zstd at a level, or auto (zstd when it pays)."""
+    name: str
+    level: int = DEFAULT_LEVEL
+
+    @property
+    def wire(self) -> Optional[str]:
+        """The codec named in Place: how nodes decode (auto and zstd both send records)."""
+        return None if self.name == NONE else ZSTD
+
+    def __str__(self) -> str:
+        return self.name if self.name != ZSTD else f"zstd:{self.level}"
+
+
+def parse_spec(text: str) -> Spec:
+    """`none`, `zstd`, `zstd:LEVEL` (1-19) or `auto`; CodecError otherwise."""
+    value = text.strip().lower()
+    if value in (NONE, AUTO):
+        return Spec(value)
+    name, _, level = value.partition(":")
+    if name != ZSTD:
+        raise CodecError(f"unknown compression {text!r} (choose none, zstd, zstd:LEVEL or auto)")
+    if not level:
+        return Spec(ZSTD)
+    try:
+        n = int(level)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_LEVEL:
+        raise CodecError(f"zstd level must be 1 to {MAX_LEVEL}, not {level!r}")
+    return Spec(ZSTD, n)
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise CodecError("compression needs the zstandard package (pip install zstandard)") from None
+    return zstandard
+
+
+class Stage:
+    """One transformation of the byte stream (see the module's docstring)."""
+    name = "stage"
+
+    def update(self, data) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        raise NotImplementedError
+
+
+class Pipeline(Stage):
+    """Stages in order: each one's output is the next one's input."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+        self.name = "+".join(s.name for s in self.stages) or "none"
+
+    def update(self, data) -> bytes:
+        for stage in self.stages:
+            data = stage.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        data = b""
+        for stage in self.stages:
+            data = stage.update(data) + stage.finish() if data else stage.finish()
+        return data
+
+
+# ------------------------------------------------------------------ zstd records
+
+class AutoPolicy:
+    """Whether compressing pays, from what the first records show (pure: fed numbers).
+
+    Compressing pays when the stream is limited by its link: the content then flows at
+    min(compression speed, decompression speed, link / ratio), against the link alone
+    without it. The encoder sends the first PROBE records raw while it compresses a
+    copy of each (so the link's rate is measured on raw bytes, and the ratio and the
+    speeds on the same data), then decides once; MARGIN keeps a near tie uncompressed
+    (compressing costs every node CPU).
+    """
+    PROBE = 8
+    MARGIN = 1.1
+
+    def __init__(self) -> None:
+        self.content = 0
+        self.compressed = 0
+        self.compress_seconds = 0.0
+        self.decompress_seconds = 0.0
+        self.decision: Optional[bool] = None
+        self.why = "measuring"
+
+    def sample(self, content: int, compressed: int, compress_s: float, decompress_s: float) -> None:
+        self.content += content
+        self.compressed += compressed
+        self.compress_seconds += compress_s
+        self.decompress_seconds += decompress_s
+
+    def decide(self, link_rate: Optional[float], workers: int) -> bool:
+        """link_rate: raw bytes/s the relay took while its input was waiting for it
+        (None: it never waited, the producer was the slower side)."""
+        ratio = self.compressed / self.content if self.content else 1.0
+        c = self.content / self.compress_seconds * workers if self.compress_seconds else float("inf")
+        d = self.content / self.decompress_seconds if self.decompress_seconds else float("inf")
+        if link_rate is None:
+            self.decision = False
+            self.why = f"the link was never the limit (ratio {ratio:.2f})"
+        else:
+            with_it = min(c, d, link_rate / max(ratio, 1e-9))
+            self.decision = with_it > self.MARGIN * link_rate
+            self.why = (f"ratio {ratio:.2f}, compress {c / 1e6:.0f} MB/s, decompress {d / 1e6:.0f} MB/s, "
+                        f"link {link_rate / 1e6:.0f} MB/s: {'compressing' if self.decision else 'raw'}")
+        return self.decision
+
+
+class ZstdEncoder(Stage):
+    """Content in, records out; compresses up to `workers` records at once (zstandard
+    releases the GIL), in order. With a policy (auto), probes first, then compresses
+    or sends raw records as the policy decided."""
+    name = "zstd"
+
+    def __init__(self, level: int = DEFAULT_LEVEL, *, workers: int = 1,
+                 policy: Optional[AutoPolicy] = None,
+                 link_rate: Callable[[], Optional[float]] = lambda: None) -> None:
+        self.zstd = _zstd()
+        self.level, self.workers, self.policy, self.link_rate = level, max(1, workers), policy, link_rate
+        self._buf = bytearray()
+        self._pending: Deque = deque()
+        self._pool = None
+        if self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kadeploy-zstd")
+        # One compressor per thread (a zstd context must never be shared by two at once).
+        self._local = threading.local()
+        self.content = 0
+        self.wire = 0
+        self.probed = 0
+
+    def _cctx(self):
+        ctx = getattr(self._local, "cctx", None)
+        if ctx is None:
+            # A checksum in each frame (xxh64, nearly free): a bad record fails to
+            # decode even with --no-verify, instead of feeding the consumer garbage.
+            ctx = self._local.cctx = self.zstd.ZstdCompressor(level=self.level, write_checksum=True)
+        return ctx
+
+    def _compress(self, record: bytes) -> bytes:
+        payload = self._cctx().compress(record)
+        if len(payload) >= len(record):   # incompressible: raw costs nobody anything
+            return RECORD.pack(KIND_RAW, len(record)) + record
+        return RECORD.pack(KIND_ZSTD, len(payload)) + payload
+
+    def _probe(self, record: bytes) -> bytes:
+        """Auto's probe: measure compression on a copy, send the record raw."""
+        t0 = time.perf_counter()
+        payload = self._cctx().compress(record)
+        t1 = time.perf_counter()
+        self.zstd.ZstdDecompressor().decompress(payload)
+        t2 = time.perf_counter()
+        self.policy.sample(len(record), len(payload), t1 - t0, t2 - t1)
+        self.probed += 1
+        if self.probed == self.policy.PROBE:
+            self.policy.decide(self.link_rate(), self.workers)
+        return RECORD.pack(KIND_RAW, len(record)) + record
+
+    def _submit(self, record: bytes) -> None:
+        self.content += len(record)
+        if self.policy is not None and self.policy.decision is None:
+            self._pending.append(self._probe(record))
+        elif self.policy is not None and not self.policy.decision:
+            self._pending.append(RECORD.pack(KIND_RAW, len(record)) + record)
+        elif self._pool is None:
+            self._pending.append(self._compress(record))
+        else:
+            self._pending.append(self._pool.submit(self._compress, record))
+
+    def _ready(self, wait_for_all: bool) -> bytes:
+        out = []
+        # Keep `workers` records in flight; hand on the finished ones, in order.
+        while self._pending and (wait_for_all or len(self._pending) > self.workers
+                                 or isinstance(self._pending[0], bytes) or self._pending[0].done()):
+            item = self._pending.popleft()
+            out.append(item if isinstance(item, bytes) else item.result())
+        data = b"".join(out)
+        self.wire += len(data)
+        return data
+
+    def update(self, data) -> bytes:
+        self._buf += data
+        while len(self._buf) >= RECORD_SIZE:
+            self._submit(bytes(self._buf[:RECORD_SIZE]))
+            del self._buf[:RECORD_SIZE]
+        return self._ready(False)
+
+    def finish(self) -> bytes:
+        if self._buf:
+            self._submit(bytes(self._buf))
+            self._buf = bytearray()
+        out = self._ready(True)
+        if self._pool is not None:
+            self._pool.shutdown()
+        return out
+
+
+class ZstdDecoder(Stage):
+    """Records in, content out; counts the time spent decompressing (the node's rate)."""
+    name = "zstd"
+
+    def __init__(self) -> None:
+        self._dctx = _zstd().ZstdDecompressor()
+        self._buf = bytearray()
+        self.content = 0
+        self.wire = 0
+        self.seconds = 0.0          # CPU-bound time in decompress()
+
+    def update(self, data) -> bytes:
+        self._buf += data
+        self.wire += len(data)
+        out = []
+        buf = self._buf
+        while len(buf) >= RECORD.size:
+            kind, length = RECORD.unpack_from(buf)
+            if kind not in (KIND_RAW, KIND_ZSTD) or length > MAX_PAYLOAD:
+                raise CodecError(f"compressed stream is corrupt at byte {self.wire - len(buf)}: "
+                                 "not a record header")
+            end = RECORD.size + length
+            if len(buf) < end:
+                break
+            payload = memoryview(buf)[RECORD.size:end]
+            if kind == KIND_RAW:
+                piece = bytes(payload)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    piece = self._dctx.decompress(payload, max_output_size=RECORD_SIZE)
+                except Exception as e:   # zstandard.ZstdError
+                    raise CodecError(f"compressed stream does not decode: {e}") from None
+                finally:
+                    self.seconds += time.perf_counter() - t0
+            payload.release()
+            del buf[:end]
+            self.content += len(piece)
+            out.append(piece)
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def finish(self) -> bytes:
+        if self._buf:
+            raise CodecError(f"compressed stream cut inside a record ({len(self._buf)} bytes left over)")
+        return b""
+
+
+# ---------------------------------------------------------------- assembling
+
+def default_workers() -> int:
+    """Compression threads: every core the server has, up to 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def encoder_stages(spec: Spec, *, workers: int = 1, policy: Optional[AutoPolicy] = None,
+                   link_rate: Callable[[], Optional[float]] = lambda: None) -> List[Stage]:
+    """The server's stages for --compress `spec` (empty: the stream goes as it is)."""
+    if spec.name == NONE:
+        return []
+    if spec.name == AUTO:
+        return [ZstdEncoder(DEFAULT_LEVEL, workers=workers, policy=policy or AutoPolicy(),
+                            link_rate=link_rate)]
+    return [ZstdEncoder(spec.level, workers=workers)]
+
+
+def decoder_stages(wire: Optional[str]) -> List[Stage]:
+    """A node's stages for the codec named in Place, in the order it applies them."""
+    if wire is None:
+        return []
+    if wire == ZSTD:
+        return [ZstdDecoder()]
+    raise CodecError(f"the server uses codec {wire!r}, which this kadeploy does not know")

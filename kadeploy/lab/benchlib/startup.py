@@ -1,0 +1,93 @@
+"""What a client process costs before it is registered: CPU from exec to its Hello.
+
+A one-shot listener stands in for the server. It starts `ka-d-client`, waits for the
+Hello frame, reads the client's utime + stime from /proc/PID/stat at that instant
+(clock ticks: coarse, 10 ms here), then refuses it, so the client exits at once, and
+takes its exact rusage from wait4 (microseconds; it includes the few lines of exit
+after the refusal, so it is an upper bound of the cost to registration).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from kadeploy.core import protocol as P
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Startup:
+    cpu_at_hello: float      # s, from /proc at the moment the Hello arrived (tick resolution)
+    cpu_total: float         # s, rusage of the whole process (exec to exit after the refusal)
+    wall_to_hello: float     # s, from spawn to the Hello
+    hello: P.Message
+    status: int
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime
+
+
+def _read_exactly(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("the client hung up before its Hello")
+        buf += chunk
+    return buf
+
+
+def measure(client: Sequence[str], *, timeout: float = 30.0, env=None) -> Startup:
+    """Run `client` (argv of ka-d-client, without -h/-p) against the stand-in server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.settimeout(timeout)
+        port = lsock.getsockname()[1]
+        argv: List[str] = [*client, "-h", "127.0.0.1", "-p", str(port), "-q"]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env)
+        try:
+            conn, _ = lsock.accept()
+            with conn:
+                conn.settimeout(timeout)
+                code, length = P.parse_header(_read_exactly(conn, P.HEADER_SIZE))
+                hello = P.parse_body(code, _read_exactly(conn, length))
+                at_hello = _proc_cpu(proc.pid)
+                wall = time.monotonic() - started
+                conn.sendall(P.encode(P.Refuse(reason="start-up measured")))
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+    return Startup(cpu_at_hello=at_hello, cpu_total=usage.ru_utime + usage.ru_stime,
+                   wall_to_hello=wall, hello=hello, status=proc.returncode)
+
+
+def measure_many(client: Sequence[str], rounds: int, env=None) -> List[Startup]:
+    return [measure(client, env=env) for _ in range(rounds)]
+
+
+def python_floor(python: str, rounds: int) -> Optional[float]:
+    """The baseline in the same run: the least CPU of `python -c pass` (the interpreter's
+    own start-up, which no change to kadeploy can remove)."""
+    best = None
+    for _ in range(rounds):
+        proc = subprocess.Popen([python, "-c", "pass"])
+        _, _, usage = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+        cpu = usage.ru_utime + usage.ru_stime
+        best = cpu if best is None else min(best, cpu)
+    return best

@@ -1,0 +1,290 @@
+"""The stream codec (kadeploy.data.codec, kadeploy.data.pump) and whole compressed
+deployments on loopback (issue 13, point 5)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+from deploy import Deployment, assert_one_line_error, assert_same_tree, load_report, make_targets, tar_producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kadeploy.data import codec
+from kadeploy.data.pump import EncodePump, StreamTap
+
+RECORD = codec.RECORD_SIZE
+
+
+def compressible(n: int, seed: int = 1) -> bytes:
+    """Text-like bytes: compress about 3:1, like a root file system's."""
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghijklmnop ") for _ in range(rnd.randint(2, 9))) for _ in range(300)]
+    out = bytearray()
+    while len(out) < n:
+        out += rnd.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def encode(data: bytes, pieces, **kw) -> bytes:
+    enc = codec.Pipeline(codec.encoder_stages(codec.Spec(codec.ZSTD, 3), **kw))
+    out, pos = [], 0
+    for size in pieces:
+        out.append(enc.update(data[pos:pos + size]))
+        pos += size
+    out.append(enc.update(data[pos:]))
+    out.append(enc.finish())
+    return b"".join(out)
+
+
+def decode(wire: bytes, piece: int) -> bytes:
+    dec = codec.Pipeline(codec.decoder_stages(codec.ZSTD))
+    out = [dec.update(wire[i:i + piece]) for i in range(0, len(wire), piece)]
+    out.append(dec.finish())
+    return b"".join(out)
+
+
+# ------------------------------------------------------------------ --compress
+
+@pytest.mark.parametrize("text,spec", [("none", "none"), ("zstd", "zstd:3"), ("ZSTD:19", "zstd:19"),
+                                       ("zstd:1", "zstd:1"), ("auto", "auto")])
+def test_compress_values(text, spec):
+    assert str(codec.parse_spec(text)) == spec
+
+
+@pytest.mark.parametrize("text", ["gzip", "zstd:0", "zstd:20", "zstd:x", "zstd:", "zstd:-1"])
+def test_bad_compress_values_are_refused(text):
+    if text == "zstd:":
+        assert str(codec.parse_spec(text)) == "zstd:3"   # an empty level is the default
+        return
+    with pytest.raises(codec.CodecError):
+        codec.parse_spec(text)
+
+
+# ----------------------------------------------------------------- round trips
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(0, 3 * RECORD + 17), seed=st.integers(0, 5),
+       pieces=st.lists(st.integers(1, RECORD + 3), max_size=5),
+       read=st.sampled_from([1, 5, 4096, 1 << 20, 9 << 20]), workers=st.sampled_from([1, 2]))
+def test_round_trip_any_cut(size, seed, pieces, read, workers):
+    data = compressible(size, seed)
+    if read == 1:
+        data = data[:20000]       # byte by byte only on a short stream
+    wire = encode(data, pieces, workers=workers)
+    assert decode(wire, read) == data
+
+
+def test_compressible_data_shrinks_and_random_data_goes_raw():
+    text = compressible(2 * RECORD)
+    assert len(encode(text, [])) < 0.6 * len(text)
+    noise = os.urandom(RECORD + 1000)
+    wire = encode(noise, [])
+    # Incompressible records go raw: 5 bytes of header per record, nothing more.
+    assert len(wire) == len(noise) + 2 * codec.RECORD.size
+    assert decode(wire, 1 << 20) == noise
+
+
+def test_a_cut_stream_is_an_error_not_a_short_copy():
+    wire = encode(compressible(RECORD + 100), [])
+    for cut in (1, codec.RECORD.size, len(wire) // 2, len(wire) - 1):
+        dec = codec.ZstdDecoder()
+        dec.update(wire[:cut])
+        with pytest.raises(codec.CodecError, match="cut inside a record"):
+            dec.finish()
+
+
+def test_corrupt_records_are_errors():
+    wire = bytearray(encode(compressible(RECORD), []))
+    bad_header = bytes([0x00]) + bytes(wire[1:])
+    with pytest.raises(codec.CodecError, match="not a record header"):
+        codec.ZstdDecoder().update(bad_header)
+    wire[len(wire) // 2] ^= 0xFF      # inside the zstd frame
+    with pytest.raises(codec.CodecError, match="does not decode"):
+        codec.ZstdDecoder().update(bytes(wire))
+
+
+class Xor(codec.Stage):
+    """A second stage, to prove stages compose (the AEAD stage joins the same way)."""
+    name = "xor"
+
+    def update(self, data) -> bytes:
+        return bytes(b ^ 0x5A for b in bytes(data))
+
+    def finish(self) -> bytes:
+        return b""
+
+
+def test_stages_compose_in_order_and_reverse():
+    data = compressible(RECORD // 2)
+    enc = codec.Pipeline([codec.ZstdEncoder(3), Xor()])
+    wire = enc.update(data) + enc.finish()
+    assert enc.name == "zstd+xor"
+    dec = codec.Pipeline([Xor(), codec.ZstdDecoder()])
+    assert dec.update(wire[:1000]) + dec.update(wire[1000:]) + dec.finish() == data
+
+
+def test_unknown_wire_codec_is_a_clear_error():
+    with pytest.raises(codec.CodecError, match="does not know"):
+        codec.decoder_stages("lz4")
+
+
+# ----------------------------------------------------------------------- auto
+
+def test_auto_compresses_on_a_slow_link_only():
+    p = codec.AutoPolicy()
+    p.sample(100e6, 30e6, 0.25, 0.1)   # ratio 0.3, 400 MB/s compress, 1 GB/s decompress
+    assert p.decide(25e6, workers=1) is True          # 200 Mbit/s: link-bound, pays
+    assert p.decide(1e9, workers=1) is False          # 8 Gbit/s: compression would be the limit
+    assert p.decide(None, workers=1) is False         # the producer was slower than the link
+    q = codec.AutoPolicy()
+    q.sample(100e6, 99e6, 0.25, 0.1)                  # incompressible
+    assert q.decide(25e6, workers=1) is False
+    assert "ratio 0.99" in q.why
+
+
+def test_auto_sends_the_probe_raw_then_follows_the_decision():
+    policy = codec.AutoPolicy()
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6)   # a slow link
+    data = compressible((policy.PROBE + 2) * RECORD)
+    wire = enc.update(data) + enc.finish()
+    assert policy.decision is True
+    kinds, pos = [], 0
+    while pos < len(wire):
+        kind, length = codec.RECORD.unpack_from(wire, pos)
+        kinds.append(kind)
+        pos += codec.RECORD.size + length
+    assert kinds == [codec.KIND_RAW] * policy.PROBE + [codec.KIND_ZSTD] * 2
+    assert decode(wire, 1 << 20) == data
+
+
+# ---------------------------------------------------------------------- pumps
+
+def test_encode_pump_and_node_tap_through_real_pipes(tmp_path):
+    from kadeploy.core.integrity import ChunkDigester
+    data = compressible(3 * RECORD + 5)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    fd = os.open(src, os.O_RDONLY)
+    pump = EncodePump(fd, codec.Pipeline(codec.encoder_stages(codec.Spec(codec.ZSTD), workers=2)))
+    pump.start()
+    out_r, out_w = os.pipe()
+    tap = StreamTap(pump.read_fd, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
+                  out_fd=out_w)
+    tap.start()
+    got = bytearray()
+    while chunk := os.read(out_r, 1 << 20):
+        got += chunk
+    os.close(out_r)
+    tap.join()
+    pump.join()
+    os.close(fd)
+    assert bytes(got) == data
+    assert pump.content == tap.content == len(data) and pump.wire == tap.wire < len(data)
+    assert pump.error is None and tap.error is None and tap.decode_error is None
+    whole = ChunkDigester("sha256")   # the digest is of the wire bytes
+    assert tap.digests and tap.whole
+
+
+def test_node_tap_keeps_digesting_when_the_consumer_quits():
+    from kadeploy.core.integrity import ChunkDigester
+    wire = encode(compressible(2 * RECORD), [])
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(out_r)                               # the consumer is gone
+    tap = StreamTap(in_r, ChunkDigester("sha256"), stages=codec.Pipeline([codec.ZstdDecoder()]),
+                  out_fd=out_w)
+    tap.start()
+    os.write(in_w, wire) if len(wire) < 65536 else [os.write(in_w, wire[i:i + 65536])
+                                                   for i in range(0, len(wire), 65536)]
+    os.close(in_w)
+    tap.join(30)
+    assert tap.consumer_error is not None and tap.error is None
+    assert tap.wire == len(wire) and tap.whole is not None
+
+
+# ------------------------------------------------------------- deployments
+
+@pytest.fixture
+def dep(tmp_path):
+    d = Deployment(str(tmp_path))
+    yield d
+    d.close()
+
+
+def _source(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "text").write_bytes(compressible(9 << 20))
+    (src / "noise").write_bytes(os.urandom(3 << 20))
+    for i in range(50):
+        (src / "d" / f"f{i}").write_bytes(compressible(1000 * i, seed=i))
+    return src
+
+
+@pytest.mark.parametrize("n,arity,mode", [(3, 1, "zstd"), (4, 2, "zstd:1"), (2, 1, "auto")])
+def test_compressed_deployment_is_exact(dep, tmp_path, n, arity, mode):
+    src = _source(tmp_path)
+    dsts = make_targets(tmp_path, n)
+    report = str(tmp_path / "r.json")
+    server = dep.server("-n", str(n), "-a", str(arity), "-e", tar_producer(src), "--compress", mode,
+                        "--report", report)
+    clients = [dep.client("-h", "127.0.0.1", "-t", t) for t in dsts]
+    assert dep.wait_all(180) == [0] * (n + 1), server.err + "".join(c.err for c in clients)
+    for t in dsts:
+        assert_same_tree(src, t)
+    rep = load_report(report)
+    content = {r["content_bytes"] for r in rep["nodes"]}
+    assert len(content) == 1 and content.pop() > 12 << 20
+    assert all(r["bytes"] == rep["stream_bytes"] and r["verified"] for r in rep["nodes"])
+    assert rep["compression"].startswith(mode if mode != "zstd" else "zstd:3")
+    if mode != "auto":   # on loopback auto may well choose raw: the link is never the limit
+        assert rep["stream_bytes"] < 0.75 * rep["nodes"][0]["content_bytes"]
+        assert all(r["decode_rate"] and r["decode_rate"] > 0 for r in rep["nodes"])
+    assert "compression " in server.out
+
+
+def test_compressed_without_digests_still_checks_the_length(dep, tmp_path):
+    data = compressible(5 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    out = tmp_path / "copy"
+    server = dep.server("-e", f"cat {tmp_path / 'blob'}", "--compress", "zstd", "--no-verify")
+    client = dep.client("-h", "127.0.0.1", "-e", f"cat > {out}")
+    assert dep.wait_all(60) == [0, 0], server.err + client.err
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_consumer_that_stops_early_fails_with_the_content_length(dep, tmp_path):
+    (tmp_path / "blob").write_bytes(compressible(20 << 20))
+    dep.server("-e", f"cat {tmp_path / 'blob'}", "--compress", "zstd")
+    client = dep.client("-h", "127.0.0.1", "-e", "head -c 1000 >/dev/null")
+    assert client.wait(60) == 1
+    assert "consumer stopped reading after " in client.err and f"bytes of {20 << 20} " in client.err
+    assert "Traceback" not in client.err
+
+
+def test_bad_compress_is_one_line(dep):
+    server = dep.server("--compress", "gzip")
+    assert_one_line_error(server, 64, "unknown compression 'gzip'")
+
+
+@pytest.mark.netns
+def test_compression_bench_smoke(tmp_path):
+    """bench/compress_debian.py at smoke size: a small tree instead of Debian's, N=2, one
+    rate, one round; correctness only (every experiment ok, the figures computed)."""
+    import json
+    import subprocess
+    import sys
+    src = _source(tmp_path)
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "compress_debian.py"), "--tree", str(src),
+                        "--nodes", "2", "--rate", "200mbit", "--repeat", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads((out / "compression.json").read_text())
+    (row,) = doc["rows"]
+    assert row["wall_none_s"] > 0 and row["wall_zstd_s"] > 0 and row["wall_auto_s"] > 0
+    assert 0 < row["zstd_over_none"] and 0 < row["auto_over_best"]
+    assert any("ratio" in c for c in doc["compression"])

@@ -1,0 +1,108 @@
+"""Repair that heals the chain in place (issue 13, point 2), across namespaces: a lost
+node's children take its place under its parent (or the nearest ancestor still
+streaming), fed from that node's repair window, so the server's uplink keeps
+carrying one stream. Every survivor ends byte-identical to what the producer sent.
+
+The cases of the issue: chains and trees, a lost first node, two adjacent nodes lost
+together, a node lost while it is itself being repaired, and a window too small."""
+import re
+import time
+
+import pytest
+from test_faults_netns import check_survivors, fault, start
+
+pytestmark = pytest.mark.netns
+
+
+def reattachments(server_err):
+    """(child address:port, new parent 'server' or address:port), in order."""
+    out = []
+    for m in re.finditer(r"re-attaching \S+ \(([^)]+)\) (?:to the server|under \S+ \(([^)]+)\))",
+                         server_err):
+        out.append((m.group(1), m.group(2) or "server"))
+    return out
+
+
+def moved(server_err, child, parent):
+    """Was node `child` (its namespace number, which is its position: the vcluster
+    addresses sort in namespace order) re-attached under `parent` (0: server)?"""
+    want = "server" if parent == 0 else f"198.18.0.{parent + 1}"
+    return any(c.startswith(f"198.18.0.{child + 1}:") and (p == want or p.startswith(want + ":"))
+               for c, p in reattachments(server_err))
+
+
+def wait_for(cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_middle_of_a_chain_heals_under_the_grandparent(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 5, 1)
+    time.sleep(0.4)
+    t = fault("kill", cluster, clients, 3)
+    rep = check_survivors(tmp_path, server, clients, report, {3}, {3: t})
+    assert moved(server.err, 4, 2), server.err
+    assert "to the server" not in server.err          # the uplink carried one stream
+    assert "of the repair window" not in server.err      # the server re-served nobody
+    assert {r["position"]: r["repairs"] for r in rep["nodes"]}[4] == 1
+
+
+def test_lost_first_node_heals_under_the_server(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 4, 1)
+    time.sleep(0.4)
+    t = fault("kill", cluster, clients, 1)
+    check_survivors(tmp_path, server, clients, report, {1}, {1: t})
+    assert moved(server.err, 2, 0), server.err
+    assert "from byte" in server.err and "of the repair window" in server.err
+
+
+def test_two_adjacent_nodes_lost_together(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
+    time.sleep(0.4)
+    t3 = fault("kill", cluster, clients, 3)
+    t4 = fault("kill", cluster, clients, 4)
+    check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
+    assert moved(server.err, 5, 2), server.err
+    assert "to the server" not in server.err
+
+
+def test_node_lost_while_it_is_being_repaired(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
+    time.sleep(0.4)
+    t3 = fault("kill", cluster, clients, 3)
+    wait_for(lambda: moved(server.err, 4, 2))
+    t4 = fault("kill", cluster, clients, 4)            # in the middle of its repair
+    check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
+    assert moved(server.err, 5, 2), server.err
+
+
+@pytest.mark.parametrize("n,arity,victim,child,grandparent", [(7, 2, 3, 7, 1), (8, 3, 2, 8, 0)])
+def test_trees_heal_in_place(net, tmp_path, n, arity, victim, child, grandparent):
+    cluster, dep, server, clients, report = start(net, tmp_path, n, arity)
+    time.sleep(0.4)
+    t = fault("kill", cluster, clients, victim)
+    check_survivors(tmp_path, server, clients, report, {victim}, {victim: t})
+    assert moved(server.err, child, grandparent), server.err
+
+
+def test_three_faults_in_a_chain_of_eight(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 8, 1)
+    times = {}
+    for victim in (2, 5, 7):
+        time.sleep(0.25)
+        times[victim] = fault("kill", cluster, clients, victim)
+    check_survivors(tmp_path, server, clients, report, set(times), times)
+    assert moved(server.err, 3, 1) and moved(server.err, 6, 4) and moved(server.err, 8, 6), server.err
+    assert "to the server" not in server.err
+
+
+def test_a_node_behind_every_window_fails_naming_the_option(net, tmp_path):
+    cluster, dep, server, clients, report = start(net, tmp_path, 3, 1, extra=["--window", "4K"])
+    time.sleep(0.5)
+    fault("kill", cluster, clients, 2)
+    assert server.wait(120) == 2
+    assert clients[1].wait(60) == 0
+    assert clients[3].wait(60) == 1
+    assert "raise --window" in clients[3].err, clients[3].err

@@ -1,0 +1,85 @@
+"""Start-up that costs nothing (issue 13, point 4): what a client does before it is
+registered, and the measurement of its CPU (bench/startup_cpu.py, smoke size).
+
+Correctness only: the CPU figure is measured, not asserted (the machine is shared)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+from kadeploy.control import netio
+from kadeploy.defaults import CONNECT_RETRY_CAP
+from kadeploy.core import protocol as P
+from kadeploy.lab.benchlib import startup
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENT = [os.path.join(os.path.dirname(sys.executable), "ka-d-client")]
+if not os.path.exists(CLIENT[0]):
+    CLIENT = [sys.executable, "-m", "kadeploy", "client"]
+
+# Not one of these may be loaded before the client is registered: they belong to the
+# data phase (relay, digests, compression, progress) or to the lab.
+DATA_PLANE = ("kadeploy.relay._relay", "kadeploy.relay.cython_backend", "kadeploy.relay.cffi_backend",
+              "kadeploy.data.node", "kadeploy.data.tap", "kadeploy.data.codec", "kadeploy.core.integrity",
+              "blake3", "zstandard", "rich", "cffi", "kadeploy.lab", "kadeploy.view.report")
+
+
+def test_client_registration_path_imports_no_data_plane():
+    code = ("import sys, kadeploy.cli, kadeploy.control.client; "
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert not loaded & set(DATA_PLANE), sorted(loaded & set(DATA_PLANE))
+
+
+def test_startup_measurement_sees_the_hello_and_the_refusal():
+    r = startup.measure(CLIENT + ["--discard"])
+    assert isinstance(r.hello, P.Hello)
+    assert r.status == 3                      # refused at registration: "could not join"
+    assert 0 < r.cpu_total < 30 and 0 <= r.cpu_at_hello <= r.cpu_total + 0.02
+
+
+def test_startup_bench_smoke(tmp_path):
+    out = tmp_path / "startup.json"
+    subprocess.run([sys.executable, os.path.join(REPO, "bench", "startup_cpu.py"), "--rounds", "1",
+                    "--out", str(out)], check=True, capture_output=True)
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 1 and data["python_floor_ms"] > 0
+    assert data["cpu_to_exit_ms"]["min"] >= data["python_floor_ms"] * 0.5
+
+
+def test_refused_connect_is_retried_without_a_fixed_delay():
+    """A server that starts listening while the client is being refused is joined
+    within the retry cap, not a quarter of a second later."""
+    import socket
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        opened = {}
+
+        def open_listener():
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen(1)
+            opened["sock"], opened["at"] = s, time.monotonic()
+
+        # Just after a 0.25 s retry would have fired: such a retry would join ~0.23 s late.
+        loop.call_later(0.27, open_listener)
+        sock = await netio.connect("127.0.0.1", port, 5.0, "server", retry_refused=True)
+        joined = time.monotonic()
+        sock.close()
+        opened["sock"].close()
+        return joined - opened["at"]
+
+    late = asyncio.run(scenario())
+    # The cap plus scheduling slack on a loaded machine.
+    assert late < CONNECT_RETRY_CAP + 0.13, late
