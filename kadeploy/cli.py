@@ -19,7 +19,12 @@ import click
 from kadeploy import defaults
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
-from kadeploy.control.policy import security_options, server_verifies
+from kadeploy.control.policy import (
+    security_options,
+    server_encrypts,
+    server_security_options,
+    server_verifies,
+)
 from kadeploy.data import synthetic
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from kadeploy.options import (
@@ -171,7 +176,7 @@ def read_hosts_file(path: str) -> List[str]:
               help="Compress the stream once on the server (zstd, LEVEL 1-19, default 3; on every core); "
                    "relays forward it as it is and each node decompresses for its consumer. auto "
                    "compresses only when the link is slower than compressing and decompressing.")
-@security_options
+@server_security_options
 @network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
@@ -179,7 +184,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
                    no_repair, window, spool_dir, stall_timeout, max_connections, compress,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose,
-                   insecure_no_verify):
+                   insecure_no_verify, encrypt):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
     from kadeploy.control.discovery import check_session_name
@@ -207,6 +212,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         compress=check_compress(compress),
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
+    cfg.encrypt = server_encrypts(cfg.key, encrypt)
     report = asyncio.run(serve(cfg))
     click.echo(report.table())
     if report_file:

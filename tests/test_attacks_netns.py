@@ -205,3 +205,73 @@ def test_without_encrypt_the_stream_is_readable_on_the_wire_even_with_a_key(net,
     wire = pcap.read_bytes()
     assert len(wire) > 2000 * len(marker)       # the stream was captured ...
     assert marker.encode() in wire              # ... and can be read
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_encrypt_deploys_identical_trees_and_the_wire_never_shows_them(net, keyfile, tmp_path, compress):
+    """A chain of three through the relay (node 1 forwards to 2, 2 to 3): the trees are
+    byte-identical, and a capture of every frame on the bridge never holds the marker
+    (the control: test_without_encrypt_the_stream_is_readable_on_the_wire_even_with_a_key)."""
+    from deploy import assert_same_tree
+    cluster, dep = net(4, prefix="kds")
+    marker = f"kds-marker-{os.urandom(8).hex()}"
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "shadow").write_text((marker + "\n") * 2000)
+    (src / "big").write_bytes(os.urandom(3 << 20))        # several cipher records
+    pcap = tmp_path / "wire.pcap"
+    report = str(tmp_path / "r.json")
+    extra = ["--compress", compress] if compress else []
+    with capture(cluster, pcap):
+        server = dep.server("-n", "3", "--key-file", keyfile, "--encrypt", *extra, "--report", report,
+                            "-e", f"tar -C {src} -c .", where=0)
+        clients = []
+        for i in (1, 2, 3):
+            (tmp_path / f"t{i}").mkdir()
+            clients.append(dep.client("-h", SERVER, "--key-file", keyfile,
+                                      "-e", f"tar -x -C {tmp_path}/t{i}", where=i))
+        assert [c.wait(90) for c in clients] == [0, 0, 0], [c.err for c in clients]
+        assert server.wait(60) == 0, server.err
+    for i in (1, 2, 3):
+        assert_same_tree(src, tmp_path / f"t{i}")
+    rep = load_report(report)
+    assert [r["parent"] for r in rep["nodes"]] == [0, 1, 2]      # a chain: relays forwarded
+    assert all(r["verified"] for r in rep["nodes"])
+    wire = pcap.read_bytes()
+    assert len(wire) > 3 << 20                                    # the stream was captured ...
+    assert marker.encode() not in wire and marker[:16].encode() not in wire   # ... and is unreadable
+
+
+def test_encrypt_alone_catches_a_changed_byte_on_a_relayed_link(net, keyfile, tmp_path):
+    """Digests off (--no-verify, confirmed on both sides): the cipher's tag still
+    names the changed chunk, and that node's consumer is stopped. A forwarder (node 4)
+    flips one byte of the link from node 2 to node 3."""
+    import threading
+
+    from test_integrity_netns import corrupting_forwarder
+    cluster, dep = net(5, prefix="kds")
+    ready = threading.Event()
+    threading.Thread(target=cluster.call, daemon=True, args=(
+        4, corrupting_forwarder, "198.18.0.5", ("198.18.0.3", 30764), ready, 3_000_200)).start()
+    assert ready.wait(10)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("198.18.0.2\n198.18.0.3\n198.18.0.4\n")
+    report = str(tmp_path / "r.json")
+    server = dep.server("--hosts", str(hosts), "--key-file", keyfile, "--encrypt", "--no-verify",
+                        "--insecure-no-verify", "--report", report,
+                        "-e", f"head -c 8000000 /dev/urandom | tee {tmp_path}/sent", where=0)
+    clients = {}
+    for i in (1, 2, 3):
+        extra = ["--advertise", "198.18.0.5"] if i == 2 else []
+        clients[i] = dep.client("-h", SERVER, "--key-file", keyfile, "--insecure-no-verify", *extra,
+                                "-e", f"cat > {tmp_path}/got{i}", where=i)
+    assert server.wait(90) == 2, server.err
+    assert clients[1].wait(30) == 0 and clients[2].wait(30) == 0
+    assert clients[3].wait(30) == 1
+    # 3,000,200 bytes in: the third 1 MiB record on the wire (records are 1 MiB + 16).
+    assert "corrupted data: chunk 2 " in clients[3].err and "authentication tag" in clients[3].err
+    sent = (tmp_path / "sent").read_bytes()
+    assert (tmp_path / "got1").read_bytes() == sent == (tmp_path / "got2").read_bytes()
+    assert len((tmp_path / "got3").read_bytes()) < len(sent)   # stopped, not a silent bad copy
+    row = {r["position"]: r for r in load_report(report)["nodes"]}[3]
+    assert row["status"] == "failed" and "authentication tag" in row["error"]

@@ -112,7 +112,8 @@ class Registry:
             self._reject(ch, e.category, e.reason)
             await _try_send(ch, P.Refuse(reason=e.reason))
         except P.ProtocolError as e:
-            await _try_send(ch, P.Refuse(reason=str(e)))
+            # Bounded: a peer that reads nothing must not keep a lost node from being given up.
+            await asyncio.wait_for(_try_send(ch, P.Refuse(reason=str(e))), self.cfg.handshake_timeout)
             if node is None:
                 self._reject(ch, "protocol", str(e))
             else:   # a registered node's connection is no longer to be trusted

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Callable, Dict, Optional
 
+from kadeploy.core.encryption import ALGORITHMS as ENCRYPTIONS
 from kadeploy.core.integrity import ALGORITHMS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 MAX_INT = (1 << 63) - 1          # byte counts and offsets fit the relay's u64 counters
@@ -98,7 +99,8 @@ RULES: Dict[str, Dict[str, Rule]] = {
               "parent_host": _host, "parent_port": PORT, "children": _each(NODE_ID),
               "token": _hex(32), "digest": _one_of(ALGORITHMS),
               "chunk_size": _range(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
-              "stall_timeout": _range(0.05, MAX_STALL), "codec": _one_of(CODECS), "window": COUNT},
+              "stall_timeout": _range(0.05, MAX_STALL), "codec": _one_of(CODECS), "window": COUNT,
+              "encrypt": _one_of(ENCRYPTIONS)},
     "Progress": {"bytes": COUNT},
     "End": {"bytes": COUNT, "error": REASON, "digest": DIGEST, "content_bytes": COUNT},
     "Done": {"bytes": COUNT, "seconds": _range(0.0, 1e9), "consumer_status": _range(-255, 255),

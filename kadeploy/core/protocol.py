@@ -124,6 +124,7 @@ class Place(Message):
     chunk_size: int = 4 << 20      # kadeploy.core.integrity.CHUNK_SIZE
     stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
     codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
+    encrypt: Optional[str] = None  # the stream's cipher (kadeploy.core.encryption); None: clear
     window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
