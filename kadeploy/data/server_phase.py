@@ -214,7 +214,10 @@ class ServerDataPhase:
         if self.pump is None:
             return None
         ratio = res.bytes_in / self.pump.content if self.pump.content else 1.0
-        note = f"{self.compress}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
+        # Name every stage (--encrypt alone is no compression).
+        label = "+".join(([str(self.compress)] if self.compress.wire else [])
+                         + [s.name for s in self.pump.stages.stages if s.name == "aes-256-gcm"])
+        note = f"{label}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
         policy = getattr(self.pump.stages.stages[0], "policy", None)
         return note + (f"; auto: {policy.why}" if policy is not None else "")
 
