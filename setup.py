@@ -18,5 +18,6 @@ setup(
         )
     ],
     # Installed by pip under <prefix>/share/man/man1, where man(1) finds them.
-    data_files=[("share/man/man1", ["man/ka-d-server.1", "man/ka-d-client.1", "man/kadeploy.1"])],
+    data_files=[("share/man/man1", ["man/ka-d-server.1", "man/ka-d-client.1", "man/kadeploy.1",
+                                   "man/kadeploy-push.1"])],
 )

@@ -289,7 +289,9 @@ class LazyGroup(click.Group):
     """A group whose lab commands (demo, bench) are imported only when run or listed,
     so that ka-d-client and ka-d-server never load the benchmark lab."""
 
-    lazy = {"demo": "kadeploy.lab.demo:demo_command", "bench": "kadeploy.lab.bench:bench_command"}
+    lazy = {"demo": "kadeploy.lab.demo:demo_command", "bench": "kadeploy.lab.bench:bench_command",
+            # push needs ClusterShell, which the two commands must not load
+            "push": "kadeploy.push.cli:push_command", "receive": "kadeploy.push.cli:receive_command"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -24,6 +24,7 @@ from kadeploy import cli, errors
 from kadeploy import relay as relay_mod
 from kadeploy.control import auth
 from kadeploy.data import commands
+from kadeploy.push import cli as push_cli
 from kadeploy.version import __version__
 from kadeploy.view import report as report_mod
 
@@ -39,14 +40,17 @@ PAGES: dict[str, click.Command] = {
     "ka-d-server.1": cli.server_command,
     "ka-d-client.1": cli.client_command,
     "kadeploy.1": cli.kadeploy_group,
+    "kadeploy-push.1": push_cli.push_command,
 }
-PROGS = {"ka-d-server.1": "ka-d-server", "ka-d-client.1": "ka-d-client", "kadeploy.1": "kadeploy"}
-SUBCOMMAND_PAGES = {"server": "ka-d-server.1", "client": "ka-d-client.1"}
+PROGS = {"ka-d-server.1": "ka-d-server", "ka-d-client.1": "ka-d-client", "kadeploy.1": "kadeploy",
+         "kadeploy-push.1": "kadeploy push"}
+SUBCOMMAND_PAGES = {"server": "ka-d-server.1", "client": "ka-d-client.1", "push": "kadeploy-push.1"}
 
 # The statuses each command can end with (kadeploy/errors.py says which is whose).
 EXIT_NAMES = {
     "ka-d-server.1": ["EXIT_OK", "EXIT_FAILED", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"],
     "ka-d-client.1": ["EXIT_OK", "EXIT_FAILED", "EXIT_NOT_JOINED", "EXIT_USAGE", "EXIT_INTERRUPTED"],
+    "kadeploy-push.1": ["EXIT_OK", "EXIT_FAILED", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"],
 }
 ALL_EXIT_NAMES = sorted(n for n in vars(errors) if n.startswith("EXIT_"))
 EXIT_NAMES["kadeploy.1"] = ALL_EXIT_NAMES
@@ -220,8 +224,8 @@ def test_pages_describe_integrity_and_faults(page):
 def test_security_section_states_the_trust_model(page):
     text = " ".join(macro_text(line) for line in sections(read_page(page))["SECURITY"])
     assert "--key-file" in text, f"{page}: SECURITY does not say how to add a key"
-    assert "--encrypt" in text and "read" in text, \
-        f"{page}: SECURITY must say that the stream can be read on the wire unless --encrypt"
+    assert ("--encrypt" in text or "encrypted" in text) and "read" in text, \
+        f"{page}: SECURITY must say whether the stream can be read on the wire (and --encrypt where offered)"
     assert "/bin/sh" in text, f"{page}: SECURITY must say the commands run through /bin/sh"
     assert "token" in text, f"{page}: SECURITY must say what protects a deployment without a key"
 
@@ -340,7 +344,8 @@ def code_environment_variables() -> set[str]:
 
 
 # Not ours, but read: kadeploy (bench, demo) makes its scratch files in $TMPDIR.
-EXTRA_ENV = {"ka-d-server.1": set(), "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"}}
+EXTRA_ENV = {"ka-d-server.1": set(), "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"},
+             "kadeploy-push.1": {"TMPDIR", "SSH_CONNECTION", "SLURM_JOB_ID"}}
 
 
 def test_environment_scan_finds_the_known_variables():

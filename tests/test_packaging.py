@@ -15,7 +15,7 @@ def test_wheel_carries_man_pages_commands_and_the_relay(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     wheel, = tmp_path.glob("kadeploy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for page in ("ka-d-server.1", "ka-d-client.1", "kadeploy.1"):
+    for page in ("ka-d-server.1", "ka-d-client.1", "kadeploy.1", "kadeploy-push.1"):
         assert any(n.endswith(f".data/data/share/man/man1/{page}") for n in names), names
     assert any(n.startswith("kadeploy/relay/_relay.") and n.endswith(".so") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(

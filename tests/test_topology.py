@@ -9,7 +9,7 @@ from kadeploy.core.topology import (
     NodeInfo,
     address_key,
     build_tree,
-    listed_rank,
+    HostList,
     order_nodes,
     render,
 )
@@ -103,16 +103,36 @@ def test_hosts_file_order_wins():
 
 def test_hosts_entries_match_the_real_source_only():
     hosts = ["d", "198.18.0.3", "::ffff:198.18.0.2", "unresolved"]
-    resolved = {"d": ["198.18.0.4", "fd42:6b64::4"]}
-    assert listed_rank(hosts, "198.18.0.4", resolved) == 0
-    assert listed_rank(hosts, "fd42:6b64::4", resolved) == 0
-    assert listed_rank(hosts, "198.18.0.3", resolved) == 1
-    assert listed_rank(hosts, "198.18.0.2", resolved) == 2
+    index = HostList(hosts, {"d": ["198.18.0.4", "fd42:6b64::4"]})
+    assert index.first_match("198.18.0.4") == 0
+    assert index.first_match("fd42:6b64::4") == 0
+    assert index.first_match("198.18.0.3") == 1
+    assert index.first_match("198.18.0.2") == 2
     # A name is never compared as text with anything the peer says.
-    assert listed_rank(hosts, "198.18.0.9", resolved) is None
-    assert listed_rank(["d"], "d", {}) is None
+    assert index.first_match("198.18.0.9") is None
+    assert HostList(["d"]).first_match("d") is None
+    assert HostList(["d"]).names == ["d"]
 
 
 def test_render_deep_chain_without_recursion_limit():
     lines = render(build_tree(5000, 1), {})
     assert len(lines) == 5001 and lines[-1].strip() == "5000"
+
+
+# The indexed hosts list answers as a scan by address would, line for line.
+_HOSTS = st.sampled_from(["n1", "n1.example", "n2", "198.18.0.2", "::ffff:198.18.0.2",
+                          "fd42::2", "198.18.0.3", "n10", ""])
+_RESOLVED = {"n1": ["198.18.0.3"], "n1.example": ["fd42::2", "198.18.0.2"], "n2": []}
+
+
+@given(st.lists(_HOSTS, max_size=8), st.sampled_from(["198.18.0.2", "fd42::2", "10.1.1.1", "n1"]))
+def test_host_list_index_agrees_with_the_scan(hosts, source):
+    from kadeploy.core.topology import is_address
+
+    def names(entry):
+        return [entry] if is_address(entry) else _RESOLVED.get(entry, [])
+
+    scan = next((i for i, entry in enumerate(hosts)
+                 if is_address(source) and any(address_key(a) == address_key(source) for a in names(entry))),
+                None)
+    assert HostList(hosts, _RESOLVED).first_match(source) == scan

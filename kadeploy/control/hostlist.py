@@ -4,8 +4,8 @@ Entries that are addresses match as they are; names are resolved here, by the
 server, and match on what they resolve to. A name's addresses are looked up when
 the list is first needed and again (at most every REFRESH seconds) when a
 connection matches nothing, so that a node whose address changed after the server
-started (DHCP) is still recognised. The matching itself is
-kadeploy.core.topology.listed_rank.
+started (DHCP) is still recognised. The matching itself is the index
+kadeploy.core.topology.HostList, rebuilt after each look-up.
 """
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ import socket
 from typing import Dict, FrozenSet, List, Optional, Sequence
 
 from kadeploy.core.addresses import normalize_address
-from kadeploy.core.topology import is_address, listed_rank
+from kadeploy.core.topology import HostList
 
 log = logging.getLogger("kadeploy.server")
 REFRESH = 2.0
 
 
-class HostList:
+class ResolvedHosts:
     def __init__(self, hosts: Sequence[str]) -> None:
         self.hosts: List[str] = list(hosts)
-        self.names = [h for h in self.hosts if not is_address(h)]
+        self.index = HostList(self.hosts)
+        self.names = self.index.names
         self.resolved: Dict[str, FrozenSet[str]] = {}
         self._looked_up: Optional[float] = None
         self._lock = asyncio.Lock()
@@ -33,10 +34,10 @@ class HostList:
         """The index of the entry naming `source`, or None: not a listed host."""
         if self.names and self._looked_up is None:
             await self._resolve()
-        found = listed_rank(self.hosts, source, self.resolved)
+        found = self.index.first_match(source)
         if found is None and self.names and self._stale():
             await self._resolve()
-            found = listed_rank(self.hosts, source, self.resolved)
+            found = self.index.first_match(source)
         return found
 
     def _stale(self) -> bool:
@@ -58,4 +59,5 @@ class HostList:
                     self.resolved[name] = frozenset()
                 else:
                     self.resolved[name] = frozenset(normalize_address(info[4][0]) for info in res)
+            self.index = HostList(self.hosts, self.resolved)
             self._looked_up = loop.time()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 from kadeploy.control import auth
-from kadeploy.control.hostlist import HostList
+from kadeploy.control.hostlist import ResolvedHosts
 from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
@@ -87,7 +87,7 @@ class Registry:
         self.start_now = asyncio.Event()
         self.rejected: Counter = Counter()
         self.open_connections = 0
-        self.hostlist: Optional[HostList] = None
+        self.hostlist: Optional[ResolvedHosts] = None
         self._next_id = 1
 
     async def handle_control(self, reader, writer) -> None:
@@ -198,7 +198,7 @@ class Registry:
         if self.cfg.hosts is None:
             return None
         if self.hostlist is None:
-            self.hostlist = HostList(self.cfg.hosts)
+            self.hostlist = ResolvedHosts(self.cfg.hosts)
         listed = await self.hostlist.rank(ch.peer_address)
         if listed is None:
             raise Rejection("hosts", f"this host ({ch.peer_address}) is not in the server's --hosts list")

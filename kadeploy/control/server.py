@@ -185,8 +185,12 @@ class Server:
         order = order_nodes([n.info for n in alive], by_list=self.cfg.hosts is not None)
         return [self.nodes[i.node_id] for i in order]
 
+    def _build_tree(self, n_nodes: int) -> Tree:
+        """The shape nodes are placed in (kadeploy.push places K chains instead)."""
+        return build_tree(n_nodes, self.cfg.arity)
+
     async def _place(self, ordered: List[Node]) -> None:
-        self.tree = build_tree(len(ordered), self.cfg.arity)
+        self.tree = self._build_tree(len(ordered))
         by_pos = {i + 1: n for i, n in enumerate(ordered)}
         for pos, node in by_pos.items():
             node.position = pos
