@@ -2,7 +2,7 @@
 place, time to the final report, and the server's memory per node.
 
 Each size runs one real ka-d-server process (chain, a 1 MB stream, a --hosts list
-naming every client, as kadeploy push gives it) against N lightweight clients in one
+naming every client by the loopback address it connects from) against N lightweight clients in one
 asyncio process (tests/fakeclients.py's protocol: Hello, Progress every second, the
 server's children take the stream, Done). Growth is near linear when the last
 column (time to place per node, relative to the smallest size) stays near 1.
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment  # noqa: E402
 from fakeclients import _drain_from, _heartbeat, _next_but_pings  # noqa: E402
 
-from kadeploy.control.netio import ControlChannel, connect  # noqa: E402
+from kadeploy.control.netio import ControlChannel  # noqa: E402
 from kadeploy.core import protocol as P  # noqa: E402
 
 CONNECTING_AT_ONCE = 512     # nodes booting or being launched, not a SYN flood
@@ -44,10 +44,26 @@ class Timing:
     error: Optional[str] = None
 
 
+def loopback(i: int) -> str:
+    """Client i's own source address: --hosts matches the address a connection comes
+    from (any of 127/8 is this machine), not the host name a client claims."""
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+async def _open_from(source: str, host: str, port: int, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.open_connection(host, port, local_addr=(source, 0))
+        except ConnectionRefusedError:   # the server is not listening yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
 async def one_client(host: str, port: int, i: int, gate: asyncio.Semaphore, t: Timing) -> None:
     async with gate:
-        sock = await connect(host, port, 120, "server", retry_refused=True)
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await _open_from(loopback(i), host, port)
         ch = ControlChannel(reader, writer, P.CLIENT)
         await ch.send(P.Hello(software="bench", hostname=f"node{i:05}", data_port=20000 + i))
         welcome = await ch.recv()
@@ -89,7 +105,7 @@ def run_size(n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="kdp-bench-") as tmp:
         hosts = os.path.join(tmp, "hosts")
         with open(hosts, "w") as f:
-            f.write("".join(f"node{i:05}\n" for i in range(n)))
+            f.write("".join(f"{loopback(i)}\n" for i in range(n)))
         dep = Deployment(tmp)
         try:
             server = dep.server("--hosts", hosts, "-e", "head -c 1000000 /dev/zero", "-q",

@@ -19,6 +19,12 @@ import click
 from kadeploy import defaults
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
+from kadeploy.control.policy import (
+    security_options,
+    server_encrypts,
+    server_security_options,
+    server_verifies,
+)
 from kadeploy.data import synthetic
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from kadeploy.install import cli as install_cli
@@ -172,13 +178,14 @@ def read_hosts_file(path: str) -> List[str]:
                    "relays forward it as it is and each node decompresses for its consumer. auto "
                    "compresses only when the link is slower than compressing and decompressing.")
 @install_cli.server_options
+@server_security_options
 @network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
                    no_repair, window, spool_dir, stall_timeout, max_connections, compress,
-                   install_manifest, nodes_table, reboot, strict, control_port, data_port, bind,
-                   relay_backend, buffer_size, sockbuf,
+                   install_manifest, nodes_table, reboot, strict, insecure_no_verify, encrypt,
+                   control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
@@ -203,10 +210,12 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         discovery_port=discovery_port,
         progress_interval=progress_interval, expected_size=expected_size,
         live=False if quiet else None, max_connections=max_connections,
-        handshake_timeout=handshake_timeout, verify=not no_verify, repair=not no_repair,
+        handshake_timeout=handshake_timeout, repair=not no_repair,
         spool_dir=spool_dir, window=window, stall_timeout=stall_timeout, install=install,
         compress=check_compress(compress),
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
+    cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
+    cfg.encrypt = server_encrypts(cfg.key, encrypt)
     report = asyncio.run(serve(cfg))
     click.echo(report.table())
     if report_file:
@@ -232,12 +241,13 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
 @click.option("--advertise", metavar="ADDRESS",
               help="Address this node's children connect to (default: the one the server sees).")
 @install_cli.client_options
+@security_options
 @network_options
 @version_option
 def client_command(host, session, consumer, target, wait_finish, go, advertise, install, disk, force,
                    control_port,
                    data_port, bind, relay_backend, buffer_size, sockbuf, connect_timeout,
-                   handshake_timeout, discovery_port, key_file, quiet, verbose):
+                   handshake_timeout, discovery_port, key_file, quiet, verbose, insecure_no_verify):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
     from kadeploy.control.client import Client, ClientConfig, exit_status, go_now
@@ -259,7 +269,8 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         connect_timeout=connect_timeout, discovery_port=discovery_port,
         progress_bar=False if quiet else None, handshake_timeout=handshake_timeout,
         install=install, disk=disk, force=force,
-        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
+        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning),
+        insecure_no_verify=insecure_no_verify)
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0

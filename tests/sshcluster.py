@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -97,6 +98,13 @@ def start(cluster, workdir: Path, *, names: List[str],
         hosts.append(f"Host {name}\n  HostName {cluster.node(i).addr}\n")
     for name in unreachable:
         hosts.append(f"Host {name}\n  HostName {UNREACHABLE}\n")
+    # The head resolves the node names as a real cluster's DNS would: ka-d-server's
+    # --hosts matches a name by what it resolves to, never by the name a node claims.
+    etc = f"/etc/netns/{cluster.node(0).ns}"
+    os.makedirs(etc, exist_ok=True)
+    weakref.finalize(sc, shutil.rmtree, etc, True)
+    with open(f"{etc}/hosts", "w") as f:
+        f.write("127.0.0.1 localhost\n" + "".join(f"{n.address} {n.name}\n" for n in sc.nodes))
     sc.ssh_config.write_text("".join(hosts) + (
         "Host *\n  User root\n"
         f"  IdentityFile {workdir / 'user_key'}\n  IdentitiesOnly yes\n"

@@ -179,8 +179,8 @@ def test_garbage_to_the_server_is_refused_and_the_deployment_goes_on(dep):
     assert b"does not speak the kadeploy protocol" in reply
     with socket.create_connection(("127.0.0.1", port)) as s:  # another version
         body = b'{"software":"x","hostname":"h","data_port":1}'
-        s.sendall(struct.pack(">2sBBI", b"KD", 2, 1, len(body)) + body)
-        assert b"version 2" in s.recv(4096)
+        s.sendall(struct.pack(">2sBBI", b"KD", 1, 1, len(body)) + body)
+        assert b"version 1" in s.recv(4096)
     c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
     assert c.wait(60) == 0 and server.wait(60) == 0
     assert "rejected 127.0.0.1 (protocol): peer does not speak" in server.err

@@ -61,8 +61,10 @@ def setup(vcluster, tmp_path):
         t.start()
         assert ready.wait(10)
         report = str(tmp_path / "r.json")
-        hosts = tmp_path / "hosts"   # node 2 is known by the forwarder's address
-        hosts.write_text("198.18.0.2\n198.18.0.5\n198.18.0.4\n")
+        # The deployment order; --hosts matches the address each node connects from
+        # (node 2's own), not the forwarder's address it advertises.
+        hosts = tmp_path / "hosts"
+        hosts.write_text("198.18.0.2\n198.18.0.3\n198.18.0.4\n")
         server = dep.server("--hosts", str(hosts), "--report", report, *server_args,
                             "-e", f"head -c {SIZE} /dev/urandom | tee {tmp_path}/sent", where=0)
         clients = {}

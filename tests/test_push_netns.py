@@ -251,10 +251,17 @@ def test_order_by_address_differs_from_the_nodeset_order(ssh_nodes, workdir):
     assert tree_lines(by_address.stderr) == ["server", "  kdp-b", "    kdp-a"], by_address.stderr
 
 
-def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(workdir, vcluster):
+def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(workdir, vcluster, request):
     """No ssh at all: the nodes run the printed command themselves (here in their own
     UTS and mount namespaces), finding the server by --server-address."""
     cluster = vcluster(3, prefix="kdp")
+    # The head resolves the names as a cluster's DNS would (--hosts matches names by
+    # what they resolve to, not by the name a node claims).
+    etc = f"/etc/netns/{cluster.node(0).ns}"
+    os.makedirs(etc, exist_ok=True)
+    request.addfinalizer(lambda: shutil.rmtree(etc, ignore_errors=True))
+    with open(f"{etc}/hosts", "w") as f:
+        f.write("".join(f"{cluster.node(i).addr} kdp-n{i}\n" for i in (1, 2)))
     src = make_source(workdir)
     dest = workdir / "dest"
     dest.mkdir()

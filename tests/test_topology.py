@@ -9,6 +9,7 @@ from kadeploy.core.topology import (
     NodeInfo,
     address_key,
     build_tree,
+    HostList,
     order_nodes,
     render,
 )
@@ -94,10 +95,23 @@ def test_ipv4_mapped_sorts_with_ipv4():
 
 
 def test_hosts_file_order_wins():
-    nodes = [NodeInfo(1, "198.18.0.2", 1, "b"), NodeInfo(2, "198.18.0.3", 1, "c"),
-             NodeInfo(3, "198.18.0.4", 1, "d.cluster")]
-    ordered = order_nodes(nodes, hosts=["d", "198.18.0.3", "b"])
+    nodes = [NodeInfo(1, "198.18.0.2", 1, "b", listed=2), NodeInfo(2, "198.18.0.3", 1, "c", listed=1),
+             NodeInfo(3, "198.18.0.4", 1, "d.cluster", listed=0)]
+    ordered = order_nodes(nodes, by_list=True)
     assert [n.node_id for n in ordered] == [3, 2, 1]
+
+
+def test_hosts_entries_match_the_real_source_only():
+    hosts = ["d", "198.18.0.3", "::ffff:198.18.0.2", "unresolved"]
+    index = HostList(hosts, {"d": ["198.18.0.4", "fd42:6b64::4"]})
+    assert index.first_match("198.18.0.4") == 0
+    assert index.first_match("fd42:6b64::4") == 0
+    assert index.first_match("198.18.0.3") == 1
+    assert index.first_match("198.18.0.2") == 2
+    # A name is never compared as text with anything the peer says.
+    assert index.first_match("198.18.0.9") is None
+    assert HostList(["d"]).first_match("d") is None
+    assert HostList(["d"]).names == ["d"]
 
 
 def test_render_deep_chain_without_recursion_limit():
@@ -105,14 +119,20 @@ def test_render_deep_chain_without_recursion_limit():
     assert len(lines) == 5001 and lines[-1].strip() == "5000"
 
 
-# The indexed hosts list answers as a scan of host_matches would, line for line.
-_HOSTS = st.sampled_from(["n1", "n1.example", "n2", "n2.other", "198.18.0.2", "::ffff:198.18.0.2",
+# The indexed hosts list answers as a scan by address would, line for line.
+_HOSTS = st.sampled_from(["n1", "n1.example", "n2", "198.18.0.2", "::ffff:198.18.0.2",
                           "fd42::2", "198.18.0.3", "n10", ""])
+_RESOLVED = {"n1": ["198.18.0.3"], "n1.example": ["fd42::2", "198.18.0.2"], "n2": []}
 
 
-@given(st.lists(_HOSTS, max_size=8), _HOSTS, st.sampled_from(["198.18.0.2", "fd42::2", "10.1.1.1"]))
-def test_host_list_index_agrees_with_the_scan(hosts, hostname, address):
-    from kadeploy.core.topology import HostList, host_matches
-    node = NodeInfo(node_id=1, address=address, data_port=1, hostname=hostname)
-    scan = next((i for i, entry in enumerate(hosts) if host_matches(entry, node)), None)
-    assert HostList(hosts).first_match(node) == scan
+@given(st.lists(_HOSTS, max_size=8), st.sampled_from(["198.18.0.2", "fd42::2", "10.1.1.1", "n1"]))
+def test_host_list_index_agrees_with_the_scan(hosts, source):
+    from kadeploy.core.topology import is_address
+
+    def names(entry):
+        return [entry] if is_address(entry) else _RESOLVED.get(entry, [])
+
+    scan = next((i for i, entry in enumerate(hosts)
+                 if is_address(source) and any(address_key(a) == address_key(source) for a in names(entry))),
+                None)
+    assert HostList(hosts, _RESOLVED).first_match(source) == scan

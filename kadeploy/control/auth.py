@@ -1,21 +1,16 @@
-"""Shared-secret authentication: mutual HMAC challenge-response, without I/O.
+"""Shared-secret authentication: where the key comes from, and what each handshake covers.
 
-Each side sends a fresh random nonce; each proves it knows the key by an HMAC over
-both nonces, its role and what the connection is for. A recorded proof is useless
-later because the other side's nonce is new every time (no replay), and a side that
-does not know the key can neither join (client) nor impersonate the server or a
-parent (it cannot produce the other proof).
-
-Data links use the same scheme keyed by the deployment's token, mixed with the key
-when there is one: without a key it proves membership of the deployment (the token
-reaches registered nodes only) without sending the token on the link.
+The challenge-response itself is kadeploy.core.handshake (pure, used by control
+connections and data links alike). Data links use it keyed by the deployment's
+token, mixed with the key when there is one: without a key it proves membership of
+the deployment (the token reaches registered nodes only) without sending the token
+on the link.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
-import secrets
 import stat
 from typing import Optional
 
@@ -25,8 +20,6 @@ ENV_KEY = "KADEPLOY_KEY"
 ENV_KEY_FILE = "KADEPLOY_KEY_FILE"
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
-NONCE_BYTES = 16
-_DOMAIN = b"kadeploy-auth-1"
 
 
 def load_key(path: Optional[str], warn=None) -> Optional[bytes]:
@@ -55,35 +48,11 @@ def load_key(path: Optional[str], warn=None) -> Optional[bytes]:
     return key
 
 
-def new_nonce() -> str:
-    return secrets.token_hex(NONCE_BYTES)
-
-
-def proof(key: bytes, role: str, nonce_a: str, nonce_b: str, context: str) -> str:
-    """HMAC-SHA256 over the domain, the prover's role, both nonces and the context."""
-    msg = b"|".join([_DOMAIN, role.encode(), nonce_a.encode(), nonce_b.encode(), context.encode()])
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
-
-
-def check(expected: str, got: str) -> bool:
-    return hmac.compare_digest(expected.encode(), got.encode())
-
-
 def data_key(key: Optional[bytes], token: str) -> bytes:
     """The key of the data links of one deployment."""
     if key is None:
         return token.encode()
     return hmac.new(key, b"data|" + token.encode(), hashlib.sha256).digest()
-
-
-def well_formed_nonce(nonce: Optional[str]) -> bool:
-    if not isinstance(nonce, str) or len(nonce) != 2 * NONCE_BYTES:
-        return False
-    try:
-        bytes.fromhex(nonce)
-    except ValueError:
-        return False
-    return True
 
 
 def hello_context(hello) -> str:
@@ -93,3 +62,8 @@ def hello_context(hello) -> str:
 
 def go_context(go) -> str:
     return f"go|{go.session}"
+
+
+def data_context(node_id: int, offset: int) -> str:
+    """What a data link's proofs cover: which child, resuming where."""
+    return f"{node_id}|{offset}"

@@ -16,8 +16,10 @@ from typing import Optional
 
 from kadeploy.control import auth
 from kadeploy.control.netio import ControlChannel, connect, listen
+from kadeploy.control.policy import refuse_place
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
+from kadeploy.core.handshake import CONTROL, Asker, HandshakeFailed
 from kadeploy.data.commands import DEFAULT_TARGET, default_consumer
 from kadeploy.defaults import (
     BUFFER_SIZE,
@@ -62,6 +64,7 @@ class ClientConfig:
     install: bool = False                 # --install: the server's manifest, onto a disk
     disk: Optional[str] = None
     force: bool = False
+    insecure_no_verify: bool = False   # with a key, accept a stream without digests
 
     def consumer_command(self) -> str:
         return self.consumer or default_consumer(self.target or DEFAULT_TARGET)
@@ -73,7 +76,11 @@ def find_server(cfg: ClientConfig):
         return cfg.host, cfg.control_port
     from kadeploy.control.discovery import discover
     log.info("looking for session %r by broadcast", cfg.session)
-    host, port = discover(cfg.session, tries=cfg.discovery_tries, port=cfg.discovery_port)
+    if cfg.key is None:
+        log.warning("no key: the first answer to the broadcast is taken, and anyone on this "
+                    "network can answer it (see --key-file)")
+    host, port = discover(cfg.session, tries=cfg.discovery_tries, port=cfg.discovery_port,
+                          key=cfg.key)
     log.info("found the server of session %r at %s", cfg.session, format_hostport(host, port))
     return host, port
 
@@ -83,8 +90,9 @@ async def go_now(cfg: ClientConfig) -> str:
     host, port = await asyncio.get_running_loop().run_in_executor(None, find_server, cfg)
     ch = await _open_control(host, port, cfg)
     try:
-        go = P.Go(software=SOFTWARE, session=cfg.session, nonce=auth.new_nonce() if cfg.key else None)
-        msg = await request(ch, go, cfg, auth.go_context(go), "go-now")
+        asker = Asker(cfg.key, CONTROL)
+        go = P.Go(software=SOFTWARE, session=cfg.session, nonce=asker.nonce)
+        msg = await request(ch, go, asker, cfg, auth.go_context(go), "go-now")
         if not msg.started:
             raise NotJoined(f"server has already started ({msg.nodes} node(s))")
         return f"server starts with {msg.nodes} node(s)"
@@ -92,25 +100,24 @@ async def go_now(cfg: ClientConfig) -> str:
         ch.close()
 
 
-async def request(ch: ControlChannel, first: P.Message, cfg: ClientConfig, context: str,
-                  what: str) -> P.Message:
+async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: ClientConfig,
+                  context: str, what: str) -> P.Message:
     """Send Hello or Go and return the server's answer, after the mutual
-    challenge-response when we have a key; NotJoined when it cannot be had."""
+    challenge-response (kadeploy.core.handshake) when we have a key; NotJoined when
+    it cannot be had."""
     try:
         await ch.send(first)
         msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        if isinstance(msg, P.Challenge):
-            if cfg.key is None:  # a server only challenges a client that offered a nonce
-                raise NotJoined("the server sent a challenge we did not ask for")
-            if not auth.check(auth.proof(cfg.key, "server", first.nonce, msg.nonce, context), msg.proof):
-                await ch.send(P.Refuse(reason="server proof does not match"))
-                raise NotJoined("the server could not prove it knows the key: a different key, "
-                                "or not the server you meant")
-            await ch.send(P.Auth(proof=auth.proof(cfg.key, "client", first.nonce, msg.nonce, context)))
+        try:
+            auth_msg = asker.react(msg, context)
+        except HandshakeFailed as e:
+            if e.refuse:
+                await ch.send(P.Refuse(reason=e.refuse))
+            raise NotJoined(e.reason)
+        if auth_msg is not None:
+            await ch.send(auth_msg)
+            ch.authenticate(asker.session, asker=True)
             msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
-        elif cfg.key is not None and not isinstance(msg, P.Refuse):
-            await ch.send(P.Refuse(reason="this client requires a key"))
-            raise NotJoined("the server has no key: refusing to join an unauthenticated session")
     except asyncio.TimeoutError:
         raise NotJoined(f"the server did not answer the {what}")
     except (ConnectionError, P.ProtocolError) as e:
@@ -155,18 +162,25 @@ class Client:
 
     async def _session(self, ch: ControlChannel) -> Outcome:
         cfg = self.cfg
+        asker = Asker(cfg.key, CONTROL)
         hello = P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
-                        session=cfg.session, advertise=cfg.advertise,
-                        nonce=auth.new_nonce() if cfg.key else None)
-        node_id = (await request(ch, hello, cfg, auth.hello_context(hello), "registration")).node_id
+                        session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
+        node_id = (await request(ch, hello, asker, cfg, auth.hello_context(hello),
+                                 "registration")).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
             while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server
                 pass                                             # waits for the others
-        except (ConnectionError, P.ProtocolError) as e:
+        except ConnectionError as e:
             raise NotJoined(f"lost the server before the start: {e}")
+        except P.ProtocolError as e:
+            raise NotJoined(f"refused the server's word before the start: {e}")
         if isinstance(place, (P.Refuse, P.Abort)):
             raise NotJoined(f"server gave up: {place.reason}")
+        refusal = refuse_place(place, cfg.key, cfg.insecure_no_verify)
+        if refusal:
+            await ch.send(P.Refuse(reason=refusal))
+            raise NotJoined(refusal)
         log.info("position %d of %d, depth %d; parent %s; %d child(ren)", place.position,
                  place.n_nodes, place.depth, format_hostport(place.parent_host, place.parent_port),
                  len(place.children))

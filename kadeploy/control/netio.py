@@ -149,15 +149,26 @@ class ControlChannel:
         self.local_address = normalize_address(local[0])
 
     async def recv(self) -> protocol.Message:
-        """The next message; ConnectionError on EOF, ProtocolError on garbage."""
+        """The next message; ConnectionError on EOF, ProtocolError on garbage (on a
+        client, naming the server: the server names its nodes itself)."""
         while True:
-            msg = self.conn.next_event()
+            try:
+                msg = self.conn.next_event()
+            except protocol.RemoteProtocolError as e:
+                if self.conn.our_role != protocol.CLIENT:
+                    raise
+                raise protocol.RemoteProtocolError(f"{e} (from the server at {self.peer_address})") from None
             if msg is not None:
                 return msg
             if self.conn.peer_closed:
                 raise ConnectionError("connection closed by peer")
             data = await self.reader.read(65536)
             self.conn.receive_data(data)
+
+    def authenticate(self, session, asker: bool) -> None:
+        """After a keyed handshake (kadeploy.core.handshake.SessionKeys): every frame
+        from now on is authenticated."""
+        self.conn.authenticate(*session.for_side(asker))
 
     async def send(self, msg: protocol.Message) -> None:
         self.writer.write(self.conn.send(msg))

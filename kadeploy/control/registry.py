@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 from kadeploy.control import auth
+from kadeploy.control.hostlist import ResolvedHosts
 from kadeploy.control.netio import ControlChannel
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
+from kadeploy.core.handshake import CONTROL, Answerer, HandshakeFailed
 from kadeploy.core.states import NodeState
-from kadeploy.core.topology import HostList, NodeInfo
+from kadeploy.core.topology import NodeInfo
 from kadeploy.version import SOFTWARE
 from kadeploy.view.progress import RateMeter
 
@@ -85,8 +87,8 @@ class Registry:
         self.start_now = asyncio.Event()
         self.rejected: Counter = Counter()
         self.open_connections = 0
+        self.hostlist: Optional[ResolvedHosts] = None
         self._next_id = 1
-        self.host_list = HostList(cfg.hosts) if cfg.hosts is not None else None
 
     async def handle_control(self, reader, writer) -> None:
         ch = ControlChannel(reader, writer, P.SERVER)
@@ -110,23 +112,32 @@ class Registry:
             self._reject(ch, e.category, e.reason)
             await _try_send(ch, P.Refuse(reason=e.reason))
         except P.ProtocolError as e:
-            self._reject(ch, "protocol", str(e))
-            await _try_send(ch, P.Refuse(reason=str(e)))
+            # Bounded: a peer that reads nothing must not keep a lost node from being given up.
+            await asyncio.wait_for(_try_send(ch, P.Refuse(reason=str(e))), self.cfg.handshake_timeout)
+            if node is None:
+                self._reject(ch, "protocol", str(e))
+            else:   # a registered node's connection is no longer to be trusted
+                self._lost(node, f"broke the protocol: {e}")
         except asyncio.CancelledError:
             return  # the server is shutting down; this connection task just ends
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             if node is None:
                 self._reject(ch, "dropped", str(e) or "timed out")
-            elif self.registration_open:
-                # Left before the start: it no longer counts towards -n.
-                del self.nodes[node.info.node_id]
-                log.warning("node %s left before the start", node.name)
             else:
-                self.on_lost(node, f"lost the control connection: {e or 'closed'}")
+                self._lost(node, f"lost the control connection: {e or 'closed'}")
         finally:
             self.open_connections -= 1
             if node is None:
                 ch.close()
+
+    def _lost(self, node: Node, why: str) -> None:
+        if self.registration_open:
+            # Left before the start: it no longer counts towards -n.
+            del self.nodes[node.info.node_id]
+            node.channel.close()
+            log.warning("node %s left before the start: %s", node.name, why)
+        else:
+            self.on_lost(node, why)
 
     def _reject(self, ch: ControlChannel, category: str, reason: str) -> None:
         """Count and log a connection turned away; the deployment goes on."""
@@ -134,21 +145,17 @@ class Registry:
         log.warning("rejected %s (%s): %s", ch.peer_address, category, reason)
 
     async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
-        """With a key, the mutual challenge-response (kadeploy.control.auth); Rejection if it fails."""
-        key = self.cfg.key
-        if key is None:
-            return
-        if client_nonce is None:
-            raise Rejection("auth", "this server requires a key (--key-file or $KADEPLOY_KEY)")
-        if not auth.well_formed_nonce(client_nonce):
-            raise Rejection("auth", "malformed nonce")
-        ours = auth.new_nonce()
-        await ch.send(P.Challenge(nonce=ours, proof=auth.proof(key, "server", client_nonce, ours, context)))
-        reply = await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout)
-        if isinstance(reply, P.Refuse):
-            raise Rejection("auth", f"the client refused our proof: {reply.reason}")
-        if not auth.check(auth.proof(key, "client", client_nonce, ours, context), reply.proof):
-            raise Rejection("auth", "authentication failed: wrong key, or a replayed handshake")
+        """With a key, the mutual challenge-response (kadeploy.core.handshake); Rejection if it fails."""
+        try:
+            answerer = Answerer(self.cfg.key, CONTROL, client_nonce, context)
+            challenge = answerer.challenge()
+            if challenge is None:
+                return
+            await ch.send(challenge)
+            session = answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
+            ch.authenticate(session, asker=False)
+        except HandshakeFailed as e:
+            raise Rejection("auth", e.reason)
 
     async def _handle_go(self, ch: ControlChannel, msg: P.Go) -> None:
         if msg.session is not None and self.cfg.session and msg.session != self.cfg.session:
@@ -163,11 +170,12 @@ class Registry:
 
     async def _register(self, ch: ControlChannel, msg: P.Hello) -> Node:
         self._check_hello(ch, msg)
+        listed = await self._check_listed(ch)
         await self._authenticate(ch, msg.nonce, auth.hello_context(msg))
         self._check_hello(ch, msg)  # registration may have closed meanwhile
         node_id, self._next_id = self._next_id, self._next_id + 1
         info = NodeInfo(node_id=node_id, address=msg.advertise or ch.peer_address,
-                        data_port=msg.data_port, hostname=msg.hostname)
+                        data_port=msg.data_port, hostname=msg.hostname, listed=listed)
         node = Node(info=info, channel=ch)
         self.nodes[node_id] = node
         await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
@@ -183,10 +191,18 @@ class Registry:
             raise Rejection("session", f"this server runs session {self.cfg.session!r}, not {msg.session!r}")
         if not 0 < msg.data_port < 65536:
             raise Rejection("protocol", f"invalid data port {msg.data_port}")
-        if self.cfg.hosts is not None:
-            probe = NodeInfo(0, msg.advertise or ch.peer_address, msg.data_port, msg.hostname)
-            if self.host_list.first_match(probe) is None:
-                raise Rejection("hosts", "this host is not in the server's --hosts list")
+
+    async def _check_listed(self, ch: ControlChannel) -> Optional[int]:
+        """With --hosts, the entry naming the address this connection comes from
+        (never what the peer says about itself); Rejection when none does."""
+        if self.cfg.hosts is None:
+            return None
+        if self.hostlist is None:
+            self.hostlist = ResolvedHosts(self.cfg.hosts)
+        listed = await self.hostlist.rank(ch.peer_address)
+        if listed is None:
+            raise Rejection("hosts", f"this host ({ch.peer_address}) is not in the server's --hosts list")
+        return listed
 
     async def _follow(self, node: Node) -> None:
         """Read what a registered node says until its report (and release, with -w)."""
@@ -197,7 +213,8 @@ class Registry:
                 node.bytes = msg.bytes
                 node.meter.add(msg.bytes)
             elif isinstance(msg, P.Refuse):
-                node.fail(f"refused: {msg.reason}")
+                # Given up like a lost node, so that its children are re-attached.
+                self._lost(node, f"refused: {msg.reason}")
                 return
             elif isinstance(msg, P.Done):
                 node.done, node.bytes = msg, msg.bytes

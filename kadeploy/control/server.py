@@ -29,6 +29,7 @@ from kadeploy.control import auth
 from kadeploy.control.healing import Healer
 from kadeploy.control.netio import listen
 from kadeploy.control.registry import Node, Registry
+from kadeploy.core import encryption
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
 from kadeploy.core.states import RECEIVING, NodeState, Verdict
@@ -93,6 +94,7 @@ class ServerConfig:
     stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
     install: Optional[object] = None   # a kadeploy.install.serve.ServerInstall
     compress: str = "none"             # --compress: none, zstd[:LEVEL] or auto (kadeploy.data.codec)
+    encrypt: bool = False              # --encrypt: AES-256-GCM of the stream (kadeploy.core.encryption)
 
 
 class Server:
@@ -144,6 +146,8 @@ class Server:
             self.phase = ServerDataPhase(cfg, data_sock, self.data_key, self.algorithm,
                                          on_digest=lambda i, d: self._post_all(P.Digest(index=i, digest=d)),
                                          on_refused=self._data_link_refused)
+            if cfg.encrypt:   # one key per deployment, from the key and this token
+                self.phase.stream_key = encryption.stream_key(cfg.key, self.token)
             await self._place(ordered)
             progress = ServerProgress(self._snapshot, interval=cfg.progress_interval,
                                       live=cfg.live, total=cfg.expected_size, log=log)
@@ -181,7 +185,7 @@ class Server:
         for n in self.nodes.values():
             if n.error is not None:
                 n.reported.set()
-        order = order_nodes([n.info for n in alive], self.cfg.hosts)
+        order = order_nodes([n.info for n in alive], by_list=self.cfg.hosts is not None)
         return [self.nodes[i.node_id] for i in order]
 
     def _build_tree(self, n_nodes: int) -> Tree:
@@ -211,6 +215,7 @@ class Server:
                           children=[by_pos[c].info.node_id for c in self.tree.children(pos)],
                           token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
                           stall_timeout=self.cfg.stall_timeout, codec=self.phase.wire_codec,
+                          encrypt=encryption.ALGORITHM if self.cfg.encrypt else None,
                           window=self.cfg.window if self.cfg.repair and not self.cfg.spool_dir else 0,
                           install=self.cfg.install.payload(pos, node.info.address, node.info.hostname)
                           if self.cfg.install else None)
@@ -336,7 +341,8 @@ class Server:
 async def _start_discovery(cfg: ServerConfig):
     from kadeploy.control.discovery import start_responder
     try:
-        return await start_responder(cfg.session, cfg.control_port, port=cfg.discovery_port)
+        return await start_responder(cfg.session, cfg.control_port, port=cfg.discovery_port,
+                                     key=cfg.key)
     except OSError as e:
         raise KadeployError(f"cannot listen for discovery on UDP port {cfg.discovery_port}: {e.strerror}")
 

@@ -17,6 +17,10 @@ import hmac
 from typing import Dict, List, Optional, Tuple
 
 CHUNK_SIZE = 4 << 20
+# What a node accepts from the server: 0 would never close a chunk, a huge one would
+# hold the verdict back until the end.
+MIN_CHUNK_SIZE = 64 << 10
+MAX_CHUNK_SIZE = 256 << 20
 
 try:
     import blake3 as _blake3

@@ -7,20 +7,29 @@ Rules of this file:
   always recognised and named, not taken for garbage.
 - A body is at most MAX_BODY bytes; a longer one is refused before it is buffered.
 - Each message type has a fixed set of typed fields; anything else is a protocol error.
+  Each value must also make sense for its field (kadeploy.core.fields: ports, counts,
+  chunk sizes, algorithm names, ...), or the message is refused.
 - The legal order of messages is the table TRANSITIONS: (state, sender, message type)
   -> next state. An illegal message is a lookup miss, raised as LocalProtocolError
   (we tried to send it) or RemoteProtocolError (the peer sent it).
 - A Refuse may be sent by either side in any state; it ends the connection.
+- With a key, every frame after the handshake (after the asker's Auth) carries a
+  FrameAuth tag: HMAC-SHA256 over its direction's sequence number, header and body,
+  keyed by that direction's session key (kadeploy.core.handshake). A frame changed,
+  dropped, replayed or reordered in transit fails its tag, and the connection ends.
 - Image bytes never pass through here: the data connection carries one DataHello
   and DataWelcome, then raw stream bytes handed to the relay.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple, Type
 
+from kadeploy.core import fields as fields_mod
 from kadeploy.core.states import Word
 from kadeploy.defaults import STALL_TIMEOUT
 from kadeploy.version import PROTOCOL_VERSION
@@ -112,10 +121,11 @@ class Place(Message):
     children: List[int] = field(default_factory=list)   # node ids expected to connect
     token: str = ""        # secret of this deployment, proves membership on data links
     digest: Optional[str] = None   # digest algorithm of the chunks; None: not verified
-    chunk_size: int = 0
+    chunk_size: int = 4 << 20      # kadeploy.core.integrity.CHUNK_SIZE
     stall_timeout: float = STALL_TIMEOUT   # silence after which either side gives the other up
     install: Optional[str] = None  # JSON: the install manifest and this node's values
     codec: Optional[str] = None    # how the wire bytes decode (kadeploy.data.codec); None: as they are
+    encrypt: Optional[str] = None  # the stream's cipher (kadeploy.core.encryption); None: clear
     window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
@@ -282,12 +292,19 @@ def _build(code: int, body: dict) -> Message:
         if item is not None and not all(isinstance(v, _ACCEPT[item]) and not isinstance(v, bool)
                                         for v in value):
             raise RemoteProtocolError(f"{cls.__name__}.{name} has items of the wrong type")
-    return cls(**body)
+    msg = cls(**body)
+    wrong = fields_mod.problem(msg)
+    if wrong:
+        raise RemoteProtocolError(wrong)
+    return msg
 
 
 # ----------------------------------------------------------------- framing
 
 def encode(msg: Message) -> bytes:
+    wrong = fields_mod.problem(msg)
+    if wrong:   # the same rules as the receiver's: we would be refused anyway
+        raise LocalProtocolError(f"about to send a bad message: {wrong}")
     body = json.dumps(msg.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) > MAX_BODY:
         raise LocalProtocolError(f"{type(msg).__name__} is {len(body)} bytes, over the {MAX_BODY} limit")
@@ -321,12 +338,43 @@ def parse_body(code: int, body: bytes) -> Message:
     return _build(code, obj)
 
 
+class FrameAuth:
+    """The tags of the frames after a keyed handshake, one sequence per direction.
+
+    The sequence number is not sent: each side counts, so a frame dropped, replayed
+    or reordered is checked against the wrong number and fails like a changed one."""
+
+    TAG_SIZE = 32
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send_key, self._recv_key = send_key, recv_key
+        self.sent = 0
+        self.received = 0
+
+    @staticmethod
+    def _tag(key: bytes, seq: int, frame: bytes) -> bytes:
+        return hmac.new(key, seq.to_bytes(8, "big") + frame, hashlib.sha256).digest()
+
+    def seal(self, frame: bytes) -> bytes:
+        tag = self._tag(self._send_key, self.sent, frame)
+        self.sent += 1
+        return frame + tag
+
+    def check(self, frame: bytes, tag: bytes) -> None:
+        if not hmac.compare_digest(self._tag(self._recv_key, self.received, frame), tag):
+            raise RemoteProtocolError(
+                f"control message {self.received} failed authentication: changed, dropped, "
+                "replayed or reordered on the way")
+        self.received += 1
+
+
 class FrameReader:
     """Bytes in, messages out; framing does not depend on how the bytes arrive."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._closed = False
+        self.auth: Optional[FrameAuth] = None   # set after a keyed handshake
 
     def feed(self, data: bytes) -> None:
         if self._closed and data:
@@ -345,13 +393,18 @@ class FrameReader:
                 raise RemoteProtocolError("connection closed in the middle of a message")
             return None
         code, length = parse_header(bytes(self._buf[:HEADER_SIZE]))
-        if len(self._buf) < HEADER_SIZE + length:
+        end = HEADER_SIZE + length
+        whole = end + (FrameAuth.TAG_SIZE if self.auth is not None else 0)
+        if len(self._buf) < whole:
             if self._closed:
                 raise RemoteProtocolError("connection closed in the middle of a message")
             return None
-        body = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
-        del self._buf[:HEADER_SIZE + length]
-        return parse_body(code, body)
+        frame = bytes(self._buf[:end])
+        tag = bytes(self._buf[end:whole])
+        del self._buf[:whole]
+        if self.auth is not None:
+            self.auth.check(frame, tag)   # before the body is even parsed
+        return parse_body(code, frame[HEADER_SIZE:])
 
     @property
     def at_eof(self) -> bool:
@@ -431,6 +484,7 @@ class ControlConnection:
         self.their_role = SERVER if our_role == CLIENT else CLIENT
         self.state = State.START
         self._reader = FrameReader()
+        self._auth: Optional[FrameAuth] = None
 
     def _advance(self, sender: str, msg: Message, error: Type[ProtocolError]) -> None:
         if isinstance(msg, Refuse) and self.state != State.CLOSED:
@@ -441,9 +495,18 @@ class ControlConnection:
             raise error(f"{sender} may not send {type(msg).__name__} in state {self.state}")
         self.state = TRANSITIONS[key]
 
+    def authenticate(self, send_key: bytes, recv_key: bytes) -> None:
+        """From now on every frame either way carries a FrameAuth tag."""
+        self._auth = self._reader.auth = FrameAuth(send_key, recv_key)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth is not None
+
     def send(self, msg: Message) -> bytes:
         self._advance(self.our_role, msg, LocalProtocolError)
-        return encode(msg)
+        frame = encode(msg)
+        return self._auth.seal(frame) if self._auth is not None else frame
 
     def receive_data(self, data: bytes) -> None:
         """Feed received bytes; b"" means the peer closed."""

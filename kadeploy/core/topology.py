@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class NodeInfo:
     address: str       # as the server saw the control connection, or advertised
     data_port: int
     hostname: str = ""
+    listed: Optional[int] = None   # index of the --hosts entry its connection matched
 
 
 def address_key(address: str) -> Tuple[int, int, str]:
@@ -33,58 +34,46 @@ def address_key(address: str) -> Tuple[int, int, str]:
     return (0 if ip.version == 4 else 1, int(ip), "")
 
 
-def host_matches(entry: str, node: NodeInfo) -> bool:
-    """Does a --hosts line name this node (by address, in any spelling, or hostname)?"""
-    if entry == node.hostname or entry.split(".", 1)[0] == node.hostname.split(".", 1)[0] != "":
-        return True
-    return address_key(entry) == address_key(node.address) and address_key(entry)[0] < 2
+def is_address(text: str) -> bool:
+    return address_key(text)[0] < 2
 
 
 class HostList:
-    """A hosts list, indexed: the first line that names a node (as host_matches
-    says) in constant time, where a scan of the list for each of 10,000 nodes was
-    quadratic."""
+    """A --hosts list, indexed by address: the first line that names the address a
+    connection really comes from, in constant time (a scan of the list for each of
+    10,000 nodes was quadratic). An address line matches in any spelling; a name
+    matches by the addresses the server resolved it to (`resolved`). What a peer
+    says about itself (its host name, --advertise) never counts: anyone can say
+    anything."""
 
-    def __init__(self, hosts: Sequence[str]) -> None:
+    def __init__(self, hosts: Sequence[str], resolved: Optional[Mapping[str, Iterable[str]]] = None) -> None:
         self.hosts = list(hosts)
-        self._name: Dict[str, int] = {}
-        self._short: Dict[str, int] = {}
+        self.names = [h for h in self.hosts if not is_address(h)]
         self._address: Dict[Tuple[int, int, str], int] = {}
         for i, entry in enumerate(self.hosts):
-            self._name.setdefault(entry, i)
-            self._short.setdefault(entry.split(".", 1)[0], i)
-            key = address_key(entry)
-            if key[0] < 2:
-                self._address.setdefault(key, i)
+            candidates = [entry] if is_address(entry) else (resolved or {}).get(entry, ())
+            for a in candidates:
+                self._address.setdefault(address_key(a), i)
 
     def __len__(self) -> int:
         return len(self.hosts)
 
-    def first_match(self, node: NodeInfo) -> Optional[int]:
-        found = [self._name.get(node.hostname), self._address.get(address_key(node.address))]
-        short = node.hostname.split(".", 1)[0]
-        if short:
-            found.append(self._short.get(short))
-        return min((i for i in found if i is not None), default=None)
+    def first_match(self, source: str) -> Optional[int]:
+        """The index of the first line naming `source`, or None."""
+        key = address_key(source)
+        return self._address.get(key) if key[0] < 2 else None
 
 
-def order_nodes(nodes: Sequence[NodeInfo], hosts: Optional[Sequence[str]] = None) -> List[NodeInfo]:
-    """Deployment order: by address numerically, or in the order of a hosts list.
-
-    With a hosts list every node must match an entry (the server refuses the others
-    at registration); several nodes on one host keep their address order by port."""
+def order_nodes(nodes: Sequence[NodeInfo], by_list: bool = False) -> List[NodeInfo]:
+    """Deployment order: by address numerically, or in the order of the hosts list
+    (each node's `listed` rank); several nodes on one host keep their address order
+    by port."""
     def natural(n: NodeInfo):
         return (address_key(n.address), n.data_port, n.node_id)
 
-    if hosts is None:
+    if not by_list:
         return sorted(nodes, key=natural)
-    index = hosts if isinstance(hosts, HostList) else HostList(hosts)
-
-    def listed(n: NodeInfo):
-        i = index.first_match(n)
-        return (len(index) if i is None else i, natural(n))
-
-    return sorted(nodes, key=listed)
+    return sorted(nodes, key=lambda n: (n.listed if n.listed is not None else 1 << 62, natural(n)))
 
 
 @dataclass(frozen=True)

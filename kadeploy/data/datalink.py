@@ -1,5 +1,5 @@
 """Data connections: child and parent prove to each other that they belong to this
-deployment (kadeploy.auth, keyed by the deployment's data key), then raw bytes flow.
+deployment (kadeploy.core.handshake, keyed by the deployment's data key), then raw bytes flow.
 
     child  -> parent  DataHello(node_id, nonce)
     parent -> child   Challenge(nonce, proof of the parent)
@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterable, Optional, Set
 from kadeploy.control import auth
 from kadeploy.control.netio import connect, recv_frame, send_frame, set_sockbuf
 from kadeploy.core import protocol as P
-from kadeploy.core.addresses import normalize_address
+from kadeploy.core.addresses import format_hostport, normalize_address
+from kadeploy.core.handshake import DATA, Answerer, Asker, HandshakeFailed, well_formed_nonce
 from kadeploy.errors import NotJoined
 
 log = logging.getLogger("kadeploy.data")
@@ -30,19 +31,21 @@ async def connect_parent(host: str, port: int, node_id: int, key: bytes, *,
     sock = await connect(host, port, timeout, "parent")
     try:
         set_sockbuf(sock, sockbuf)
-        ours = auth.new_nonce()
-        await send_frame(sock, P.DataHello(node_id=node_id, nonce=ours, offset=offset))
+        asker = Asker(key, DATA)
+        await send_frame(sock, P.DataHello(node_id=node_id, nonce=asker.nonce, offset=offset))
         challenge = _refused_or(await asyncio.wait_for(recv_frame(sock), timeout), P.Challenge)
-        context = f"{node_id}|{offset}"
-        if not auth.check(auth.proof(key, "parent", ours, challenge.nonce, context), challenge.proof):
-            await send_frame(sock, P.Refuse(reason="parent proof does not match"))
-            raise NotJoined("the parent could not prove it belongs to this deployment")
-        await send_frame(sock, P.Auth(proof=auth.proof(key, "child", ours, challenge.nonce, context)))
+        try:
+            reply = asker.answer(challenge, auth.data_context(node_id, offset))
+        except HandshakeFailed as e:
+            await send_frame(sock, P.Refuse(reason=e.refuse))
+            raise NotJoined(e.reason)
+        await send_frame(sock, reply)
         _refused_or(await asyncio.wait_for(recv_frame(sock), timeout), P.DataWelcome)
         return sock
     except (ConnectionError, asyncio.TimeoutError, P.ProtocolError) as e:
         sock.close()
-        raise NotJoined(f"data connection to parent failed: {e or 'timed out'}")
+        raise NotJoined(f"data connection to parent {format_hostport(host, port)} failed: "
+                        f"{e or 'timed out'}")
     except BaseException:
         sock.close()
         raise
@@ -103,15 +106,15 @@ class ChildAcceptor:
         try:
             hello = P.expect(await asyncio.wait_for(recv_frame(conn), timeout), P.DataHello)
             fut = self.expected.get(hello.node_id)
-            if fut is None or not auth.well_formed_nonce(hello.nonce):
+            if fut is None or not well_formed_nonce(hello.nonce):
                 raise P.RemoteProtocolError("not a child of this node in this deployment")
-            ours = auth.new_nonce()
-            context = f"{hello.node_id}|{hello.offset}"
-            await send_frame(conn, P.Challenge(
-                nonce=ours, proof=auth.proof(self.key, "parent", hello.nonce, ours, context)))
+            answerer = Answerer(self.key, DATA, hello.nonce, auth.data_context(hello.node_id, hello.offset))
+            await send_frame(conn, answerer.challenge())
             reply = P.expect(await asyncio.wait_for(recv_frame(conn), timeout), P.Auth)
-            if not auth.check(auth.proof(self.key, "child", hello.nonce, ours, context), reply.proof):
-                raise P.RemoteProtocolError("not a member of this deployment: proof does not match")
+            try:
+                answerer.verify(reply)
+            except HandshakeFailed as e:
+                raise P.RemoteProtocolError(e.reason) from None
             if fut.done():
                 raise P.RemoteProtocolError(f"node {hello.node_id} is already connected")
             if hello.offset < 0 or (hello.offset and not self.offsets):

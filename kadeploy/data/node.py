@@ -21,7 +21,7 @@ from kadeploy import relay as relay_mod
 from kadeploy.control.netio import ControlChannel, shutdown_close
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import ChunkDigester, Verifier
-from kadeploy.data import codec
+from kadeploy.data import codec, encrypt_stage
 from kadeploy.data.commands import describe_status, kill_group, spawn_consumer
 from kadeploy.data.pump import StreamTap, make_pipe
 from kadeploy.data.sinks import CONSUMER, DIGEST, Sinks
@@ -258,7 +258,8 @@ class DataPhase:
         # The consumer is fed by splice like the children, unless the stream is
         # encoded; the tap thread reads its own copy from one more sink (the one copy
         # that leaves the kernel), digests it, and decodes it for the consumer.
-        stages = codec.decoder_stages(place.codec)
+        # Wire -> decrypt (--encrypt) -> decompress -> the consumer.
+        stages = encrypt_stage.decoders(place.encrypt, cfg.key, place.token) + codec.decoder_stages(place.codec)
         hasher: Optional[StreamTap] = None
         live = Sinks()
         if not stages:

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Hashable, Optional, Set
 from kadeploy import relay as relay_mod
 from kadeploy.control.netio import shutdown_close
 from kadeploy.core.integrity import ChunkDigester
-from kadeploy.data import codec
+from kadeploy.data import codec, encrypt_stage
 from kadeploy.data.commands import describe_status, kill_group, spawn_producer
 from kadeploy.data.datalink import ChildAcceptor, accept_children
 from kadeploy.data.pump import EncodePump
@@ -72,6 +72,7 @@ class ServerDataPhase:
         self.hasher: Optional[StreamTap] = None
         self.compress = codec.parse_spec(getattr(cfg, "compress", codec.NONE))
         self.pump: Optional[EncodePump] = None
+        self.stream_key: Optional[bytes] = None    # --encrypt (set by the server)
 
     @property
     def wire_codec(self) -> Optional[str]:
@@ -206,6 +207,7 @@ class ServerDataPhase:
         """The relay's source: the producer itself, or the encoder's pipe."""
         stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
                                       link_rate=lambda: self.pump.link_rate())
+        stages += encrypt_stage.encoders(self.stream_key)   # compress, then encrypt
         if not stages:
             return producer_fd
         self.pump = EncodePump(producer_fd, codec.Pipeline(stages))
@@ -216,7 +218,10 @@ class ServerDataPhase:
         if self.pump is None:
             return None
         ratio = res.bytes_in / self.pump.content if self.pump.content else 1.0
-        note = f"{self.compress}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
+        # Name every stage (--encrypt alone is no compression).
+        label = "+".join(([str(self.compress)] if self.compress.wire else [])
+                         + [s.name for s in self.pump.stages.stages if s.name == "aes-256-gcm"])
+        note = f"{label}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
         policy = getattr(self.pump.stages.stages[0], "policy", None)
         if policy is not None and policy.decision is None:
             return note + "; auto: the stream was shorter than the probe, sent as it is"

@@ -2,7 +2,8 @@
 
 Pure: no I/O except reading an --order FILE. Node names are what the admin typed
 (`node[001-512]`, `@rack1` groups from ClusterShell's own configuration); a registered
-client is recognised by its host name (short name) or its address, as ka-d-server's
+client is recognised by the address it connects from (a name by what the server
+resolves it to), as ka-d-server's
 --hosts does.
 """
 from __future__ import annotations
