@@ -92,7 +92,7 @@ def finished(proc, timeout):
         return None
 
 
-def check_survivors(tmp_path, server, clients, report, lost, faults, case):
+def check_survivors(tmp_path, server, clients, report, lost, faults, case=None):
     """faults: {position: (fault time, bytes produced when it landed)}.  The fault log
     (KADEPLOY_FAULT_LOG, for tools/fault-soak) gets one record per fault, written
     before anything is asserted, so a failed case is logged too."""
@@ -113,7 +113,7 @@ def check_survivors(tmp_path, server, clients, report, lost, faults, case):
             for p in sorted(lost):
                 failed_at = by_pos[p]["failed_at"]
                 f.write(json.dumps({
-                    **case, "victim": p, "produced_at_fault": faults[p][1], "stream_bytes": sent_len,
+                    **(case or {}), "victim": p, "produced_at_fault": faults[p][1], "stream_bytes": sent_len,
                     "source": {"bytes": sent_len, "sha256": sent_digest},
                     "latency": None if failed_at is None else rep["started_at"] + failed_at - faults[p][0],
                     "server_exit": status, "orphans": sorted(orphans),

@@ -41,7 +41,7 @@ def wait_for(cond, timeout=30):
 def test_middle_of_a_chain_heals_under_the_grandparent(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 5, 1)
     time.sleep(0.4)
-    t = fault("kill", cluster, clients, 3)
+    t = fault("kill", cluster, clients, 3, tmp_path)
     rep = check_survivors(tmp_path, server, clients, report, {3}, {3: t})
     assert moved(server.err, 4, 2), server.err
     assert "to the server" not in server.err          # the uplink carried one stream
@@ -52,7 +52,7 @@ def test_middle_of_a_chain_heals_under_the_grandparent(net, tmp_path):
 def test_lost_first_node_heals_under_the_server(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 4, 1)
     time.sleep(0.4)
-    t = fault("kill", cluster, clients, 1)
+    t = fault("kill", cluster, clients, 1, tmp_path)
     check_survivors(tmp_path, server, clients, report, {1}, {1: t})
     assert moved(server.err, 2, 0), server.err
     assert "from byte" in server.err and "of the repair window" in server.err
@@ -61,8 +61,8 @@ def test_lost_first_node_heals_under_the_server(net, tmp_path):
 def test_two_adjacent_nodes_lost_together(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
     time.sleep(0.4)
-    t3 = fault("kill", cluster, clients, 3)
-    t4 = fault("kill", cluster, clients, 4)
+    t3 = fault("kill", cluster, clients, 3, tmp_path)
+    t4 = fault("kill", cluster, clients, 4, tmp_path)
     check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
     assert moved(server.err, 5, 2), server.err
     assert "to the server" not in server.err
@@ -71,9 +71,9 @@ def test_two_adjacent_nodes_lost_together(net, tmp_path):
 def test_node_lost_while_it_is_being_repaired(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
     time.sleep(0.4)
-    t3 = fault("kill", cluster, clients, 3)
+    t3 = fault("kill", cluster, clients, 3, tmp_path)
     wait_for(lambda: moved(server.err, 4, 2))
-    t4 = fault("kill", cluster, clients, 4)            # in the middle of its repair
+    t4 = fault("kill", cluster, clients, 4, tmp_path)            # in the middle of its repair
     check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
     assert moved(server.err, 5, 2), server.err
 
@@ -82,7 +82,7 @@ def test_node_lost_while_it_is_being_repaired(net, tmp_path):
 def test_trees_heal_in_place(net, tmp_path, n, arity, victim, child, grandparent):
     cluster, dep, server, clients, report = start(net, tmp_path, n, arity)
     time.sleep(0.4)
-    t = fault("kill", cluster, clients, victim)
+    t = fault("kill", cluster, clients, victim, tmp_path)
     check_survivors(tmp_path, server, clients, report, {victim}, {victim: t})
     assert moved(server.err, child, grandparent), server.err
 
@@ -92,7 +92,7 @@ def test_three_faults_in_a_chain_of_eight(net, tmp_path):
     times = {}
     for victim in (2, 5, 7):
         time.sleep(0.25)
-        times[victim] = fault("kill", cluster, clients, victim)
+        times[victim] = fault("kill", cluster, clients, victim, tmp_path)
     check_survivors(tmp_path, server, clients, report, set(times), times)
     assert moved(server.err, 3, 1) and moved(server.err, 6, 4) and moved(server.err, 8, 6), server.err
     assert "to the server" not in server.err
@@ -101,7 +101,7 @@ def test_three_faults_in_a_chain_of_eight(net, tmp_path):
 def test_a_node_behind_every_window_fails_naming_the_option(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 3, 1, extra=["--window", "4K"])
     time.sleep(0.5)
-    fault("kill", cluster, clients, 2)
+    fault("kill", cluster, clients, 2, tmp_path)
     assert server.wait(120) == 2
     assert clients[1].wait(60) == 0
     assert clients[3].wait(60) == 1
@@ -115,7 +115,7 @@ def test_with_a_spool_file_repairs_go_to_the_server(net, tmp_path):
     spool.mkdir()
     cluster, dep, server, clients, report = start(net, tmp_path, 4, 1, extra=["--spool", str(spool)])
     time.sleep(0.4)
-    t = fault("kill", cluster, clients, 2)
+    t = fault("kill", cluster, clients, 2, tmp_path)
     check_survivors(tmp_path, server, clients, report, {2}, {2: t})
     assert moved(server.err, 3, 0), server.err
     assert "of the spool" in server.err

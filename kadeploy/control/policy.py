@@ -12,7 +12,6 @@ from typing import Optional
 import click
 
 from kadeploy.core import protocol as P
-from kadeploy.core.integrity import IntegrityError, new_hasher
 from kadeploy.errors import UsageError
 
 
@@ -61,6 +60,7 @@ def refuse_place(place: P.Place, key: Optional[bytes], insecure_no_verify: bool)
     if place.encrypt is not None and key is None:
         return "the server encrypts the stream: this node needs the key (--key-file)"
     if place.digest is not None:
+        from kadeploy.core.integrity import IntegrityError, new_hasher  # after registration
         try:
             new_hasher(place.digest, key)
         except IntegrityError as e:

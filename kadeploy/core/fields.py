@@ -9,16 +9,17 @@ rule is refused as a whole with the field, the value and the rule named.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Callable, Dict, Optional
 
 from kadeploy.core.encryption import ALGORITHMS as ENCRYPTIONS
-from kadeploy.core.integrity import ALGORITHMS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 MAX_INT = (1 << 63) - 1          # byte counts and offsets fit the relay's u64 counters
 MAX_NODES = 1 << 20
 MAX_TEXT = 1000                  # reasons, errors
+MAX_FRAME_TEXT = 64 << 10        # JSON payloads: no more than a frame holds
 MAX_NAME = 255                   # host names, addresses, sessions
 MAX_STALL = 24 * 3600.0
 # The codecs a Place may name; kadeploy.data.codec.decoder_stages builds them (the
@@ -78,6 +79,32 @@ def _each(rule: Rule) -> Rule:
     return check
 
 
+def _json_object(limit: int) -> Rule:
+    """JSON text of an object (an install's manifest and values, or its steps); what
+    is inside is kadeploy.install's to check."""
+    def rule(v):
+        if len(v) > limit:
+            return f"is longer than {limit} characters"
+        try:
+            value = json.loads(v)
+        except ValueError:
+            return "is not JSON"
+        return None if isinstance(value, (dict, list)) else "is not a JSON object or list"
+    return rule
+
+
+def _digest_algorithm(v) -> Optional[str]:
+    # Imported when a Place is checked, not when a client registers: the digests
+    # (and blake3) are the data plane's, loaded after registration.
+    from kadeploy.core.integrity import ALGORITHMS
+    return _one_of(ALGORITHMS)(v)
+
+
+def _chunk_size(v) -> Optional[str]:
+    from kadeploy.core.integrity import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    return _range(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)(v)
+
+
 PORT = _range(1, 65535)
 COUNT = _range(0, MAX_INT)
 NODE_ID = _range(1, MAX_INT)
@@ -97,15 +124,15 @@ RULES: Dict[str, Dict[str, Rule]] = {
     "Place": {"position": _range(1, MAX_NODES), "depth": _range(1, MAX_NODES),
               "n_nodes": _range(1, MAX_NODES), "arity": _range(1, MAX_NODES),
               "parent_host": _host, "parent_port": PORT, "children": _each(NODE_ID),
-              "token": _hex(32), "digest": _one_of(ALGORITHMS),
-              "chunk_size": _range(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
+              "token": _hex(32), "digest": _digest_algorithm,
+              "chunk_size": _chunk_size,
               "stall_timeout": _range(0.05, MAX_STALL), "codec": _one_of(CODECS), "window": COUNT,
-              "encrypt": _one_of(ENCRYPTIONS)},
+              "encrypt": _one_of(ENCRYPTIONS), "install": _json_object(MAX_FRAME_TEXT)},
     "Progress": {"bytes": COUNT},
     "End": {"bytes": COUNT, "error": REASON, "digest": DIGEST, "content_bytes": COUNT},
     "Done": {"bytes": COUNT, "seconds": _range(0.0, 1e9), "consumer_status": _range(-255, 255),
              "error": REASON, "backend": _text(MAX_NAME), "repairs": COUNT, "content_bytes": COUNT,
-             "decode_seconds": _range(0.0, 1e9)},
+             "decode_seconds": _range(0.0, 1e9), "install": _json_object(MAX_FRAME_TEXT)},
     "Abort": {"reason": REASON},
     "DataHello": {"node_id": NODE_ID, "nonce": NONCE, "offset": COUNT},
     "Challenge": {"nonce": NONCE, "proof": PROOF},
