@@ -275,8 +275,10 @@ def test_demo_command(dep):
 
 def test_waiting_clients_outlast_the_stall_timeout(dep):
     """-w with a long -d: released clients wait longer than the stall timeout, and
-    the server's pings keep them from giving it up."""
-    server = dep.server("-n", "2", "-d", "25", "--stall-timeout", "1", "-e", "echo Hello")
+    the server's pings keep them from giving it up. The stall timeout (2 s) is twice
+    the ping interval, so a ping late on a loaded machine is not a lost server; the
+    second client still waits 4 s, longer than the stall timeout."""
+    server = dep.server("-n", "2", "-d", "40", "--stall-timeout", "2", "-e", "echo Hello")
     clients = [dep.client("-h", "127.0.0.1", "-w", "-e", "cat") for _ in range(2)]
     assert server.wait(60) == 0, server.err
     assert [c.wait(30) for c in clients] == [0, 0], [c.err for c in clients]
