@@ -21,7 +21,9 @@ class FakeResult:
     error: Optional[str] = None
 
 
-async def fake_client(host: str, port: int, data_port: int) -> FakeResult:
+async def fake_client(host: str, port: int, data_port: int, *, take_data: bool = True) -> FakeResult:
+    """take_data=False: a node that lives on (it reports) but never opens its data
+    connection; it waits for the server's verdict, recorded in `error`."""
     res = FakeResult(data_port)
     sock = await connect(host, port, 60, "server", retry_refused=True)
     reader, writer = await asyncio.open_connection(sock=sock)
@@ -35,6 +37,11 @@ async def fake_client(host: str, port: int, data_port: int) -> FakeResult:
             res.error = f"got {res.place!r}"
             return res
         heartbeat = asyncio.ensure_future(_heartbeat(ch, res))
+        if not take_data:
+            while not isinstance(msg := await _next_but_pings(ch), P.Abort):
+                pass
+            res.error = f"aborted: {msg.reason}"
+            return res
         if res.place.depth == 1:   # a child of the server: take the real stream
             res.received = await _drain_from(res.place, welcome.node_id)
         while not isinstance(msg := await _next_but_pings(ch), P.End):

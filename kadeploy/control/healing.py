@@ -92,8 +92,12 @@ class Healer:
     def unrepairable(self, child: Node, why: str) -> None:
         """The window no longer holds what the child needs: it fails, saying so."""
         log.error("cannot repair %s: %s", child.name, why)
-        child.channel.post(P.Abort(reason=f"cannot repair this node: {why}"))
-        self.node_lost(child, f"cannot be repaired: {why}")
+        self.give_up(child, f"cannot repair this node: {why}", f"cannot be repaired: {why}")
+
+    def give_up(self, node: Node, told: str, reason: str = "") -> None:
+        """node_lost, for a node that still listens: it is told why first."""
+        node.channel.post(P.Abort(reason=told))
+        self.node_lost(node, reason or told)
 
     def _reattach(self, child: Node, why: str) -> None:
         if not self.phase.can_repair:

@@ -239,15 +239,23 @@ class Server:
         window = self.phase.window is not None
         missing = await self.phase.accept_children(
             child_ids, gone=lambda: {i for i, n in self.nodes.items() if n.state == NodeState.FAILED},
-            timeout=LATE_CHILD_GRACE if window else None)
+            then=LATE_CHILD_GRACE if window else None)
+        too_late = f"did not open its data connection within {self.cfg.connect_timeout:g} s"
         for node_id in sorted(missing):
             node = self.nodes[node_id]
-            if window and node.error is None:
+            if window and node.error is None and len(missing) < len(child_ids):
                 # The stream does not wait for it: it starts from the window when it comes.
                 log.info("%s is not connected yet: it will start from the repair window", node.name)
-                self.phase.serve(node_id, node.name, on_missed=lambda why, n=node: self.healer.unrepairable(n, why))
-            else:
-                node.fail(f"did not open its data connection within {self.cfg.connect_timeout:g} s")
+                fut = self.phase.serve(node_id, node.name,
+                                       on_missed=lambda why, n=node: self.healer.unrepairable(n, why))
+                asyncio.get_running_loop().call_later(self.cfg.connect_timeout, self._lost_unless_connected,
+                                                      node, fut, too_late)
+            elif node.error is None:
+                self.healer.give_up(node, too_late)
+
+    def _lost_unless_connected(self, node: Node, connection: asyncio.Future, why: str) -> None:
+        if not connection.done():
+            self.healer.give_up(node, why)
 
     def _post_all(self, msg: P.Message) -> None:
         for node in self.nodes.values():

@@ -115,6 +115,9 @@ class ChildAcceptor:
                 answerer.verify(reply)
             except HandshakeFailed as e:
                 raise P.RemoteProtocolError(e.reason) from None
+            # The expectation now, not the one at the hello: a parent that stopped waiting
+            # for a slow child and expects it anew must get this connection, not lose it.
+            fut = self.expected.get(hello.node_id, fut)
             if fut.done():
                 raise P.RemoteProtocolError(f"node {hello.node_id} is already connected")
             if hello.offset < 0 or (hello.offset and not self.offsets):
@@ -136,9 +139,11 @@ class ChildAcceptor:
 
 
 async def accept_children(acceptor: ChildAcceptor, child_ids: Iterable[int], *, timeout: float,
-                          gone: Callable[[], Set[int]] = frozenset) -> Dict[int, socket.socket]:
+                          gone: Callable[[], Set[int]] = frozenset,
+                          then: Optional[float] = None) -> Dict[int, socket.socket]:
     """The expected children's data connections, once all are in, every missing one is
-    known to be gone, or `timeout` has passed."""
+    known to be gone, or `timeout` has passed; with `then`, the others get at most `then`
+    seconds more once the first is in."""
     loop = asyncio.get_running_loop()
     expected = {cid: acceptor.expect(cid) for cid in child_ids}
     deadline = loop.time() + timeout
@@ -146,5 +151,8 @@ async def accept_children(acceptor: ChildAcceptor, child_ids: Iterable[int], *, 
         missing = [f for cid, f in expected.items() if not f.done() and cid not in gone()]
         if not missing:
             break
+        if then is not None and any(f.done() and not f.cancelled() for f in expected.values()):
+            deadline, then = min(deadline, loop.time() + then), None
+            continue
         await asyncio.wait(missing, timeout=min(left, 0.2))
     return {cid: fut.result()[0] for cid, fut in expected.items() if fut.done() and not fut.cancelled()}

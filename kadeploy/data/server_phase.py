@@ -87,11 +87,13 @@ class ServerDataPhase:
     # ------------------------------------------------------------ connections
 
     async def accept_children(self, child_ids, *, gone: Callable[[], Set[int]],
-                              timeout: Optional[float] = None) -> Set[int]:
+                              then: Optional[float] = None) -> Set[int]:
         """The first level's data connections (the relay's sinks); returns the ids that
-        did not connect within `timeout` (default: --connect-timeout)."""
+        did not connect within --connect-timeout or, with `then`, within `then` seconds
+        of the first one (the stream never starts with nobody to take it: it would run
+        into the window at memory speed, past what a slow first node can catch up on)."""
         conns = await accept_children(self.acceptor, child_ids, gone=gone,
-                                      timeout=self.cfg.connect_timeout if timeout is None else timeout)
+                                      timeout=self.cfg.connect_timeout, then=then)
         self.children.update(conns)
         self._first_level = dict(conns)
         return set(child_ids) - set(conns)
@@ -112,13 +114,14 @@ class ServerDataPhase:
         return self.spool is not None and self.spool.error is None
 
     def serve(self, node_id: int, name: str,
-              on_missed: Callable[[str], None] = lambda why: None) -> None:
+              on_missed: Callable[[str], None] = lambda why: None) -> asyncio.Future:
         """Accept a re-attached node's data connection and feed it from the window (or
         the spool), from the offset it asks for (it knows what it has, byte for byte).
         on_missed(why): the window no longer holds that offset; the node cannot be
-        repaired."""
+        repaired. Returns the future of that connection."""
         fut = self.acceptor.expect(node_id)
         fut.add_done_callback(lambda f: self._feed(node_id, name, f, on_missed))
+        return fut
 
     def _feed(self, node_id: int, name: str, fut: asyncio.Future, on_missed) -> None:
         if fut.cancelled() or fut.exception() is not None:
