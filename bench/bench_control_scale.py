@@ -29,6 +29,7 @@ from typing import List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment  # noqa: E402
+from tables import plain_markdown  # noqa: E402
 from fakeclients import _drain_from, _heartbeat, _next_but_pings  # noqa: E402
 
 from kadeploy.control.netio import ControlChannel  # noqa: E402
@@ -177,11 +178,8 @@ def main(argv: List[str] = None) -> None:
     for r in rows:
         print("  ".join(str(r[c]).rjust(len(c)) for c in cols))
     print(f"written to {args.out}")
-    print("\nFor bench/RESULTS.md:\n")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print("\nFor bench/RESULTS.md (also: .venv/bin/python bench/tables.py bench/control_scale.csv):\n")
+    print(plain_markdown([{k: str(v) for k, v in r.items()} for r in rows]))
 
 
 if __name__ == "__main__":

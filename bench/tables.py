@@ -1,4 +1,6 @@
-"""The tables of bench/RESULTS.md, regenerated from the raw results of `kadeploy bench`.
+"""The tables of bench/RESULTS.md, regenerated from the raw results of `kadeploy bench`
+and of the scripts in bench/ (chain_cpu.py, loopback_ceiling.py, bench_control_scale.py:
+recognised by their columns, and printed by those scripts too, so one place renders each).
 
     .venv/bin/python bench/tables.py bench/cluster_backends_1gbit.csv
 
@@ -20,7 +22,7 @@ from typing import Dict, List, Optional
 from kadeploy.lab.benchlib.output import aggregate, ratios
 
 CONFIG = [("method", "method"), ("n", "N"), ("arity", "arity"), ("buffer_size", "buffer"),
-          ("backend", "backend"), ("integrity", "integrity")]
+          ("backend", "backend"), ("integrity", "integrity"), ("compress", "compress")]
 
 
 def _value(field: str, text: str):
@@ -28,7 +30,7 @@ def _value(field: str, text: str):
         return None
     if field in ("ok", "integrity"):
         return text == "True"
-    if field in ("method", "backend", "backend_used", "error"):
+    if field in ("method", "backend", "backend_used", "error", "compress", "compression"):
         return text
     number = float(text)
     return int(number) if field in ("n", "arity", "buffer_size", "size", "repeat") else number
@@ -70,7 +72,7 @@ def markdown(summary: List[Dict]) -> str:
         "runs ok", "wall s", "stream s", "% of link (wall)", "% of link (stream)",
         "CPU s/GB per receiver", "CPU s/GB sender"]
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join("---" if f in ("method", "backend", "integrity") else "---:"
+             "|" + "|".join("---" if f in ("method", "backend", "integrity", "compress") else "---:"
                             for f, _ in shown) + "|---:" * 7 + "|"]
     for s in summary:
         cells = [_config(f, s.get(f)) for f, _ in shown] + [
@@ -94,6 +96,73 @@ def ratio_markdown(summary: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _mean_range(xs: List[float], spec: str) -> str:
+    text = format(sum(xs) / len(xs), spec)
+    return text + (f" ({format(min(xs), spec)}–{format(max(xs), spec)})" if len(xs) > 1 else "")
+
+
+def chain_cpu_markdown(rows: List[Dict]) -> str:
+    """bench/chain_cpu.py: CPU s/GB per K, role and variant (mean, min–max over the
+    repeats), and each kadeploy variant against the C relay in the same role."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    keys = sorted({(int(r["relays"]), r["role"]) for r in rows},
+                  key=lambda k: (k[0], ["server", "relay", "last"].index(k[1])))
+
+    def of(k, role, v):
+        return [float(r["cpu_s_per_gb"]) for r in rows
+                if (int(r["relays"]), r["role"], r["variant"]) == (k, role, v)]
+    lines = ["| K | node | " + " | ".join(f"{v} s/GB" for v in variants)
+             + "".join(f" | {v} / c-splice" for v in variants if v != "c-splice" and "c-splice" in variants) + " |",
+             "|---:|---|" + "---:|" * (len(variants) + (len(variants) - 1 if "c-splice" in variants else 0))]
+    for k, role in keys:
+        base = of(k, role, "c-splice")
+        cells = [_mean_range(xs, ".2f") if (xs := of(k, role, v)) else "-" for v in variants]
+        if "c-splice" in variants:
+            for v in variants:
+                if v != "c-splice":
+                    xs = of(k, role, v)
+                    cells.append(f"{(sum(xs) / len(xs)) / (sum(base) / len(base)):.1f}" if xs and base else "-")
+        lines.append(f"| {k} | {role} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ceiling_markdown(rows: List[Dict]) -> str:
+    """bench/loopback_ceiling.py: each configuration's rate (mean, min–max over the
+    rounds), against iperf3's in the same run, and its wall clock."""
+    whats = list(dict.fromkeys(r["what"] for r in rows))
+
+    def of(what, field):
+        return [float(r[field]) for r in rows if r["what"] == what]
+    ceiling = sum(of("iperf3", "mb_per_s")) / len(of("iperf3", "mb_per_s"))
+    lines = ["| run | MB/s | × iperf3 | wall s | relay |", "|---|---:|---:|---:|---|"]
+    for w in whats:
+        rate = of(w, "mb_per_s")
+        backend = {r["backend"] for r in rows if r["what"] == w} - {""}
+        lines.append(f"| {w} | {_mean_range(rate, '.0f')} | {sum(rate) / len(rate) / ceiling:.2f} | "
+                     f"{_mean_range(of(w, 'wall_s'), '.2f')} | {', '.join(sorted(backend)) or '-'} |")
+    return "\n".join(lines)
+
+
+def plain_markdown(rows: List[Dict]) -> str:
+    """bench/bench_control_scale.py: its rows as they are (one per size)."""
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+                     + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
+
+
+KINDS = [("variant", chain_cpu_markdown), ("mb_per_s", ceiling_markdown), ("place_s", plain_markdown)]
+
+
+def render_other(path: str) -> Optional[str]:
+    """The table of a bench/ script's CSV, or None for a `kadeploy bench` results.csv."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for column, render in KINDS:
+        if rows and column in rows[0]:
+            return render(rows)
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", help="a results.csv of `kadeploy bench`")
@@ -101,8 +170,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="print kadeploy's time and CPU against each baseline instead")
     args = ap.parse_args(argv)
     try:
+        other = render_other(args.csv)
+        if other is not None:
+            print(other)
+            return 0
         runs = read_runs(args.csv)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, ZeroDivisionError) as e:
         print(f"bench/tables.py: cannot read {args.csv}: {e}", file=sys.stderr)
         return 1
     summary = sorted(aggregate(runs), key=lambda s: (s["rate_mbit"], s["n"]))

@@ -32,3 +32,5 @@ REPAIR_WINDOW = 256 << 20
 # With a repair window, a child that has not connected this long after its parent is
 # ready does not hold the stream back: it is fed from the window when it arrives.
 LATE_CHILD_GRACE = 0.5
+# The server logs the tree it built down to this many nodes, then how many more.
+TREE_LOG_NODES = 200

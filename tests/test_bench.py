@@ -185,3 +185,38 @@ def test_synthetic_and_discard_end_to_end(vcluster, tmp_path):
         assert "Total data received = 5.00 Megs" in dep.procs[1].err
     finally:
         dep.close()
+
+
+def test_chain_cpu_benchmark_at_smoke_size(tmp_path):
+    """bench/chain_cpu.py (run on a quiet machine at 1 GiB) still runs, and each row is a
+    real run of its kind: every variant, every role, kadeploy relaying by splice, the C
+    relay built and moving every byte."""
+    out = tmp_path / "c.csv"
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "chain_cpu.py"), "--relays", "2",
+                        "--size-mib", "8", "--repeat", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert sorted((r["variant"], r["role"]) for r in rows) == sorted(
+        [(v, role) for v in ("kadeploy", "encrypt", "no-integrity") for role in ("server", "relay", "last")]
+        + [("c-splice", "relay"), ("c-splice", "last")])
+    assert all(float(r["cpu_s"]) > 0 for r in rows)
+    assert {r["backend"] for r in rows if r["role"] == "relay" and r["variant"] != "c-splice"} == {"cython"}
+    assert "x C relay" in p.stdout
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "bench", "chain_cpu.py"), "--variants", "nope"],
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert bad.returncode != 0 and "unknown variant(s) nope" in bad.stderr
+
+
+def test_loopback_ceiling_benchmark_at_smoke_size(tmp_path):
+    """bench/loopback_ceiling.py (4 GiB on a quiet machine) still runs: iperf3 and the four
+    kadeploy configurations, each a verified run that moved every byte."""
+    out = tmp_path / "l.csv"
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "loopback_ceiling.py"), "--size-mib", "16",
+                        "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [r["what"] for r in rows] == ["iperf3", "defaults", "no-repair", "no-verify", "no-verify-no-repair"]
+    assert all(float(r["mb_per_s"]) > 0 for r in rows)
+    assert all(int(r["bytes"]) == 16 << 20 for r in rows)
+    assert "x iperf3" in p.stdout and "integrity and repair cost" in p.stdout

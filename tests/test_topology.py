@@ -136,3 +136,12 @@ def test_host_list_index_agrees_with_the_scan(hosts, source):
                  if is_address(source) and any(address_key(a) == address_key(source) for a in names(entry))),
                 None)
     assert HostList(hosts, _RESOLVED).first_match(source) == scan
+
+
+def test_render_with_a_limit_says_how_many_more():
+    tree = build_tree(10_000, 1)
+    lines = render(tree, {0: "server"}, limit=200)
+    assert len(lines) == 202 and lines[0] == "server" and lines[-1] == "... and 9800 more"
+    assert lines[200] == " " * 400 + "200"
+    assert render(build_tree(3, 2), {}, limit=200) == ["0", "  1", "    3", "  2"]
+    assert tree.depth(10_000) == 10_000 and build_tree(7, 2).depth(7) == 3

@@ -45,6 +45,7 @@ from kadeploy.defaults import (
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     LATE_CHILD_GRACE,
+    TREE_LOG_NODES,
     PROGRESS_INTERVAL,
     REPAIR_WINDOW,
     STALL_TIMEOUT,
@@ -198,8 +199,9 @@ class Server:
         for pos, node in by_pos.items():
             node.position = pos
         names = {0: "server"} | {p: n.name for p, n in by_pos.items()}
-        log.info("tree (arity %d, %d node(s)):\n%s", self.cfg.arity, len(ordered),
-                 "\n".join(render(self.tree, names)))
+        if log.isEnabledFor(logging.INFO):
+            log.info("tree (arity %d, %d node(s)):\n%s", self.cfg.arity, len(ordered),
+                     "\n".join(render(self.tree, names, limit=TREE_LOG_NODES)))
         self.by_pos = by_pos
         parent_of = {n.info.node_id: by_pos[self.tree.parent(p)].info.node_id if self.tree.parent(p) else 0
                      for p, n in by_pos.items()}

@@ -1,0 +1,113 @@
+"""One node on loopback against iperf3's single stream, in the same run (issue 13):
+how close kadeploy's data path comes to what the kernel's TCP can carry here.
+
+    .venv/bin/python bench/loopback_ceiling.py                 # 4 GiB, three rounds
+    .venv/bin/python bench/loopback_ceiling.py --size-mib 64 --rounds 1 --out /tmp/l.csv
+
+Each round runs, interleaved: iperf3 (-n SIZE, one stream; the receiver's rate), then one
+ka-d-server --synthetic SIZE and one ka-d-client --discard with the defaults (digests
+and repair window), with --no-repair, with --no-verify, and with --no-verify
+--no-repair. A kadeploy rate is the node's bytes over the node's stream time (its own
+report), and beside it the wall clock from starting the server to its exit.
+Targets: defaults >= 0.7 x iperf3, --no-verify >= 0.85 x, and integrity and repair
+together cost <= 10 % of the same run without them.
+Run it on a quiet machine (no tests, builds or other benchmarks).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from deploy import Deployment, free_port, load_report  # noqa: E402
+from tables import ceiling_markdown  # noqa: E402
+
+CONFIGS = {
+    "defaults": [],
+    "no-repair": ["--no-repair"],
+    "no-verify": ["--no-verify"],
+    "no-verify-no-repair": ["--no-verify", "--no-repair"],
+}
+FIELDS = ["round", "what", "bytes", "mb_per_s", "wall_s", "backend"]
+
+
+def iperf3(size: int, timeout: float) -> dict:
+    port = free_port()
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:   # until the server listens
+            p = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"],
+                               capture_output=True, text=True, timeout=timeout)
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if p.returncode != 0:
+            raise SystemExit(f"iperf3 failed: {p.stdout[-1000:]}{p.stderr[-1000:]}")
+        end = json.loads(p.stdout)["end"]
+        rate = end["sum_received"]["bits_per_second"] / 8 / 1e6
+        return dict(what="iperf3", bytes=size, mb_per_s=round(rate, 1),
+                    wall_s=round(end["sum_received"]["seconds"], 3), backend="")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def kadeploy(name: str, options, size: int, timeout: float) -> dict:
+    logdir = tempfile.mkdtemp(prefix="kd-ceiling-")
+    dep = Deployment(logdir)
+    try:
+        report = os.path.join(logdir, "report.json")
+        started = time.monotonic()
+        server = dep.server("-n", "1", "--synthetic", str(size), "--report", report, *options)
+        client = dep.client("-h", "127.0.0.1", "-P", str(free_port()), "--discard")
+        codes = [client.wait(timeout), server.wait(timeout)]
+        wall = time.monotonic() - started
+        if codes != [0, 0]:
+            raise SystemExit(f"{name}: exit {codes}\n{server.err[-1500:]}{client.err[-1500:]}")
+        node = load_report(report)["nodes"][0]
+        return dict(what=name, bytes=node["bytes"], mb_per_s=round(node["bytes"] / node["seconds"] / 1e6, 1),
+                    wall_s=round(wall, 3), backend=node["backend"])
+    finally:
+        dep.close()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", default=os.path.join(HERE, "loopback_ceiling.csv"))
+    args = ap.parse_args()
+    if shutil.which("iperf3") is None:
+        raise SystemExit("iperf3 is not installed (Debian: apt-get install iperf3)")
+    size = args.size_mib << 20
+    rows = []
+    for rnd in range(1, args.rounds + 1):
+        for row in [iperf3(size, args.timeout)] + [kadeploy(n, o, size, args.timeout) for n, o in CONFIGS.items()]:
+            row["round"] = rnd
+            rows.append(row)
+            print(f"#{rnd} {row['what']}: {row['mb_per_s']} MB/s, {row['wall_s']} s", flush=True)
+    with open(args.out, "w", newline="") as out:
+        w = csv.DictWriter(out, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, {platform.platform()}; {args.size_mib} MiB per run")
+    print(ceiling_markdown([{k: str(v) for k, v in r.items()} for r in rows]))
+    print(f"rows: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
