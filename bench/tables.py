@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from kadeploy.lab.benchlib.output import aggregate, ratios
 
-CONFIG = [("method", "method"), ("n", "N"), ("arity", "arity"), ("buffer_size", "buffer"),
+CONFIG = [("rate_mbit", "Mbit/s"), ("method", "method"), ("n", "N"), ("arity", "arity"), ("buffer_size", "buffer"),
           ("backend", "backend"), ("integrity", "integrity"), ("compress", "compress")]
 
 
@@ -59,6 +59,8 @@ def _seconds(s: Dict, measure: str) -> str:
 def _config(field: str, v) -> str:
     if v is None:
         return "-"
+    if field == "rate_mbit":
+        return f"{v:g}"
     if field == "buffer_size":
         return f"{v >> 20}M" if v >= 1 << 20 else f"{v >> 10}K"
     if field == "integrity":
