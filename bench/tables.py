@@ -152,7 +152,26 @@ def plain_markdown(rows: List[Dict]) -> str:
                      + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
 
 
-KINDS = [("variant", chain_cpu_markdown), ("mb_per_s", ceiling_markdown), ("place_s", plain_markdown)]
+def fault_markdown(rows: List[Dict]) -> str:
+    """bench/fault_timing.py: per scenario, the time from the kill to the last survivor's
+    end against the same round's target (1.15 x the fault-free rest + stall timeout)."""
+    lines = ["| scenario | killed (positions) | kill → last survivor s | fault-free rest s | target s | rounds within target |",
+             "|---|---|---:|---:|---:|---:|"]
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        mine = [r for r in rows if r["scenario"] == scenario]
+        rest = [float(r["rest_s"]) for r in mine]
+        if scenario == "none":
+            lines.append(f"| none | - | - | {_mean_range(rest, '.2f')} | - | - |")
+            continue
+        took = [float(r["from_fault_s"]) for r in mine]
+        target = [float(r["target_s"]) for r in mine]
+        within = sum(t <= g for t, g in zip(took, target))
+        lines.append(f"| {scenario} | {mine[0]['victims']} | {_mean_range(took, '.2f')} | "
+                     f"{_mean_range(rest, '.2f')} | {_mean_range(target, '.2f')} | {within}/{len(mine)} |")
+    return "\n".join(lines)
+
+
+KINDS = [("scenario", fault_markdown), ("variant", chain_cpu_markdown), ("mb_per_s", ceiling_markdown), ("place_s", plain_markdown)]
 
 
 def render_other(path: str) -> Optional[str]:

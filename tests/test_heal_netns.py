@@ -120,3 +120,21 @@ def test_with_a_spool_file_repairs_go_to_the_server(net, tmp_path):
     assert moved(server.err, 3, 0), server.err
     assert "of the spool" in server.err
     assert not list(spool.iterdir())            # removed at the end
+
+
+def test_fault_timing_benchmark_at_smoke_size(tmp_path):
+    """bench/fault_timing.py (256 MiB at 200 Mbit/s on a quiet machine) still runs: the
+    fault-free run and both fault runs, every survivor verified, every orphan repaired."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "f.csv"
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "fault_timing.py"), "--size-mib", "8",
+                        "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {r["scenario"]: r for r in csv.DictReader(open(out))}
+    assert set(rows) == {"none", "one", "three"}
+    assert rows["one"]["survivors_verified"] == "7" and rows["three"]["survivors_verified"] == "5"
+    assert float(rows["none"]["rest_s"]) > 0 and float(rows["three"]["from_fault_s"]) > 0
