@@ -25,7 +25,9 @@ if not os.path.exists(CLIENT[0]):
 # data phase (relay, digests, compression, progress) or to the lab.
 DATA_PLANE = ("kadeploy.relay._relay", "kadeploy.relay.cython_backend", "kadeploy.relay.cffi_backend",
               "kadeploy.data.node", "kadeploy.data.tap", "kadeploy.data.codec", "kadeploy.core.integrity",
-              "blake3", "zstandard", "rich", "cffi", "kadeploy.lab", "kadeploy.view.report")
+              "blake3", "zstandard", "rich", "cffi", "kadeploy.lab", "kadeploy.view.report",
+              # a keyless registration needs no cryptography, and no install's parsers
+              "cryptography", "kadeploy.install.manifest", "kadeploy.install.formats")
 
 
 def test_client_registration_path_imports_no_data_plane():

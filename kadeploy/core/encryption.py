@@ -29,10 +29,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+# cryptography is imported where it is used: the protocol's field rules import this
+# module for ALGORITHMS, on every client's start-up.
 
 ALGORITHM = "aes-256-gcm"
 ALGORITHMS = (ALGORITHM,)
@@ -49,6 +47,8 @@ class StreamCorrupted(Exception):
 
 def stream_key(key: bytes, token: str) -> bytes:
     """The stream's AES-256 key for one deployment."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=token.encode(), info=_INFO).derive(key)
 
 
@@ -65,6 +65,7 @@ class Encryptor:
     name = "aes-256-gcm"
 
     def __init__(self, key: bytes, record: int = RECORD) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(key)
         self.record = record
         self._buf = bytearray()
@@ -99,6 +100,7 @@ class Decryptor:
     name = "aes-256-gcm"
 
     def __init__(self, key: bytes, record: int = RECORD) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(key)
         self.wire_record = record + TAG
         self._buf = bytearray()
@@ -108,6 +110,7 @@ class Decryptor:
         self.ended = False
 
     def _open(self, record, last: bool) -> bytes:
+        from cryptography.exceptions import InvalidTag
         start = self.index * self.wire_record
         try:
             plain = self._aead.decrypt(_nonce(self.index), bytes(record), _aad(self.index, last))

@@ -24,8 +24,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kadeploy.core import protocol as P
 
@@ -85,6 +83,8 @@ class SessionKeys:
 
 
 def derive_session(key: bytes, asker_nonce: str, answerer_nonce: str, context: str) -> SessionKeys:
+    from cryptography.hazmat.primitives import hashes   # only with a key: not on a keyless start-up
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     okm = HKDF(algorithm=hashes.SHA256(), length=3 * MAC_KEY_BYTES,
                salt=bytes.fromhex(asker_nonce) + bytes.fromhex(answerer_nonce),
                info=_SESSION_INFO + b"|" + context.encode()).derive(key)

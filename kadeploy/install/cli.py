@@ -9,8 +9,9 @@ import click
 
 from ..errors import EXIT_USAGE, KadeployError
 from ..options import CONTEXT
-from .formats import parse_original, parse_sfdisk_dump
-from .manifest import ManifestError, load_manifest
+
+# The manifest's parsers are imported by the commands that read one, not here: every
+# ka-d-client loads this module for its options, and its start-up is counted.
 
 
 def server_options(f):
@@ -80,6 +81,8 @@ FORMATS = ("toml", "original", "sfdisk")
 
 
 def _load(path: str, fmt: str):
+    from .formats import parse_original, parse_sfdisk_dump
+    from .manifest import ManifestError, load_manifest
     if fmt == "toml":
         return load_manifest(path)
     try:
@@ -96,6 +99,7 @@ def _load(path: str, fmt: str):
               help="What FILE is: a manifest, the original's partition description, or an sfdisk --dump.")
 def check_command(file, fmt):
     """Check a manifest; print a summary of its layout, or one error line (file, line, key)."""
+    from .manifest import ManifestError
     try:
         m = _load(file, fmt)
     except ManifestError as e:
@@ -113,6 +117,7 @@ def check_command(file, fmt):
               help="The original's partition description, or an sfdisk --dump.")
 def convert_command(file, fmt):
     """Print FILE as a manifest, to edit (add file systems, mount points, sources)."""
+    from .manifest import ManifestError
     try:
         m = _load(file, fmt)
     except ManifestError as e:
@@ -130,6 +135,7 @@ def capture_command(device, output, root):
     """Write a manifest from this machine: DEVICE (default: the disk of /), its partitions,
     file systems and mounts."""
     from .capture import CaptureError, capture
+    from .manifest import ManifestError
     try:
         text = capture(device, root)
     except (CaptureError, ManifestError) as e:
