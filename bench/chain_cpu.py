@@ -19,9 +19,7 @@ decryption. Run it on a quiet machine (no tests, builds or other benchmarks).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import re
 import shutil
 import socket
@@ -33,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment, free_port, load_report  # noqa: E402
-from tables import chain_cpu_markdown  # noqa: E402
+from tables import chain_cpu_markdown, record  # noqa: E402
 
 VARIANTS = {   # name -> the server's options (None: the C relay)
     "kadeploy": [],
@@ -161,14 +159,7 @@ def main() -> None:
                 rows += got
                 print(f"K={k} {v} #{repeat}: "
                       + ", ".join(f"{r['role']}{r['position'] or ''} {r['cpu_s_per_gb']}" for r in got), flush=True)
-    with open(args.out, "w", newline="") as out:
-        w = csv.DictWriter(out, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, {platform.platform()}; {args.size_mib} MiB per run")
-    print(chain_cpu_markdown([{k: str(v) for k, v in r.items()} for r in rows]))
-    print(f"rows: {args.out}")
+    record(args.out, FIELDS, rows, f"{args.size_mib} MiB per run", chain_cpu_markdown)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,12 +16,9 @@ Needs root (network namespaces); run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 from deploy import Deployment, load_report  # noqa: E402
-from tables import fault_markdown  # noqa: E402
+from tables import fault_markdown, record  # noqa: E402
 
 from kadeploy.lab import vcluster as vc  # noqa: E402
 
@@ -118,14 +115,7 @@ def main() -> None:
             print(f"#{rnd} {s}: " + (f"rest of the stream {rest:.2f} s" if s == "none" else
                                      f"kill to last survivor {row['from_fault_s']:.2f} s "
                                      f"(target {row['target_s']:.2f})"), flush=True)
-    with open(args.out, "w", newline="") as out:
-        w = csv.DictWriter(out, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, {platform.platform()}; {args.size_mib} MiB at {args.rate}")
-    print(fault_markdown([{k: str(v) for k, v in r.items()} for r in rows]))
-    print(f"rows: {args.out}")
+    record(args.out, FIELDS, rows, f"{args.size_mib} MiB at {args.rate}", fault_markdown)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ Run it on a quiet machine (no tests, builds or other benchmarks).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,7 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment, free_port, load_report  # noqa: E402
-from tables import ceiling_markdown  # noqa: E402
+from tables import ceiling_markdown, record  # noqa: E402
 
 CONFIGS = {
     "defaults": [],
@@ -99,14 +97,7 @@ def main() -> None:
             row["round"] = rnd
             rows.append(row)
             print(f"#{rnd} {row['what']}: {row['mb_per_s']} MB/s, {row['wall_s']} s", flush=True)
-    with open(args.out, "w", newline="") as out:
-        w = csv.DictWriter(out, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, {platform.platform()}; {args.size_mib} MiB per run")
-    print(ceiling_markdown([{k: str(v) for k, v in r.items()} for r in rows]))
-    print(f"rows: {args.out}")
+    record(args.out, FIELDS, rows, f"{args.size_mib} MiB per run", ceiling_markdown)
 
 
 if __name__ == "__main__":

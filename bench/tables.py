@@ -174,6 +174,23 @@ def fault_markdown(rows: List[Dict]) -> str:
 KINDS = [("scenario", fault_markdown), ("variant", chain_cpu_markdown), ("mb_per_s", ceiling_markdown), ("place_s", plain_markdown)]
 
 
+def record(path: str, fields: List[str], rows: List[Dict], detail: str, render) -> None:
+    """What each bench/ script does at its end: write its rows as CSV, then print when
+    and where it ran and the table RESULTS.md takes (rendered from the rows, as this
+    script would render the CSV)."""
+    import os
+    import platform
+    import time
+    with open(path, "w", newline="") as out:
+        w = csv.DictWriter(out, fields)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, {platform.platform()}; {detail}")
+    print(render([{k: str(v) for k, v in r.items()} for r in rows]))
+    print(f"rows: {path}")
+
+
 def render_other(path: str) -> Optional[str]:
     """The table of a bench/ script's CSV, or None for a `kadeploy bench` results.csv."""
     with open(path, newline="") as f:

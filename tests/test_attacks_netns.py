@@ -86,6 +86,7 @@ def test_a_forwarder_in_the_middle_cannot_change_drop_replay_or_reorder(net, key
     report = str(tmp_path / "r.json")
     server = dep.server("-n", "1", "--key-file", keyfile, "--report", report,
                         "-e", "seq 100000; sleep 4", where=0)
+    wait_for(lambda: "waiting for" in server.err)    # the forwarder connects at once, without retries
     mitm = dep._start("mitm", dep.wrap(2, [sys.executable, MITM, "30765", SERVER, "30765", attack]))
     wait_for(lambda: "listening" in mitm.out)
     consumer = "cat >/dev/null; exit 3" if attack == "rewrite-done" else "cat >/dev/null"
