@@ -9,14 +9,12 @@ the launcher's own error, and the others go on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import resource
 import shlex
 import socket
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +25,7 @@ from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployErro
 from kadeploy.push import launchers as launchers_mod
 from kadeploy.push.nodes import Chains, NameIndex, fold, parse_nodeset, read_order_file
 from kadeploy.push.receive import TAR_PRESERVE_CREATE, FileStat
-from kadeploy.view.report import Report
+from kadeploy.view.report import Report, write_json_atomically
 
 log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"
@@ -82,17 +80,7 @@ class PushResult:
                 "deployment": self.report.to_dict() if self.report is not None else None}
 
     def write_json(self, path: str) -> None:
-        """Written to a temporary name and renamed: a reader never sees half of it."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".kadeploy-push-report-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomically(path, self.to_dict(), prefix=".kadeploy-push-report-")
 
     def lines(self) -> List[str]:
         out = [f"{node}: {why}" for node, why in sorted(self.failed.items())]

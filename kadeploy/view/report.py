@@ -80,17 +80,7 @@ class Report:
         return d
 
     def write_json(self, path: str) -> None:
-        """Written to a temporary file and renamed, so a reader never sees half a report."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".kadeploy-report-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomically(path, self.to_dict())
 
     def table(self) -> str:
         head = ("POS", "PARENT", "NODE", "BYTES", "SECONDS", "MB/S", "VERIFIED", "STATUS")
@@ -132,3 +122,17 @@ class Report:
                 (n.hostname or n.address) + f" ({format_hostport(n.address, n.data_port)})"
                 for n in self.failed))
         return "\n".join(lines)
+
+
+def write_json_atomically(path: str, data, prefix: str = ".kadeploy-report-") -> None:
+    """Written to a temporary file beside it and renamed, so a reader never sees half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
