@@ -90,7 +90,8 @@ def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quie
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --exit-when-done: give up after this many seconds (exit 1).")
 @click.option("--progress-interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds between the lines that count the nodes in each state.")
+              help="Seconds between the lines that count the nodes in each state (the install "
+                   "server's progress lines too, with --install).")
 @click.option("--install", "install_manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also run the install server, ka-d-server --install MANIFEST, with the node table "
                    "(--nodes-table); implies --exit-when-done.")
@@ -129,8 +130,11 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
             raise UsageError("--install needs the node table (--nodes): it names the nodes to install")
         if install_server:
             raise UsageError("--install runs the install server here: not with --server")
+        from .serve import STATE_FILE
         install_command = [sys.executable, "-m", "kadeploy", "server", "--install", install_manifest,
-                           "-n", str(n_clients or len(table)), "--nodes-table", nodes_file]
+                           "-n", str(n_clients or len(table)), "--nodes-table", nodes_file,
+                           "--boot-states", str(Path(state_dir) / STATE_FILE),
+                           "--progress-interval", f"{progress_interval:g}"]
         install_command += ["-s", session] if session else []
         install_command += ["--key-file", key_file] if key_file else []
         exit_when_done = True
