@@ -346,3 +346,12 @@ def test_progress_lines_and_table_show_the_boot_step():
     console = Console(record=True, width=200)
     console.print(render_table("hdr", registered + booting[:1]))
     assert "booting: ipxe script" in console.export_text()
+
+
+def test_the_image_must_keep_the_modules_an_install_needs():
+    from kadeploy.netboot.build import REQUIRED_MODULES, missing_modules
+    files = [f"/lib/modules/6.1/kernel/fs/{m}.ko.xz" for m in REQUIRED_MODULES if m != "vfat"]
+    assert missing_modules(files, "") == ["vfat"]
+    assert missing_modules(files + ["/lib/modules/6.1/kernel/fs/fat/vfat.ko"], "") == []
+    assert missing_modules(files, "kernel/fs/fat/vfat.ko\n") == []          # built in
+    assert missing_modules(["/x/nls-cp437.ko"], "", wanted=["nls_cp437"]) == []

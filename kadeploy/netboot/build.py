@@ -63,6 +63,11 @@ PRUNE_MODULES = (
     "net/ipv4/netfilter", "net/ipv6/netfilter", "net/bridge/netfilter", "net/sched",
 )
 
+# Kernel modules an install needs, checked in the image: vfat and its code pages to
+# mount the ESP (grub-install for UEFI refuses an unmounted one), and the other file
+# systems a manifest may make.
+REQUIRED_MODULES = ("vfat", "nls_cp437", "nls_ascii", "nls_utf8", "ext4", "xfs", "btrfs", "efivarfs")
+
 ZSTD_LEVEL = 9  # level 19 halves nothing more worth the minutes it costs on 2 cores
 INIT_FILES = {"init.sh": "init", "udhcpc.script": "usr/share/kadeploy/udhcpc.script"}
 
@@ -260,6 +265,26 @@ def copy_dependencies(site: Path) -> List[str]:
     return names
 
 
+def missing_modules(module_files: Sequence[str], builtin: str, wanted: Sequence[str] = REQUIRED_MODULES) -> List[str]:
+    """The wanted modules that are neither among the image's module files nor built
+    into its kernel (modules.builtin); a module's name uses - and _ alike."""
+    def name(path: str) -> str:
+        return path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+    have = {name(f) for f in module_files} | {name(line.strip()) for line in builtin.splitlines() if line.strip()}
+    return [m for m in wanted if m.replace("-", "_") not in have]
+
+
+def check_modules(root: Path, kernel: str) -> None:
+    """After the pruning: every module an install needs is still in the image."""
+    moddir = root / "lib/modules" / kernel
+    files = [str(p) for p in (moddir / "kernel").rglob("*.ko*")]
+    builtin = moddir / "modules.builtin"
+    missing = missing_modules(files, builtin.read_text() if builtin.exists() else "")
+    if missing:
+        raise KadeployError(f"the image's kernel {kernel} lacks the module(s) {', '.join(missing)} "
+                            "that an install needs")
+
+
 def _add_init(root: Path) -> None:
     from importlib import resources
     for name, rel in INIT_FILES.items():
@@ -313,6 +338,7 @@ def build(outdir: Path, *, cache_dir: Path = Path(DEFAULT_CACHE), mirror: Option
         if not kernels:
             raise KadeployError("the image has no kernel in /boot (linux-image-amd64 missing?)")
         report.kernel = kernels[-1].name[len("vmlinuz-"):]
+        check_modules(root, report.kernel)
         report.python = _run(["chroot", str(root), "python3", "--version"], "python3").stdout.strip()
         shutil.copyfile(kernels[-1], outdir / "vmlinuz.partial")
         kernels[-1].unlink()    # the kernel is served beside the initrd, not inside it
