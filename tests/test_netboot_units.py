@@ -141,6 +141,8 @@ def test_chain_script_names_the_node_by_mac():
     chain = "chain --autofree http://198.18.0.254:8067/node/${net0/mac:hexhyp}/boot.ipxe || goto failed\n"
     # a node script that returns (local boot) ends here, and does not fall into :failed
     assert chain + "exit 0\n:failed\n" in s
+    # a UEFI local boot (an error on purpose) goes on to the firmware without a message
+    assert ":failed\nisset ${kadeploy-local} && exit 1 ||\necho kadeploy: no boot script" in s
 
 
 def test_install_script_loads_kernel_and_initrd_over_http_with_the_cmdline():
@@ -162,7 +164,9 @@ def test_kernel_arguments_with_spaces_are_refused():
 def test_local_script_boots_the_disk_on_bios_and_returns_to_uefi_firmware():
     s = ipxe.local_script("node1")
     assert "sanboot --no-describe --drive 0x80" in s
-    assert "iseq ${platform} efi && goto efi" in s and s.rstrip().endswith("exit 0")
+    assert "iseq ${platform} efi && goto efi" in s
+    # BIOS: on to the next boot device; UEFI: an error, else the firmware stops at its menu
+    assert ":bios\nexit 0\n:efi\nset kadeploy-local 1\nexit 1\n" in s
     assert "kernel" not in s
 
 

@@ -22,6 +22,7 @@ def chain_script(base_url: str) -> str:
             f"chain --autofree {base_url}/node/${{net0/mac:hexhyp}}/boot.ipxe || goto failed\n"
             "exit 0\n"   # the node's script ended well (e.g. it chose the local disk)
             ":failed\n"
+            "isset ${kadeploy-local} && exit 1 ||\n"   # UEFI local boot (local_script): no message
             "echo kadeploy: no boot script from the server; booting from the next device\n"
             "sleep 5\n"
             "exit 1\n")
@@ -62,13 +63,17 @@ def install_script(name: str, mac: str, boot: InstallBoot) -> str:
 
 def local_script(name: str) -> str:
     """Boot the local disk: BIOS by SAN-booting drive 0x80, UEFI by returning to the
-    firmware, which tries the next boot entry (the disk)."""
+    firmware with an error, so that it tries its next boot entry (the disk): a UEFI
+    boot entry that returns success makes the firmware stop at its boot menu."""
     return (HEADER +
             f"echo kadeploy: {name} is installed; booting from its disk\n"
             "iseq ${platform} efi && goto efi ||\n"
-            "sanboot --no-describe --drive 0x80 || goto efi\n"
+            "sanboot --no-describe --drive 0x80 || goto bios\n"
+            ":bios\n"
+            "exit 0\n"      # the BIOS tries its next boot device
             ":efi\n"
-            "exit 0\n")
+            "set kadeploy-local 1\n"
+            "exit 1\n")
 
 
 def ignore_script(mac: str) -> str:
