@@ -97,3 +97,22 @@ def test_keys_differ_by_key_and_deployment():
     wire = encrypt(b"secret" * 50)
     with pytest.raises(E.StreamCorrupted, match="chunk 0"):
         decrypt(wire, key=E.stream_key(b"j" * 32, "ab" * 16))
+
+
+def test_cost_benchmark_at_smoke_size(tmp_path):
+    """bench/encrypt_cost.py (run on a quiet machine at 1 GiB) still runs, and what it
+    measured is a real deployment of each kind: both runs, every node, splice relays."""
+    import csv
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "e.csv"
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "encrypt_cost.py"), "--relays", "2",
+                        "--size-mib", "8", "--repeat", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert sorted((r["encrypt"], r["role"]) for r in rows) == sorted(
+        (e, role) for e in ("off", "on") for role in ("server", "relay", "last"))
+    assert all(float(r["cpu_s"]) > 0 and r["backend"] for r in rows)
+    assert "on/off" in p.stdout
