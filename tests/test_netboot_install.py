@@ -11,7 +11,8 @@ ipxe.efi). The manifest's loader is ``grub``: each node installs the grub of the
 firmware that started its install system, so node1 gets grub-bios on its disk and
 node2 mounts its ESP (vfat: the install system's kernel has it, this machine's does
 not) and gets grub-efi on the removable path EFI/BOOT/BOOTX64.EFI; OVMF then boots
-that from the disk.
+that from the disk. The install server's progress lines list the nodes while they
+boot, before they register.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_readme_recipe_installs_two_machines_that_boot_their_disks(image, net, g
     serve = net.popen([*KADEPLOY, "netboot", "serve", str(image), "-i", "br0", "--nodes", nodes,
                        "--install", manifest, "-n", "2", "--kernel-arg", "console=ttyS0,115200",
                        "--state-dir", str(scratch / "state"), "--timeout", "1200",
-                       "--progress-interval", "60"],
+                       "--progress-interval", "20"],
                       stdout=open(serve_log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while "starting the install server" not in serve_log.read_text():
@@ -115,5 +116,7 @@ def test_readme_recipe_installs_two_machines_that_boot_their_disks(image, net, g
     assert sorted(loaders) == ["grub-bios on /dev/vda (the node booted by BIOS)",
                                "grub-efi on /dev/vda (the node booted by UEFI)"], log
     assert len(re.findall(r"mount esp +ok .* /boot/efi", log)) == 2, log
+    # the install server's progress listed the nodes while they booted, before they registered
+    assert re.search(r"ka-d-server: progress: [^\n]*; booting: node\d \(", log), log
     total = round(time.monotonic() - started, 1)
     print("seconds from power-on, per machine: " + json.dumps(times) + f"; whole recipe {total} s")
