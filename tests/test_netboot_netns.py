@@ -41,6 +41,7 @@ def kit(scratch):
     image.mkdir()
     (image / "vmlinuz").write_bytes(b"K" * 70000)
     (image / "initrd.img").write_bytes(bytes(range(256)) * 4000)
+    (image / "localboot.efi").write_bytes(b"E" * 5000)
     nodes = scratch / "nodes.csv"
     nodes.write_text(f"name,mac,address\nnode1,{NODE1_MAC},198.18.0.11\nnode2,{NODE2_MAC},198.18.0.12\n")
     return scratch, image, nodes

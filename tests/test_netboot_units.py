@@ -162,11 +162,13 @@ def test_kernel_arguments_with_spaces_are_refused():
 
 
 def test_local_script_boots_the_disk_on_bios_and_returns_to_uefi_firmware():
-    s = ipxe.local_script("node1")
+    s = ipxe.local_script("node1", "http://198.18.0.254:8067")
     assert "sanboot --no-describe --drive 0x80" in s
     assert "iseq ${platform} efi && goto efi" in s
     # BIOS: on to the next boot device; UEFI: an error, else the firmware stops at its menu
-    assert ":bios\nexit 0\n:efi\nset kadeploy-local 1\nexit 1\n" in s
+    # UEFI: the kit's GRUB that starts the disk's loader; failing that, an error to the firmware
+    assert (":bios\nexit 0\n:efi\nchain http://198.18.0.254:8067/localboot.efi ||\n"
+            "set kadeploy-local 1\nexit 1\n") in s
     assert "kernel" not in s
 
 
