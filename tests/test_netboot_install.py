@@ -10,8 +10,8 @@ node1 boots by BIOS (SeaBIOS, the iPXE ROM of its NIC), node2 by UEFI (OVMF's PX
 ipxe.efi). The manifest's loader is ``grub``: each node installs the grub of the
 firmware that started its install system, so node1 gets grub-bios on its disk and
 node2 mounts its ESP (vfat: the install system's kernel has it, this machine's does
-not) and gets grub-efi on the removable path EFI/BOOT/BOOTX64.EFI; OVMF then boots
-that from the disk. The install server's progress lines list the nodes while they
+not) and gets grub-efi on the removable path EFI/BOOT/BOOTX64.EFI; after the install,
+iPXE chains the kit's localboot.efi, which starts that loader from the disk. The install server's progress lines list the nodes while they
 boot, before they register.
 """
 from __future__ import annotations

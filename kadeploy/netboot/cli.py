@@ -32,7 +32,8 @@ def netboot_group():
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
 def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quiet):
     """Build OUTDIR/vmlinuz and OUTDIR/initrd.img: a minimal Debian with kadeploy and
-    the disk tools, whose /init runs `ka-d-client --install`. Needs root."""
+    the disk tools, whose /init runs `ka-d-client --install`; and OUTDIR/localboot.efi,
+    the local boot of installed UEFI nodes. Needs root."""
     from ..cli import setup_logging
     from .build import DEFAULT_CACHE, build
 
@@ -104,7 +105,7 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
                   dhcp_range, router, unknown, name_rule, install_server, session, disk, key_file,
                   after, on_failure, kernel_args, max_transfers, reply_delay, exit_when_done, timeout,
                   progress_interval, install_manifest, n_clients, print_config, quiet, verbose):
-    """Serve IMAGE_DIR (vmlinuz, initrd.img) to the nodes of the boot network: dnsmasq for
+    """Serve IMAGE_DIR (vmlinuz, initrd.img, localboot.efi) to the nodes of the boot network: dnsmasq for
     DHCP or proxy-DHCP and TFTP (iPXE), HTTP for the rest; logs every node's steps."""
     from ..cli import setup_logging
     from ..errors import UsageError
