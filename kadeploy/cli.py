@@ -28,6 +28,7 @@ from kadeploy.control.policy import (
 from kadeploy.data import synthetic
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
 from kadeploy.install import cli as install_cli
+from kadeploy.netboot import options as netboot_options
 from kadeploy.options import (
     CONTEXT,
     POSITIVE,
@@ -178,13 +179,14 @@ def read_hosts_file(path: str) -> List[str]:
                    "relays forward it as it is and each node decompresses for its consumer. auto "
                    "compresses only when the link is slower than compressing and decompressing.")
 @install_cli.server_options
+@netboot_options.server_boot_states_option
 @server_security_options
 @network_options
 @version_option
 def server_command(n_clients, arity, session, producer, delay, last_reports, wait_timeout,
                    hosts_file, report_file, expected_size, progress_interval, no_verify,
                    no_repair, window, spool_dir, stall_timeout, max_connections, compress,
-                   install_manifest, nodes_table, reboot, strict, insecure_no_verify, encrypt,
+                   install_manifest, nodes_table, reboot, strict, boot_states, insecure_no_verify, encrypt,
                    control_port, data_port, bind, relay_backend, buffer_size, sockbuf,
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
@@ -212,7 +214,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         live=False if quiet else None, max_connections=max_connections,
         handshake_timeout=handshake_timeout, repair=not no_repair,
         spool_dir=spool_dir, window=window, stall_timeout=stall_timeout, install=install,
-        compress=check_compress(compress),
+        compress=check_compress(compress), boot_states=boot_states,
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
     cfg.encrypt = server_encrypts(cfg.key, encrypt)

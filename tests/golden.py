@@ -17,9 +17,11 @@ import tempfile
 CACHE_DIR = "/var/cache/kadeploy-tests"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# The cloud kernel is a third of the generic one and has virtio for the qemu boot.
-PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "grub-pc", "openssh-server",
-            "initramfs-tools", "xfsprogs", "e2fsprogs")
+# The cloud kernel is a third of the generic one and has virtio for the qemu boot;
+# grub-efi-amd64-bin beside grub-pc lets one manifest (loader "grub") install BIOS and
+# UEFI machines.
+PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "grub-pc", "grub-efi-amd64-bin",
+            "openssh-server", "initramfs-tools", "xfsprogs", "e2fsprogs")
 # Trimmed after the build: the tests copy every byte of the tree, three times.
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
         "var/cache/apt/archives", "var/lib/apt/lists")

@@ -169,17 +169,20 @@ class Machine:
         _run(["truncate", "-s", disk_size, str(self.disk)])   # sparse and empty
         argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory), "-smp", "1",
                 "-display", "none", "-monitor", "none", "-serial", f"file:{self.serial}",
-                "-drive", f"file={self.disk},if=virtio,format=raw",
-                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
-                "-boot", "order=nc"]
+                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no"]
         if firmware == "uefi":
             vars_copy = workdir / f"{name}.OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
             argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+                     # OVMF follows bootindex (not -boot): the network first, then the disk,
+                     # as a cluster's machines are set up for the kit
+                     "-drive", f"file={self.disk},if=none,id=d0,format=raw",
+                     "-device", "virtio-blk-pci,drive=d0,bootindex=2",
                      # no option ROM: OVMF's own PXE asks for ipxe.efi by TFTP
-                     "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+                     "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"]
         else:
+            argv += ["-drive", f"file={self.disk},if=virtio,format=raw", "-boot", "order=nc"]
             # SeaBIOS with qemu's iPXE option ROM of the e1000; graphics=off makes SeaBIOS
             # (and so iPXE) write to the serial console too
             argv += ["-machine", "graphics=off", "-device", f"e1000,netdev=n0,mac={mac}"]

@@ -83,13 +83,22 @@ def test_a_good_manifest():
     (('size = "1GiB"', 'size = "fill"'), "m.toml:4: key 'partition': only one partition (and one logical one) may be 'fill'"),
     (('source = { tar = "/var" }', 'source = { tar = "/var", image = "/dev/sdb" }'),
      "m.toml:22: key 'partition[3].source': give exactly one of tar, image, partclone"),
-    (('loader = "grub-bios"', 'loader = "lilo"'), "m.toml:37: key 'boot.loader': 'lilo' is not one of none, grub-bios, grub-efi"),
+    (('loader = "grub-bios"', 'loader = "lilo"'), "m.toml:37: key 'boot.loader': 'lilo' is not one of none, grub-bios, grub-efi, grub"),
     (('[disk]', '[disk'), "m.toml:1: not valid TOML: Expected ']' at the end of a table declaration"),
 ])
 def test_bad_manifests_name_line_and_key(edit, message):
     old, new = edit
     assert old in GOOD
     bad(GOOD.replace(old, new, 1), message)
+
+
+def test_the_grub_loader_needs_an_esp_and_a_bios_boot_partition():
+    """grub installs the loader of the node's firmware, so the layout must hold both."""
+    both = GOOD.replace('loader = "grub-bios"', 'loader = "grub"')
+    assert parse_manifest(both, "m.toml").loader == "grub"
+    bad(both.replace('type = "esp"', 'type = "linux"'), "m.toml:37: key 'boot.loader': grub needs a partition of type esp")
+    bad(both.replace('type = "bios-boot"', 'type = "linux"'),
+        "m.toml:37: key 'boot.loader': grub on GPT needs a partition of type bios-boot")
 
 
 def test_a_manifest_without_partitions_or_root():

@@ -41,6 +41,7 @@ def kit(scratch):
     image.mkdir()
     (image / "vmlinuz").write_bytes(b"K" * 70000)
     (image / "initrd.img").write_bytes(bytes(range(256)) * 4000)
+    (image / "localboot.efi").write_bytes(b"E" * 5000)
     nodes = scratch / "nodes.csv"
     nodes.write_text(f"name,mac,address\nnode1,{NODE1_MAC},198.18.0.11\nnode2,{NODE2_MAC},198.18.0.12\n")
     return scratch, image, nodes
@@ -272,3 +273,41 @@ def test_an_install_server_that_fails_as_a_whole_stops_the_kit(net, kit):
     assert last == "kadeploy: error: the install server exited with status 64: see its messages above"
     # dnsmasq went with it: the DHCP port is free again
     assert net.run(["ss", "-H", "-lun", "sport = :67"]).stdout.strip() == ""
+
+
+def test_the_install_servers_progress_lists_a_node_from_its_first_dhcp_request_on(net, kit):
+    """The README's one command (`serve --install`): the install server started beside
+    the kit lists a node that has only asked for DHCP, with its boot step, before any
+    client registers; its step follows the node; once it registers, the server's own
+    row (registered) replaces it."""
+    scratch, image, nodes = kit
+    source = scratch / "root"
+    source.mkdir()
+    manifest = scratch / "manifest.toml"
+    manifest.write_text('[disk]\ntable = "gpt"\n\n[[partition]]\nname = "root"\nsize = "fill"\n'
+                        f'fs = "ext4"\nmount = "/"\nsource = {{ tar = "{source}" }}\n')
+    serve = Serve(net, scratch, image, nodes, "--install", str(manifest), "-n", "2",
+                  "--progress-interval", "0.5")
+    serve.wait_for(r"waiting for 2 client\(s\)", timeout=60)
+    assert f"--boot-states {scratch}/state/nodes.json --progress-interval 0.5" in serve.log()
+    progress = r"ka-d-server: progress: [^\n]*"
+    first = serve.wait_for(progress)
+    assert "booting" not in first and "registered" not in first       # nobody seen yet
+
+    node = net.add_peer(NODE1_MAC)
+    p = udhcpc(net, node)
+    assert p.returncode == 0, p.stderr
+    line = serve.wait_for(r"ka-d-server: progress: [^\n]*nodes: 1 booting; booting: node1 \(dhcp ack\)")
+    assert "registered" not in serve.log().split(line)[0] + line       # before any client registered
+    assert "node2" not in line                                         # not seen: not listed
+
+    http(net, node, "/node/52-54-00-6b-64-01/boot.ipxe")
+    http(net, node, "/vmlinuz")
+    serve.wait_for(r"ka-d-server: progress: [^\n]*booting: node1 \(kernel sent\)")
+
+    # A real client registers from the node's address: the server's row takes over.
+    client = net.popen([*KADEPLOY, "client", "-h", lab.SERVER_IP, "-e", "cat >/dev/null"], ns=node,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve.wait_for(r"ka-d-server: progress: [^\n]*nodes: 1 registered\n")
+    assert client.poll() is None                                       # waiting for the second node
+    assert "Traceback" not in serve.log()

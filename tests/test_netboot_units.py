@@ -141,6 +141,8 @@ def test_chain_script_names_the_node_by_mac():
     chain = "chain --autofree http://198.18.0.254:8067/node/${net0/mac:hexhyp}/boot.ipxe || goto failed\n"
     # a node script that returns (local boot) ends here, and does not fall into :failed
     assert chain + "exit 0\n:failed\n" in s
+    # a UEFI local boot (an error on purpose) goes on to the firmware without a message
+    assert ":failed\nisset ${kadeploy-local} && exit 1 ||\necho kadeploy: no boot script" in s
 
 
 def test_install_script_loads_kernel_and_initrd_over_http_with_the_cmdline():
@@ -160,9 +162,13 @@ def test_kernel_arguments_with_spaces_are_refused():
 
 
 def test_local_script_boots_the_disk_on_bios_and_returns_to_uefi_firmware():
-    s = ipxe.local_script("node1")
+    s = ipxe.local_script("node1", "http://198.18.0.254:8067")
     assert "sanboot --no-describe --drive 0x80" in s
-    assert "iseq ${platform} efi && goto efi" in s and s.rstrip().endswith("exit 0")
+    assert "iseq ${platform} efi && goto efi" in s
+    # BIOS: on to the next boot device; UEFI: an error, else the firmware stops at its menu
+    # UEFI: the kit's GRUB that starts the disk's loader; failing that, an error to the firmware
+    assert (":bios\nexit 0\n:efi\nchain http://198.18.0.254:8067/localboot.efi ||\n"
+            "set kadeploy-local 1\nexit 1\n") in s
     assert "kernel" not in s
 
 
@@ -275,3 +281,83 @@ def test_summary_counts_states_and_nodes_not_seen():
     tr.event(BootEvent("52:54:00:6b:64:02", "dhcp ack", "198.18.0.12"))
     assert [r.name for r in tr.rows()] == ["node1", "node2"]
     assert tr.record("52:54:00:6b:64:02").ip == "198.18.0.12"
+
+
+# ------------------------------------------------------------------ the install server's view of the kit
+
+def test_the_state_file_gives_the_server_every_booting_node_with_its_step():
+    from kadeploy.netboot.progress import BOOTING, booting_rows, parse
+    tr = Tracker(table(), clock=Clock())
+    tr.event(BootEvent("52:54:00:6b:64:01", "dhcp ack", "198.18.0.11", "from a PXE ROM (BIOS)"))
+    tr.step("52:54:00:6b:64:02", "kernel sent", "70000 bytes", ip="198.18.0.12")
+    tr.step("52:54:00:00:00:99", "dhcp discover ignored", "not in the node table")   # a stranger
+    nodes = parse(tr.to_json())
+    assert [(n.name, n.step, n.ip) for n in nodes] == [("node1", "dhcp ack", "198.18.0.11"),
+                                                      ("node2", "kernel sent", "198.18.0.12")]
+    rows = booting_rows(nodes, registered=[])
+    assert [(r.name, r.state, r.step) for r in rows] == [("node1", BOOTING, "dhcp ack"),
+                                                        ("node2", BOOTING, "kernel sent")]
+    # registered by its host name (the table's name), or by its address: the server's row takes over
+    assert [r.name for r in booting_rows(nodes, registered=[("node1", "198.18.0.50")])] == ["node2"]
+    assert [r.name for r in booting_rows(nodes, registered=[("debian", "198.18.0.12")])] == ["node1"]
+    # a failure the kit saw is the row's error
+    tr.step("52:54:00:6b:64:01", "initrd cut", "100 of 200 bytes", failed=True)
+    row = booting_rows(parse(tr.to_json()), registered=[])[0]
+    assert row.step == "initrd cut failed" and row.error == "100 of 200 bytes"
+    # the installed set is still what a restarted kit reads back
+    tr.step("52:54:00:6b:64:02", "installed")
+    again = Tracker(table())
+    again.load_json(tr.to_json())
+    assert again.boot_choice("52:54:00:6b:64:02") == "local"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "Expecting value"),
+    ('{"nodes": 3}', "not a netboot state file"),
+    ('{"nodes": [{"name": "node1"}]}', "a node entry lacks"),
+])
+def test_a_state_file_that_is_not_one_is_refused(text, message):
+    from kadeploy.netboot.progress import parse
+    with pytest.raises(ValueError, match=message):
+        parse(text)
+
+
+def test_an_unreadable_state_file_is_one_warning_and_no_rows(tmp_path, caplog):
+    from kadeploy.netboot.progress import BootStates
+    states = BootStates(str(tmp_path / "nodes.json"))
+    with caplog.at_level("WARNING", logger="kadeploy.server"):
+        assert states.rows([]) == [] and states.rows([]) == []
+        (tmp_path / "nodes.json").write_text(Tracker(table()).to_json())
+        assert states.rows([]) == []
+        (tmp_path / "nodes.json").write_text("{")
+        assert states.rows([]) == []
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == (f"boot states: cannot read {tmp_path}/nodes.json: No such file or directory; "
+                           "the progress shows only registered nodes")
+    assert warnings[1].startswith(f"boot states: {tmp_path}/nodes.json: Expecting")
+
+
+def test_progress_lines_and_table_show_the_boot_step():
+    from rich.console import Console
+
+    from kadeploy.netboot.progress import BootNode, booting_rows
+    from kadeploy.view.progress import NodeView, render_table, summary_line
+    registered = [NodeView(0, "node3 (198.18.0.13:7001)", "-", "registered", 0, 0.0)]
+    booting = booting_rows([BootNode(f"node{i}", "52:54:00:6b:64:01", None, "ipxe script", "", False)
+                            for i in range(4, 16)], [])
+    line = summary_line("hdr", registered + booting)
+    assert line == ("hdr; nodes: 12 booting, 1 registered; booting: "
+                    + ", ".join(f"node{i} (ipxe script)" for i in range(4, 14)) + ", and 2 more")
+    console = Console(record=True, width=200)
+    console.print(render_table("hdr", registered + booting[:1]))
+    assert "booting: ipxe script" in console.export_text()
+
+
+def test_the_image_must_keep_the_modules_an_install_needs():
+    from kadeploy.netboot.build import REQUIRED_MODULES, missing_modules
+    files = [f"/lib/modules/6.1/kernel/fs/{m}.ko.xz" for m in REQUIRED_MODULES if m != "vfat"]
+    assert missing_modules(files, "") == ["vfat"]
+    assert missing_modules(files + ["/lib/modules/6.1/kernel/fs/fat/vfat.ko"], "") == []
+    assert missing_modules(files, "kernel/fs/fat/vfat.ko\n") == []          # built in
+    assert missing_modules(["/x/nls-cp437.ko"], "", wanted=["nls_cp437"]) == []

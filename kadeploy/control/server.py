@@ -52,6 +52,7 @@ from kadeploy.defaults import (
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.install.serve import install_gap, reported_steps
+from kadeploy.netboot.progress import BootStates
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
     NodeView,
@@ -96,6 +97,7 @@ class ServerConfig:
     install: Optional[object] = None   # a kadeploy.install.serve.ServerInstall
     compress: str = "none"             # --compress: none, zstd[:LEVEL] or auto (kadeploy.data.codec)
     encrypt: bool = False              # --encrypt: AES-256-GCM of the stream (kadeploy.core.encryption)
+    boot_states: Optional[str] = None  # --boot-states: the netboot kit's nodes, shown while they boot
 
 
 class Server:
@@ -118,6 +120,7 @@ class Server:
         self.healer = Healer(config, self.nodes)
         self.phase: Optional[ServerDataPhase] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
+        self.boot_states = BootStates(config.boot_states, log) if config.boot_states else None
 
     # ------------------------------------------------------------------- run
 
@@ -128,6 +131,10 @@ class Server:
         srv = await asyncio.start_server(self.registry.handle_control, sock=ctrl_sock)
         responder = None
         watchdog = asyncio.ensure_future(self.healer.watch())
+        # From the start: the nodes registering (and, with --boot-states, booting) show too.
+        progress = ServerProgress(self._snapshot, interval=cfg.progress_interval,
+                                  live=cfg.live, total=cfg.expected_size, log=log)
+        progress.start()
         try:
             if cfg.session:
                 responder = await _start_discovery(cfg)
@@ -150,9 +157,6 @@ class Server:
             if cfg.encrypt:   # one key per deployment, from the key and this token
                 self.phase.stream_key = encryption.stream_key(cfg.key, self.token)
             await self._place(ordered)
-            progress = ServerProgress(self._snapshot, interval=cfg.progress_interval,
-                                      live=cfg.live, total=cfg.expected_size, log=log)
-            progress.start()
             try:
                 await self._accept_children()
                 await self._stream()
@@ -163,6 +167,7 @@ class Server:
             await self._finish()
             return self._report(time.monotonic() - self.started)
         finally:
+            await progress.stop()
             watchdog.cancel()
             if responder is not None:
                 responder.close()
@@ -316,6 +321,8 @@ class Server:
                 parent="-" if parent is None else "server" if parent == 0 else str(parent),
                 state=node.state, bytes=node.bytes, rate=node.meter.rate,
                 error=node.error or (node.done.error if node.done and not node.done.ok else "") or ""))
+        if self.boot_states is not None:
+            rows += self.boot_states.rows((n.info.hostname, n.info.address) for n in self.nodes.values())
         return header, rows
 
     def _report(self, seconds: float) -> Report:

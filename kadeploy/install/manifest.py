@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 FILESYSTEMS = ("ext4", "xfs", "vfat", "swap", "btrfs")
 TABLES = ("gpt", "mbr")
-LOADERS = ("none", "grub-bios", "grub-efi")
+LOADERS = ("none", "grub-bios", "grub-efi", "grub")   # grub: the one the node's firmware boots
 SOURCE_KINDS = ("tar", "image", "partclone")
 # Partition types by name; anything else must be a GPT type GUID or an MBR hex byte.
 TYPE_NAMES = ("linux", "swap", "esp", "bios-boot", "extended")
@@ -404,10 +404,10 @@ def _check_whole(top: _Reader, m: Manifest) -> None:
             raise top.error("partition", "logical partitions need an extended partition")
     if mounts and "/" not in mounts:
         raise top.error("partition", "no partition is mounted on /")
-    if m.loader == "grub-efi" and not any(p.type == "esp" for p in m.partitions):
-        raise top.sub("boot", {}).error("loader", "grub-efi needs a partition of type esp")
-    if m.loader == "grub-bios" and table == "gpt" and not any(p.type == "bios-boot" for p in m.partitions):
-        raise top.sub("boot", {}).error("loader", "grub-bios on GPT needs a partition of type bios-boot")
+    if m.loader in ("grub-efi", "grub") and not any(p.type == "esp" for p in m.partitions):
+        raise top.sub("boot", {}).error("loader", f"{m.loader} needs a partition of type esp")
+    if m.loader in ("grub-bios", "grub") and table == "gpt" and not any(p.type == "bios-boot" for p in m.partitions):
+        raise top.sub("boot", {}).error("loader", f"{m.loader} on GPT needs a partition of type bios-boot")
 
 
 def load_manifest(path: str) -> Manifest:

@@ -133,7 +133,11 @@ class NewRoot:
         if self.m.loader_hook:
             self.in_root(self.m.loader_hook, "boot hook")
             return {"detail": "boot hook"}
-        if self.m.loader == "grub-bios":
+        loader, why = self.m.loader, ""
+        if loader == "grub":
+            loader = "grub-efi" if booted_by_uefi() else "grub-bios"
+            why = f" (the node booted by {'UEFI' if loader == 'grub-efi' else 'BIOS'})"
+        if loader == "grub-bios":
             self.in_root(f"grub-install --target=i386-pc {disk}", "grub-install")
         else:
             esp = next(p for p in self.m.partitions if p.type == "esp")
@@ -141,7 +145,12 @@ class NewRoot:
                          "--removable --no-nvram", "grub-install")
         self.in_root("if command -v update-grub >/dev/null; then update-grub; "
                      "else grub-mkconfig -o /boot/grub/grub.cfg; fi", "grub-mkconfig")
-        return {"detail": f"{self.m.loader} on {disk}"}
+        return {"detail": f"{loader} on {disk}{why}"}
+
+
+def booted_by_uefi() -> bool:
+    """Whether this system was started by UEFI firmware (the kernel then shows it)."""
+    return os.path.isdir("/sys/firmware/efi")
 
 
 def _read(path: str) -> str:

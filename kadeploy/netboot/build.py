@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import KadeployError, UsageError
+from .ipxe import LOCAL_BOOT_EFI
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -62,6 +63,24 @@ PRUNE_MODULES = (
     "drivers/comedi", "drivers/input/misc", "drivers/input/tablet", "net/netfilter",
     "net/ipv4/netfilter", "net/ipv6/netfilter", "net/bridge/netfilter", "net/sched",
 )
+
+# Kernel modules an install needs, checked in the image: vfat and its code pages to
+# mount the ESP (grub-install for UEFI refuses an unmounted one), and the other file
+# systems a manifest may make.
+REQUIRED_MODULES = ("vfat", "nls_cp437", "nls_ascii", "nls_utf8", "ext4", "xfs", "btrfs", "efivarfs")
+
+# localboot.efi: the UEFI local boot of an installed node (kadeploy.netboot.ipxe). A
+# GRUB image with this configuration built in: it finds the disk whose ESP holds the
+# removable-path loader and starts that.
+LOCAL_BOOT_CONFIG = """\
+search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI
+chainloader ($root)/EFI/BOOT/BOOTX64.EFI
+boot
+echo "kadeploy: no disk with EFI/BOOT/BOOTX64.EFI; back to the firmware"
+exit
+"""
+LOCAL_BOOT_MODULES = ("part_gpt", "part_msdos", "fat", "search", "search_fs_file", "chain",
+                      "normal", "echo", "configfile")
 
 ZSTD_LEVEL = 9  # level 19 halves nothing more worth the minutes it costs on 2 cores
 INIT_FILES = {"init.sh": "init", "udhcpc.script": "usr/share/kadeploy/udhcpc.script"}
@@ -260,6 +279,35 @@ def copy_dependencies(site: Path) -> List[str]:
     return names
 
 
+def missing_modules(module_files: Sequence[str], builtin: str, wanted: Sequence[str] = REQUIRED_MODULES) -> List[str]:
+    """The wanted modules that are neither among the image's module files nor built
+    into its kernel (modules.builtin); a module's name uses - and _ alike."""
+    def name(path: str) -> str:
+        return path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+    have = {name(f) for f in module_files} | {name(line.strip()) for line in builtin.splitlines() if line.strip()}
+    return [m for m in wanted if m.replace("-", "_") not in have]
+
+
+def check_modules(root: Path, kernel: str) -> None:
+    """After the pruning: every module an install needs is still in the image."""
+    moddir = root / "lib/modules" / kernel
+    files = [str(p) for p in (moddir / "kernel").rglob("*.ko*")]
+    builtin = moddir / "modules.builtin"
+    missing = missing_modules(files, builtin.read_text() if builtin.exists() else "")
+    if missing:
+        raise KadeployError(f"the image's kernel {kernel} lacks the module(s) {', '.join(missing)} "
+                            "that an install needs")
+
+
+def _make_local_boot_efi(root: Path, dest: Path) -> None:
+    """grub-mkimage of the image's grub-efi-amd64-bin, run in its chroot."""
+    (root / "tmp/localboot.cfg").write_text(LOCAL_BOOT_CONFIG)
+    _run(["chroot", str(root), "grub-mkimage", "-O", "x86_64-efi", "-o", "/tmp/localboot.efi",
+          "-p", "/EFI/BOOT", "-c", "/tmp/localboot.cfg", *LOCAL_BOOT_MODULES], "grub-mkimage of localboot.efi")
+    shutil.move(str(root / "tmp/localboot.efi"), dest)
+    (root / "tmp/localboot.cfg").unlink()
+
+
 def _add_init(root: Path) -> None:
     from importlib import resources
     for name, rel in INIT_FILES.items():
@@ -307,12 +355,14 @@ def build(outdir: Path, *, cache_dir: Path = Path(DEFAULT_CACHE), mirror: Option
         log("installing kadeploy into the image")
         report.kadeploy = _install_kadeploy(root, work, source or default_source(), wheel)
         _add_init(root)
+        _make_local_boot_efi(root, outdir / (LOCAL_BOOT_EFI + ".partial"))
         report.seconds["kadeploy and init"] = time.monotonic() - t
 
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if not kernels:
             raise KadeployError("the image has no kernel in /boot (linux-image-amd64 missing?)")
         report.kernel = kernels[-1].name[len("vmlinuz-"):]
+        check_modules(root, report.kernel)
         report.python = _run(["chroot", str(root), "python3", "--version"], "python3").stdout.strip()
         shutil.copyfile(kernels[-1], outdir / "vmlinuz.partial")
         kernels[-1].unlink()    # the kernel is served beside the initrd, not inside it
@@ -322,6 +372,7 @@ def build(outdir: Path, *, cache_dir: Path = Path(DEFAULT_CACHE), mirror: Option
         log("packing the initrd")
         _pack(root, outdir / "initrd.img.partial")
         report.seconds["pack"] = time.monotonic() - t
+        os.replace(outdir / (LOCAL_BOOT_EFI + ".partial"), outdir / LOCAL_BOOT_EFI)
         os.replace(outdir / "vmlinuz.partial", outdir / "vmlinuz")
         os.replace(outdir / "initrd.img.partial", outdir / "initrd.img")
         report.vmlinuz_bytes = (outdir / "vmlinuz").stat().st_size

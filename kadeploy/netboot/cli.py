@@ -32,7 +32,8 @@ def netboot_group():
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
 def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quiet):
     """Build OUTDIR/vmlinuz and OUTDIR/initrd.img: a minimal Debian with kadeploy and
-    the disk tools, whose /init runs `ka-d-client --install`. Needs root."""
+    the disk tools, whose /init runs `ka-d-client --install`; and OUTDIR/localboot.efi,
+    the local boot of installed UEFI nodes. Needs root."""
     from ..cli import setup_logging
     from .build import DEFAULT_CACHE, build
 
@@ -90,7 +91,8 @@ def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quie
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --exit-when-done: give up after this many seconds (exit 1).")
 @click.option("--progress-interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds between the lines that count the nodes in each state.")
+              help="Seconds between the lines that count the nodes in each state (the install "
+                   "server's progress lines too, with --install).")
 @click.option("--install", "install_manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also run the install server, ka-d-server --install MANIFEST, with the node table "
                    "(--nodes-table); implies --exit-when-done.")
@@ -103,7 +105,7 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
                   dhcp_range, router, unknown, name_rule, install_server, session, disk, key_file,
                   after, on_failure, kernel_args, max_transfers, reply_delay, exit_when_done, timeout,
                   progress_interval, install_manifest, n_clients, print_config, quiet, verbose):
-    """Serve IMAGE_DIR (vmlinuz, initrd.img) to the nodes of the boot network: dnsmasq for
+    """Serve IMAGE_DIR (vmlinuz, initrd.img, localboot.efi) to the nodes of the boot network: dnsmasq for
     DHCP or proxy-DHCP and TFTP (iPXE), HTTP for the rest; logs every node's steps."""
     from ..cli import setup_logging
     from ..errors import UsageError
@@ -129,8 +131,11 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
             raise UsageError("--install needs the node table (--nodes): it names the nodes to install")
         if install_server:
             raise UsageError("--install runs the install server here: not with --server")
+        from .serve import STATE_FILE
         install_command = [sys.executable, "-m", "kadeploy", "server", "--install", install_manifest,
-                           "-n", str(n_clients or len(table)), "--nodes-table", nodes_file]
+                           "-n", str(n_clients or len(table)), "--nodes-table", nodes_file,
+                           "--boot-states", str(Path(state_dir) / STATE_FILE),
+                           "--progress-interval", f"{progress_interval:g}"]
         install_command += ["-s", session] if session else []
         install_command += ["--key-file", key_file] if key_file else []
         exit_when_done = True

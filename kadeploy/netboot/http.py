@@ -27,7 +27,9 @@ from .nodetable import normalize_mac
 from .tracker import REPORTED_STATES, Tracker
 
 log = logging.getLogger("kadeploy.netboot.http")
-IMAGE_FILES = ("vmlinuz", "initrd.img")
+IMAGE_FILES = ("vmlinuz", "initrd.img", ipxe.LOCAL_BOOT_EFI)
+# The step each file's transfer is logged as.
+IMAGE_STEPS = {"vmlinuz": "kernel", "initrd.img": "initrd", ipxe.LOCAL_BOOT_EFI: "local loader"}
 _NODE_PATH = re.compile(r"^/node/(?P<mac>[0-9a-fA-F:-]{17})/(?P<what>boot\.ipxe|report)$")
 
 
@@ -65,7 +67,7 @@ class BootHTTPServer(http.server.ThreadingHTTPServer):
             rec = self.tracker.record(mac)
             self.tracker.step(mac, "ipxe script", choice, ip=ip)
         if choice == "local":
-            return ipxe.local_script(rec.name)
+            return ipxe.local_script(rec.name, self.base_url)
         if choice == "ignore":
             return ipxe.ignore_script(mac)
         params = dict(self.install_params)
@@ -140,7 +142,7 @@ class BootRequestHandler(http.server.BaseHTTPRequestHandler):
     def _send_image(self, name: str) -> None:
         path = self.server.image_dir / name
         mac = self.server.mac_of_ip(self.client_address[0])
-        step = "kernel" if name == "vmlinuz" else "initrd"
+        step = IMAGE_STEPS[name]
         sem = self.server.transfers
         if sem is not None and not sem.acquire(blocking=False):
             self._step(mac, f"{step} queued", "waiting for a free transfer slot")

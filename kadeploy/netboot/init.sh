@@ -52,7 +52,10 @@ PY
 
 # Coldplug: no udev here, so load the driver of every device the kernel found.
 cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u | xargs -r modprobe -qab 2>/dev/null
-for m in virtio_net virtio_blk virtio_scsi sd_mod nvme ahci; do modprobe -q $m 2>/dev/null; done
+# and the file systems an install mounts (the kernel would ask for them too; this is sooner)
+for m in virtio_net virtio_blk virtio_scsi sd_mod nvme ahci vfat nls_cp437 nls_ascii nls_utf8 efivarfs; do
+  modprobe -q $m 2>/dev/null
+done
 ip link set lo up
 
 # DHCP on the interface given (kadeploy.if=, or BOOTIF=01-mac from iPXE), else on each

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 HEADER = "#!ipxe\n"
+LOCAL_BOOT_EFI = "localboot.efi"   # made by kadeploy netboot build (build.py)
 
 
 def chain_script(base_url: str) -> str:
@@ -22,6 +23,7 @@ def chain_script(base_url: str) -> str:
             f"chain --autofree {base_url}/node/${{net0/mac:hexhyp}}/boot.ipxe || goto failed\n"
             "exit 0\n"   # the node's script ended well (e.g. it chose the local disk)
             ":failed\n"
+            "isset ${kadeploy-local} && exit 1 ||\n"   # UEFI local boot (local_script): no message
             "echo kadeploy: no boot script from the server; booting from the next device\n"
             "sleep 5\n"
             "exit 1\n")
@@ -60,15 +62,22 @@ def install_script(name: str, mac: str, boot: InstallBoot) -> str:
             "reboot\n")
 
 
-def local_script(name: str) -> str:
-    """Boot the local disk: BIOS by SAN-booting drive 0x80, UEFI by returning to the
-    firmware, which tries the next boot entry (the disk)."""
+def local_script(name: str, base_url: str) -> str:
+    """Boot the local disk. BIOS: SAN-boot drive 0x80. UEFI: iPXE cannot boot a local
+    disk, and returning to the firmware is unreliable (Debian's iPXE hangs in OVMF on
+    exit; a success would stop the firmware at its boot menu), so it chains the kit's
+    localboot.efi, a GRUB that finds the disk's EFI/BOOT/BOOTX64.EFI and starts it; if
+    that fails, it returns an error to the firmware, which tries its next boot entry."""
     return (HEADER +
             f"echo kadeploy: {name} is installed; booting from its disk\n"
             "iseq ${platform} efi && goto efi ||\n"
-            "sanboot --no-describe --drive 0x80 || goto efi\n"
+            "sanboot --no-describe --drive 0x80 || goto bios\n"
+            ":bios\n"
+            "exit 0\n"      # the BIOS tries its next boot device
             ":efi\n"
-            "exit 0\n")
+            f"chain {base_url}/{LOCAL_BOOT_EFI} ||\n"
+            "set kadeploy-local 1\n"
+            "exit 1\n")
 
 
 def ignore_script(mac: str) -> str:

@@ -199,6 +199,7 @@ class NetbootService:
     def start(self) -> None:
         self.prepare()
         self._check_ports()
+        self._save_state()      # no node seen yet: the last run's steps are not this run's
         cfg = self.cfg
         try:
             self.http = BootHTTPServer(

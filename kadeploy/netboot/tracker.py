@@ -4,8 +4,10 @@ Fed by the dnsmasq log (DHCP, TFTP) and the HTTP server (iPXE script, kernel,
 initramfs, and the reports /init sends: network, installing, installed, failed). A
 node's state decides its iPXE script: ``installed`` nodes boot their disk, every other
 known node installs, and a node outside the table is ignored or, with the ``install``
-policy, named by a rule and installed. The installed set is saved (``to_json``) so a
-restarted kit does not install a node again.
+policy, named by a rule and installed. ``to_json`` is the kit's state file: the
+installed set, read back so a restarted kit does not install a node again, and every
+node's current boot step, which the install server shows in its progress
+(kadeploy.netboot.progress reads it).
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class NodeRecord:
     first_seen: float = 0.0
     steps: List[Tuple[float, str, str]] = field(default_factory=list)  # (time, step, detail)
     boots: int = 0            # install-system boots (kernel fetched)
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed" or self.state.endswith(" failed")
 
     def step_times(self) -> Dict[str, float]:
         """Seconds from the first DHCP request to the first time of each step."""
@@ -118,7 +124,11 @@ class Tracker:
     # -- persistence and views
 
     def to_json(self) -> str:
-        return json.dumps({"installed": self.installed}, indent=1, sort_keys=True) + "\n"
+        nodes = [{"name": r.name, "mac": r.mac, "ip": r.ip, "known": r.known, "boot": self.boot_choice(r.mac),
+                  "step": r.state, "detail": r.steps[-1][2] if r.steps else "", "failed": r.failed,
+                  "first_seen": r.first_seen, "updated": r.steps[-1][0] if r.steps else r.first_seen}
+                 for r in self.rows()]
+        return json.dumps({"installed": self.installed, "nodes": nodes}, indent=1, sort_keys=True) + "\n"
 
     def load_json(self, text: str) -> None:
         data = json.loads(text)

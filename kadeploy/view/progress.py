@@ -68,6 +68,7 @@ class NodeView:
     bytes: int
     rate: float
     error: str = ""
+    step: str = ""     # a node still booting (kadeploy.netboot.progress): its boot step
 
 
 class StderrHandler(logging.StreamHandler):
@@ -109,11 +110,15 @@ class ServerProgress:
             self.log.warning("progress display stopped: %r", task.exception())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Idempotent; a display that crashed was reported already."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
+                pass
+            except Exception:
                 pass
 
     async def _run(self) -> None:
@@ -154,7 +159,13 @@ def summary_line(header: str, rows: List[NodeView]) -> str:
         slowest = f"; slowest {s.name} at {human_bytes(s.bytes)} ({human_rate(s.rate)})"
     failed = [r for r in rows if r.state == NodeState.FAILED]
     bad = f"; failed: {', '.join(r.name for r in failed)}" if failed else ""
-    return f"{header}; nodes: {states}{slowest}{bad}"
+    return f"{header}; nodes: {states}{slowest}{bad}{_booting(rows)}"
+
+
+def _booting(rows: List[NodeView], most: int = 10) -> str:
+    booting = [f"{r.name} ({r.step})" for r in rows if r.step]
+    more = f", and {len(booting) - most} more" if len(booting) > most else ""
+    return f"; booting: {', '.join(booting[:most])}{more}" if booting else ""
 
 
 def render_table(header: str, rows: List[NodeView], total: Optional[int] = None):
@@ -165,7 +176,8 @@ def render_table(header: str, rows: List[NodeView], total: Optional[int] = None)
         table.add_column(col, no_wrap=col != "LAST ERROR")
     style = {NodeState.FAILED: "red", NodeState.DONE: "green", NodeState.STREAMING: "cyan"}
     for r in rows:
-        table.add_row(str(r.position or "-"), r.name, r.parent, f"[{style.get(r.state, '')}]{r.state}",
+        state = f"{r.state}: {r.step}" if r.step else f"{r.state}"
+        table.add_row(str(r.position or "-"), r.name, r.parent, f"[{style.get(r.state, '')}]{state}",
                       human_bytes(r.bytes), human_rate(r.rate), eta(r.bytes, total, r.rate),
                       r.error or "")
     return table
