@@ -377,3 +377,49 @@ def test_what_is_mounted_before_each_tar():
     # / first, with /srv (made here, nothing sent into it: the root's /srv lands in it);
     # /var with /var/cache; the ESP, an image, is mounted after it is written.
     assert before == {"root": ["root", "srv"], "var": ["root", "var", "cache"]}
+
+
+# Found by fuzzing (tests/test_fuzz_inputs.py): each raised another exception, or a
+# message of two lines, before its fix.
+M1 = '[disk]\n[[partition]]\nname = "a"\nsize = "fill"\n'
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[disk]\nmin_size = true\n' + M1[6:], "m.toml:2: key 'disk.min_size': must be a string or a whole number"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = 1.5\n', "m.toml:4: key 'partition[1].size': must be a string or a whole number"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "fill"\ntype = 3\n', "m.toml:5: key 'partition[1].type': must be a string"),
+    (M1 + '[identity]\nhostname = "{index[0]}"\n', "m.toml:6: key 'identity.hostname': '{index[0]}' is not a name rule "
+     "({index[0]} is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+    (M1 + '[identity]\nhostname = "{name}"\n', "m.toml:6: key 'identity.hostname': '{name}' is not a name rule "
+     "({name} is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+    (M1 + '[identity]\nhostname = "n{index:>999999999}"\n', "m.toml:6: key 'identity.hostname': 'n{index:>999999999}' "
+     "is not a name rule (the format '>999999999' is wider than a host name); use e.g. 'node{index:02}'"),
+    ('a = ' + '[' * 2000, "m.toml:1: not valid TOML here: nested too deeply"),
+    ('a = ' + '{b = ' * 2000, "m.toml:1: not valid TOML here: nested too deeply"),
+    ('a = ' + '1' * 5000, "m.toml:1: not valid TOML here: Exceeds the limit (4300 digits) for integer string conversion"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = 0x' + 'f' * 4000 + '\n', "m.toml:4: an integer beyond the 64 bits TOML allows"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "' + '9' * 40 + 'MiB"\n',
+     f"m.toml:4: key 'partition[1].size': '{'9' * 40}'...: larger than any disk (16 EiB)"),
+    (M1 + '"two\\nlines" = 1\n', "m.toml:2: key 'partition[1].\"two\\nlines\"': unknown key"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "fill"\nfs = "ext4"\nmount = "/\\nx"\n'
+     '[[partition]]\nname = "b"\nsize = "1MiB"\nfs = "ext4"\nmount = "/\\nx"\n',
+     "m.toml:11: key 'partition[2].mount': '/\\nx' is the mount point of two partitions"),
+])
+def test_odd_manifests_fail_in_one_line(text, message):
+    bad(text, message)
+
+
+def test_a_percentage_is_shown_as_it_reads_back():
+    from kadeploy.install.manifest import parse_size
+    for text in ("12.3456789%", "0.00001%", "33.333333333333336%", "50%"):
+        assert parse_size(text).text() == text
+
+
+def test_a_manifest_or_description_that_is_not_utf8(tmp_path):
+    from kadeploy.install.cli import _load
+    from kadeploy.install.manifest import load_manifest
+    path = tmp_path / "bad"
+    path.write_bytes(b"linux 100\n\xff\n")
+    for load in (load_manifest, lambda p: _load(p, "original"), lambda p: _load(p, "sfdisk")):
+        with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
+            load(str(path))
