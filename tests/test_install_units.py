@@ -423,3 +423,25 @@ def test_a_manifest_or_description_that_is_not_utf8(tmp_path):
     for load in (load_manifest, lambda p: _load(p, "original"), lambda p: _load(p, "sfdisk")):
         with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
             load(str(path))
+
+
+@pytest.mark.parametrize("parse,text,message", [
+    (parse_original, "linux \u00b2\n", "partitions:1: size '\u00b2' is not a number of MB or 'fill'"),
+    (parse_original, "linux " + "1" * 5000 + "\n", f"partitions:1: size '{'1' * 40}'...: larger than any disk (16 EiB)"),
+    (parse_original, "linux 17592186044416\n", "partitions:1: size '17592186044416MiB': larger than any disk (16 EiB)"),
+    (parse_sfdisk_dump, "label: gpt\n/dev/sda1 : start=1, size=10, type=zz\n",
+     "sfdisk-dump:2: type='zz' is neither a GUID nor an MBR hex byte"),
+    (parse_sfdisk_dump, "label: gpt\nsector-size: x\n", "sfdisk-dump:2: sector-size 'x' is not a power of two from 512 to 65536"),
+    (parse_sfdisk_dump, "label: gpt\n/dev/sda1 : start=1, size=\u00b2\n",
+     "sfdisk-dump:2: partition line without a size in sectors: '/dev/sda1 : start=1, size=\u00b2'"),
+])
+def test_odd_partition_descriptions_fail_in_one_line(parse, text, message):
+    with pytest.raises(ManifestError) as e:
+        parse(text)
+    assert str(e.value) == message
+
+
+def test_an_sfdisk_label_with_control_characters_reads_as_it_is():
+    """partitions_to_toml wrote control characters raw, which TOML refuses."""
+    m = parse_sfdisk_dump('label: gpt\n/dev/sda1 : start=1, size=2048, name="a\x01b\x7f\\\\"\n')
+    assert m.partitions[0].label == "a\x01b\x7f\\\\"
