@@ -445,3 +445,25 @@ def test_an_sfdisk_label_with_control_characters_reads_as_it_is():
     """partitions_to_toml wrote control characters raw, which TOML refuses."""
     m = parse_sfdisk_dump('label: gpt\n/dev/sda1 : start=1, size=2048, name="a\x01b\x7f\\\\"\n')
     assert m.partitions[0].label == "a\x01b\x7f\\\\"
+
+
+@pytest.mark.parametrize("text,source,message", [
+    ('name\n"' + "a" * 200_000 + '"\n', "n.csv", "n.csv:2: not CSV: field larger than field limit (131072)"),
+    ('[[node]]\nname = "a"\nb = 0x' + "f" * 4000 + "\n", "n.toml", "n.toml:1: an integer beyond the 64 bits TOML allows"),
+    ('node = ' + "[" * 2000, "n.toml", "n.toml:1: not valid TOML here: nested too deeply"),
+    ("# the lab\n\nname,address\n# rack a\nn1,10.0.0.1\n\nn1,10.0.0.2\n", "n.csv", "n.csv:7: node 'n1' is listed twice"),
+    ("name,address\nn1,10.0.0.1,x\n", "n.csv", "n.csv:2: 3 columns, the header has 2"),
+    ("name,name\nn1,n2\n", "n.csv", "n.csv:1: column 'name' is named twice"),
+    ('[[node]]\nname = "a"\n\n[[node]]\nname = "b"\nx = [1]\n', "n.toml", "n.toml:4: a [[node]] holds only strings and numbers"),
+])
+def test_odd_node_tables_fail_in_one_line_at_their_line(text, source, message):
+    with pytest.raises(ManifestError) as e:
+        nodes.parse_table(text, source)
+    assert str(e.value) == message
+
+
+def test_a_node_table_that_is_not_utf8(tmp_path):
+    path = tmp_path / "nodes.csv"
+    path.write_bytes(b"name\n\xff\n")
+    with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
+        nodes.load_table(str(path))
