@@ -28,9 +28,13 @@ class TextError(ValueError):
         self.line, self.message, self.path = line, message, path
 
 
+# What str.splitlines() (and many a terminal) takes for the end of a line.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def one_line(text: str) -> str:
-    """A message that stays on one line whatever the input held."""
-    return " ".join(text.split("\n")).replace("\r", " ")
+    """A message that stays on one line whatever the input held: breaks are escaped."""
+    return "".join(repr(c)[1:-1] if c in LINE_BREAKS else c for c in text)
 
 
 def loads_toml(text: str) -> dict:

@@ -389,9 +389,9 @@ M1 = '[disk]\n[[partition]]\nname = "a"\nsize = "fill"\n'
     ('[disk]\n[[partition]]\nname = "a"\nsize = 1.5\n', "m.toml:4: key 'partition[1].size': must be a string or a whole number"),
     ('[disk]\n[[partition]]\nname = "a"\nsize = "fill"\ntype = 3\n', "m.toml:5: key 'partition[1].type': must be a string"),
     (M1 + '[identity]\nhostname = "{index[0]}"\n', "m.toml:6: key 'identity.hostname': '{index[0]}' is not a name rule "
-     "({index[0]} is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+     "('index[0]' is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
     (M1 + '[identity]\nhostname = "{name}"\n', "m.toml:6: key 'identity.hostname': '{name}' is not a name rule "
-     "({name} is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+     "('name' is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
     (M1 + '[identity]\nhostname = "n{index:>999999999}"\n', "m.toml:6: key 'identity.hostname': 'n{index:>999999999}' "
      "is not a name rule (the format '>999999999' is wider than a host name); use e.g. 'node{index:02}'"),
     ('a = ' + '[' * 2000, "m.toml:1: not valid TOML here: nested too deeply"),
@@ -467,3 +467,13 @@ def test_a_node_table_that_is_not_utf8(tmp_path):
     path.write_bytes(b"name\n\xff\n")
     with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
         nodes.load_table(str(path))
+
+
+def test_a_line_break_of_any_kind_in_a_name_rule_stays_escaped():
+    """Found by atheris (fuzz/fuzz_inputs.py): a form feed in a rule's field name broke
+    the message in two lines (str.splitlines, and terminals, break at \\x0c)."""
+    bad(M1 + '[identity]\nhostname = "node{in\\fdex:02}"\n',
+        "m.toml:6: key 'identity.hostname': 'node{in\\x0cdex:02}' is not a name rule "
+        "('in\\x0cdex' is not one of index, position, address, hostname); use e.g. 'node{index:02}'")
+    from kadeploy.textfiles import one_line
+    assert one_line("a\nb\x0bc\x1dd\x85e\u2028f\u2029g\rh") == "a\\nb\\x0bc\\x1dd\\x85e\\u2028f\\u2029g\\rh"

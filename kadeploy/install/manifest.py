@@ -310,7 +310,7 @@ def _rule_problem(rule: str) -> Optional[str]:
             if name is None:
                 continue
             if name not in RULE_FIELDS:
-                return f"{{{name}}} is not one of {', '.join(RULE_FIELDS)}"
+                return f"{name!r} is not one of {', '.join(RULE_FIELDS)}"
             if "{" in (spec or "") or any(int(w) > MAX_RULE_WIDTH for w in re.findall(r"\d+", spec or "")):
                 return f"the format {spec!r} is wider than a host name"
         render_rule(rule, 1, "198.18.0.2", "h")
