@@ -12,7 +12,9 @@ fuzzing reaches the checks behind the TOML and CSV layers. See docs/fuzzing.md.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from hypothesis import assume, given
@@ -335,6 +337,7 @@ LOADERS_BY_KIND = {
     "netboot-toml": (nodetable.load, ".toml", UsageError),
 }
 SCRATCH = tempfile.mkdtemp(prefix="kdf-inputs-")
+atexit.register(shutil.rmtree, SCRATCH, True)   # (a property cannot take tmp_path)
 
 
 @given(st.sampled_from(sorted(LOADERS_BY_KIND)),
