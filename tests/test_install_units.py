@@ -386,3 +386,103 @@ def test_what_is_mounted_before_each_tar():
     # / first, with /srv (made here, nothing sent into it: the root's /srv lands in it);
     # /var with /var/cache; the ESP, an image, is mounted after it is written.
     assert before == {"root": ["root", "srv"], "var": ["root", "var", "cache"]}
+
+
+# Found by fuzzing (tests/test_fuzz_inputs.py): each raised another exception, or a
+# message of two lines, before its fix.
+M1 = '[disk]\n[[partition]]\nname = "a"\nsize = "fill"\n'
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[disk]\nmin_size = true\n' + M1[6:], "m.toml:2: key 'disk.min_size': must be a string or a whole number"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = 1.5\n', "m.toml:4: key 'partition[1].size': must be a string or a whole number"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "fill"\ntype = 3\n', "m.toml:5: key 'partition[1].type': must be a string"),
+    (M1 + '[identity]\nhostname = "{index[0]}"\n', "m.toml:6: key 'identity.hostname': '{index[0]}' is not a name rule "
+     "('index[0]' is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+    (M1 + '[identity]\nhostname = "{name}"\n', "m.toml:6: key 'identity.hostname': '{name}' is not a name rule "
+     "('name' is not one of index, position, address, hostname); use e.g. 'node{index:02}'"),
+    (M1 + '[identity]\nhostname = "n{index:>999999999}"\n', "m.toml:6: key 'identity.hostname': 'n{index:>999999999}' "
+     "is not a name rule (the format '>999999999' is wider than a host name); use e.g. 'node{index:02}'"),
+    ('a = ' + '[' * 2000, "m.toml:1: not valid TOML here: nested too deeply"),
+    ('a = ' + '{b = ' * 2000, "m.toml:1: not valid TOML here: nested too deeply"),
+    ('a = ' + '1' * 5000, "m.toml:1: not valid TOML here: Exceeds the limit (4300 digits) for integer string conversion"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = 0x' + 'f' * 4000 + '\n', "m.toml:4: an integer beyond the 64 bits TOML allows"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "' + '9' * 40 + 'MiB"\n',
+     f"m.toml:4: key 'partition[1].size': '{'9' * 40}'...: larger than any disk (16 EiB)"),
+    (M1 + '"two\\nlines" = 1\n', "m.toml:2: key 'partition[1].\"two\\nlines\"': unknown key"),
+    ('[disk]\n[[partition]]\nname = "a"\nsize = "fill"\nfs = "ext4"\nmount = "/\\nx"\n'
+     '[[partition]]\nname = "b"\nsize = "1MiB"\nfs = "ext4"\nmount = "/\\nx"\n',
+     "m.toml:11: key 'partition[2].mount': '/\\nx' is the mount point of two partitions"),
+])
+def test_odd_manifests_fail_in_one_line(text, message):
+    bad(text, message)
+
+
+def test_a_percentage_is_shown_as_it_reads_back():
+    from kadeploy.install.manifest import parse_size
+    for text in ("12.3456789%", "0.00001%", "33.333333333333336%", "50%"):
+        assert parse_size(text).text() == text
+
+
+def test_a_manifest_or_description_that_is_not_utf8(tmp_path):
+    from kadeploy.install.cli import _load
+    from kadeploy.install.manifest import load_manifest
+    path = tmp_path / "bad"
+    path.write_bytes(b"linux 100\n\xff\n")
+    for load in (load_manifest, lambda p: _load(p, "original"), lambda p: _load(p, "sfdisk")):
+        with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
+            load(str(path))
+
+
+@pytest.mark.parametrize("parse,text,message", [
+    (parse_original, "linux \u00b2\n", "partitions:1: size '\u00b2' is not a number of MB or 'fill'"),
+    (parse_original, "linux " + "1" * 5000 + "\n", f"partitions:1: size '{'1' * 40}'...: larger than any disk (16 EiB)"),
+    (parse_original, "linux 17592186044416\n", "partitions:1: size '17592186044416MiB': larger than any disk (16 EiB)"),
+    (parse_sfdisk_dump, "label: gpt\n/dev/sda1 : start=1, size=10, type=zz\n",
+     "sfdisk-dump:2: type='zz' is neither a GUID nor an MBR hex byte"),
+    (parse_sfdisk_dump, "label: gpt\nsector-size: x\n", "sfdisk-dump:2: sector-size 'x' is not a power of two from 512 to 65536"),
+    (parse_sfdisk_dump, "label: gpt\n/dev/sda1 : start=1, size=\u00b2\n",
+     "sfdisk-dump:2: partition line without a size in sectors: '/dev/sda1 : start=1, size=\u00b2'"),
+])
+def test_odd_partition_descriptions_fail_in_one_line(parse, text, message):
+    with pytest.raises(ManifestError) as e:
+        parse(text)
+    assert str(e.value) == message
+
+
+def test_an_sfdisk_label_with_control_characters_reads_as_it_is():
+    """partitions_to_toml wrote control characters raw, which TOML refuses."""
+    m = parse_sfdisk_dump('label: gpt\n/dev/sda1 : start=1, size=2048, name="a\x01b\x7f\\\\"\n')
+    assert m.partitions[0].label == "a\x01b\x7f\\\\"
+
+
+@pytest.mark.parametrize("text,source,message", [
+    ('name\n"' + "a" * 200_000 + '"\n', "n.csv", "n.csv:2: not CSV: field larger than field limit (131072)"),
+    ('[[node]]\nname = "a"\nb = 0x' + "f" * 4000 + "\n", "n.toml", "n.toml:1: an integer beyond the 64 bits TOML allows"),
+    ('node = ' + "[" * 2000, "n.toml", "n.toml:1: not valid TOML here: nested too deeply"),
+    ("# the lab\n\nname,address\n# rack a\nn1,10.0.0.1\n\nn1,10.0.0.2\n", "n.csv", "n.csv:7: node 'n1' is listed twice"),
+    ("name,address\nn1,10.0.0.1,x\n", "n.csv", "n.csv:2: 3 columns, the header has 2"),
+    ("name,name\nn1,n2\n", "n.csv", "n.csv:1: column 'name' is named twice"),
+    ('[[node]]\nname = "a"\n\n[[node]]\nname = "b"\nx = [1]\n', "n.toml", "n.toml:4: a [[node]] holds only strings and numbers"),
+])
+def test_odd_node_tables_fail_in_one_line_at_their_line(text, source, message):
+    with pytest.raises(ManifestError) as e:
+        nodes.parse_table(text, source)
+    assert str(e.value) == message
+
+
+def test_a_node_table_that_is_not_utf8(tmp_path):
+    path = tmp_path / "nodes.csv"
+    path.write_bytes(b"name\n\xff\n")
+    with pytest.raises(ManifestError, match=rf"^{path}:1: not UTF-8 text$"):
+        nodes.load_table(str(path))
+
+
+def test_a_line_break_of_any_kind_in_a_name_rule_stays_escaped():
+    """Found by atheris (fuzz/fuzz_inputs.py): a form feed in a rule's field name broke
+    the message in two lines (str.splitlines, and terminals, break at \\x0c)."""
+    bad(M1 + '[identity]\nhostname = "node{in\\fdex:02}"\n',
+        "m.toml:6: key 'identity.hostname': 'node{in\\x0cdex:02}' is not a name rule "
+        "('in\\x0cdex' is not one of index, position, address, hostname); use e.g. 'node{index:02}'")
+    from kadeploy.textfiles import one_line
+    assert one_line("a\nb\x0bc\x1dd\x85e\u2028f\u2029g\rh") == "a\\nb\\x0bc\\x1dd\\x85e\\u2028f\\u2029g\\rh"

@@ -361,3 +361,26 @@ def test_the_image_must_keep_the_modules_an_install_needs():
     assert missing_modules(files + ["/lib/modules/6.1/kernel/fs/fat/vfat.ko"], "") == []
     assert missing_modules(files, "kernel/fs/fat/vfat.ko\n") == []          # built in
     assert missing_modules(["/x/nls-cp437.ko"], "", wanted=["nls_cp437"]) == []
+
+
+@pytest.mark.parametrize("parse,text,message", [
+    (nodetable.parse_csv, 'name,mac\n"' + "a" * 200_000 + '"\n', "t:2: not CSV: field larger than field limit (131072)"),
+    (nodetable.parse_csv, "name,mac\n\n# x\nn1,52:54:00:00:00:01,extra\n", "t:4: row 1: 3 columns, the header has 2"),
+    (nodetable.parse_csv, "name,mac\n# x\nn1,52:54:00:00:00\n", "t:3: row 1: mac '52:54:00:00:00' is not a MAC address (like 52:54:00:12:34:56)"),
+    (nodetable.parse_toml, "node = [1]\n", "t: node 1: a node holds only strings and numbers (name, mac, address, ...)"),
+    (nodetable.parse_toml, '[[node]]\nname = "n1"\nmac = "52:54:00:00:00:01"\nrack = { a = 1 }\n',
+     "t: node 1: a node holds only strings and numbers (name, mac, address, ...)"),
+    (nodetable.parse_toml, "node = " + "[" * 2000, "t:1: not valid TOML here: nested too deeply"),
+])
+def test_odd_tables_fail_in_one_line(parse, text, message):
+    """Found by fuzzing (tests/test_fuzz_inputs.py): csv.Error, AttributeError, RecursionError."""
+    with pytest.raises(UsageError) as e:
+        parse(text, "t")
+    assert str(e.value) == message
+
+
+def test_a_table_that_is_not_utf8(tmp_path):
+    path = tmp_path / "nodes.csv"
+    path.write_bytes(b"name,mac\n\xff\n")
+    with pytest.raises(UsageError, match=rf"^{path}: not UTF-8 text$"):
+        nodetable.load(str(path))

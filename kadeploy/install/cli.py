@@ -90,6 +90,8 @@ def _load(path: str, fmt: str):
             text = f.read()
     except OSError as e:
         raise ManifestError(f"{path}: cannot read: {e.strerror}")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}:1: not UTF-8 text") from None
     return (parse_original if fmt == "original" else parse_sfdisk_dump)(text, path)
 
 

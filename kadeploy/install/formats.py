@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 from typing import List, Optional
 
-from .manifest import Manifest, ManifestError, Size, parse_manifest
+from .manifest import Manifest, ManifestError, Size, parse_manifest, parse_size
+
+SECTOR_SIZES = tuple(1 << n for n in range(9, 17))   # 512 B to 64 KiB
 
 
 def toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string that reads back as s, whatever s holds (control characters too)."""
+    return '"' + "".join(c if c >= " " and c not in '"\\\x7f' else
+                         "\\" + c if c in '"\\' else f"\\u{ord(c):04x}" for c in s) + '"'
 
 
 def partitions_to_toml(table: str, parts: List[dict], device: Optional[str] = None) -> str:
@@ -56,10 +60,12 @@ def parse_original(text: str, source: str = "partitions") -> Manifest:
             ptype = f"0x{int(m.group(1), 16):02x}"
         else:
             raise ManifestError(f"{source}:{no}: {kind!r} is not linux, swap, extended or typeHH")
-        if size != "fill" and not size.isdigit():
-            raise ManifestError(f"{source}:{no}: size {size!r} is not a number of MB or 'fill'")
-        if size != "fill" and int(size) == 0:
-            raise ManifestError(f"{source}:{no}: size must be greater than 0")
+        if size != "fill" and not re.fullmatch(r"[0-9]+", size):
+            raise ManifestError(f"{source}:{no}: size {size[:40]!r} is not a number of MB or 'fill'")
+        try:
+            parse_size(f"{size}MiB" if size != "fill" else size)
+        except ValueError as e:
+            raise ManifestError(f"{source}:{no}: size {e}") from None
         idx = len(parts) + 1
         parts.append({"name": f"part{idx}", "size": "fill" if size == "fill" else f"{size}MiB",
                       "type": ptype, "fs": "swap" if ptype == "swap" else None,
@@ -86,10 +92,15 @@ def parse_sfdisk_dump(text: str, source: str = "sfdisk-dump") -> Manifest:
         if ":" in line and "=" in line.split(":", 1)[1]:
             dev, rest = line.split(":", 1)
             fields = dict(re.findall(r"(\w+)\s*=\s*(\"[^\"]*\"|[^,\s]+)", rest))
-            if "size" not in fields or not fields["size"].isdigit():
-                raise ManifestError(f"{source}:{no}: partition line without a size: {line!r}")
-            ptype = fields.get("type", "linux").upper() if "-" in fields.get("type", "") else \
-                f"0x{int(fields.get('type', '83'), 16):02x}"
+            if not re.fullmatch(r"[0-9]{1,20}", fields.get("size", "")):
+                raise ManifestError(f"{source}:{no}: partition line without a size in sectors: {line[:80]!r}")
+            kind = fields.get("type", "83")
+            if "-" in kind:
+                ptype = kind.upper()
+            elif re.fullmatch(r"(0x)?[0-9a-fA-F]{1,2}", kind):
+                ptype = f"0x{int(kind, 16):02x}"
+            else:
+                raise ManifestError(f"{source}:{no}: type={kind[:40]!r} is neither a GUID nor an MBR hex byte")
             ptype = _SFDISK_TYPES.get(ptype, ptype)
             nbytes = int(fields["size"]) * sector
             idx = len(parts) + 1
@@ -107,6 +118,9 @@ def parse_sfdisk_dump(text: str, source: str = "sfdisk-dump") -> Manifest:
         elif key == "device":
             device = value.strip()
         elif key == "sector-size":
+            if not re.fullmatch(r"[0-9]{3,5}", value.strip()) or int(value) not in SECTOR_SIZES:
+                raise ManifestError(f"{source}:{no}: sector-size {value[:40]!r} is not a power of two "
+                                    "from 512 to 65536")
             sector = int(value)
     if label not in ("gpt", "dos"):
         raise ManifestError(f"{source}:1: no 'label: gpt' or 'label: dos' line")

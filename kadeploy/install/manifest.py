@@ -7,14 +7,15 @@ keys are errors, not ignored, so a typo never silently changes an install.
 """
 from __future__ import annotations
 
+import decimal
 import hashlib
+import json
 import re
-try:
-    import tomllib
-except ImportError:   # Python < 3.11: the same parser, from PyPI
-    import tomli as tomllib
+import string
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
+
+from ..textfiles import TextError, loads_toml, one_line
 
 FILESYSTEMS = ("ext4", "xfs", "vfat", "swap", "btrfs")
 TABLES = ("gpt", "mbr")
@@ -27,6 +28,12 @@ UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
          "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
          "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,30}")
+# Sizes beyond any disk (16 EiB, 2^64 bytes) are refused, not computed with.
+MAX_SIZE = 1 << 64
+# What a name rule ([identity] hostname) may use: plain names, no attributes or
+# indexes, and widths no longer than a host name.
+RULE_FIELDS = ("index", "position", "address", "hostname")
+MAX_RULE_WIDTH = 63
 
 
 class ManifestError(ValueError):
@@ -43,8 +50,9 @@ class Size:
     def text(self) -> str:
         if self.fill:
             return "fill"
-        if self.percent:
-            return f"{self.percent:g}%"
+        if self.percent:   # exact, so that the text reads back as this size
+            text = format(decimal.Decimal(repr(self.percent)), "f")
+            return (text[:-2] if text.endswith(".0") else text) + "%"
         for unit in ("GiB", "MiB", "KiB"):
             if self.bytes % UNITS[unit.lower()] == 0:
                 return f"{self.bytes // UNITS[unit.lower()]}{unit}"
@@ -117,9 +125,7 @@ def parse_size(text) -> Size:
     if isinstance(text, bool):
         raise ValueError("a size is a string such as '512MiB', '10%' or 'fill'")
     if isinstance(text, int):
-        if text <= 0:
-            raise ValueError("a size must be greater than 0")
-        return Size(bytes=text << 20)
+        return _checked_bytes(text << 20, text) if text > 0 else _checked_bytes(0, text)
     if not isinstance(text, str):
         raise ValueError("a size is a string such as '512MiB', '10%' or 'fill'")
     s = text.strip().lower()
@@ -134,9 +140,17 @@ def parse_size(text) -> Size:
     m = re.fullmatch(r"(\d+)\s*([a-z]*)", s)
     if not m or m.group(2) not in UNITS:
         raise ValueError(f"{text!r} is not a size (e.g. '512MiB', '2GiB', '10%', 'fill')")
+    if len(m.group(1).lstrip("0")) > 30:   # int() of a huge digit string is refused anyway
+        raise ValueError(f"{text[:40]!r}...: larger than any disk (16 EiB)")
     n = int(m.group(1)) * UNITS[m.group(2)]
+    return _checked_bytes(n, text)
+
+
+def _checked_bytes(n: int, text) -> Size:
     if n <= 0:
         raise ValueError("a size must be greater than 0")
+    if n >= MAX_SIZE:
+        raise ValueError(f"{text!r}: larger than any disk (16 EiB)")
     return Size(bytes=n)
 
 
@@ -192,9 +206,9 @@ class _Reader:
 
     def error(self, key, message: str) -> ManifestError:
         path = self.path + ((key,) if key is not None else ())
-        dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p + 1}]" for p in path)
+        dotted = ".".join(_key_text(p) if not isinstance(p, int) else f"[{p + 1}]" for p in path)
         dotted = dotted.replace(".[", "[")
-        return ManifestError(f"{self.source}:{_locate(self.text, path)}: key '{dotted}': {message}")
+        return ManifestError(f"{self.source}:{_locate(self.text, path)}: key '{dotted}': {one_line(message)}")
 
     def get(self, key: str, kind, default=None, required: bool = False):
         self.used.add(key)
@@ -206,8 +220,8 @@ class _Reader:
         if kind is not None and (not isinstance(value, kind) or
                                  (isinstance(value, bool) and kind is not bool)):
             names = {str: "a string", int: "a whole number", bool: "true or false",
-                     list: "a list", dict: "a table"}
-            raise self.error(key, f"must be {names.get(kind, kind.__name__)}")
+                     list: "a list", dict: "a table", (str, int): "a string or a whole number"}
+            raise self.error(key, f"must be {names[kind]}")
         return value
 
     def sub(self, key, data: dict) -> "_Reader":
@@ -217,6 +231,11 @@ class _Reader:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise self.error(unknown[0], "unknown key")
+
+
+def _key_text(key: str) -> str:
+    """A key as TOML would write it: bare when it can be, else quoted (one line)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _abs_path(r: _Reader, key: str, value: Optional[str]) -> Optional[str]:
@@ -229,11 +248,10 @@ def _abs_path(r: _Reader, key: str, value: Optional[str]) -> Optional[str]:
 
 def parse_manifest(text: str, source: str = "manifest") -> Manifest:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+)", str(e))
-        line = m.group(1) if m else "1"
-        raise ManifestError(f"{source}:{line}: not valid TOML: {str(e).split(' (at')[0]}") from None
+        data = loads_toml(text)
+    except TextError as e:
+        line = e.line if e.line is not None else _locate(text, e.path)
+        raise ManifestError(f"{source}:{line}: {e.message}") from None
     top = _Reader(source, text, data)
     disk = _parse_disk(top.sub("disk", top.get("disk", dict, required=True)))
     parts_data = top.get("partition", list, required=True)
@@ -281,11 +299,30 @@ def _bad_table(r: _Reader, key: str):
     raise r.error(key, "must be written as [[" + key + "]] tables")
 
 
-def _check_rule(r: _Reader, key: str, rule: str) -> None:
+def render_rule(rule: str, index: int, address: str, hostname: str) -> str:
+    """A node's name from the name rule ([identity] hostname), checked by parse_manifest."""
+    return rule.format(index=index, position=index, address=address, hostname=hostname)
+
+
+def _rule_problem(rule: str) -> Optional[str]:
     try:
-        rule.format(index=1, position=1, address="198.18.0.2", hostname="h", name="n")
-    except (KeyError, ValueError, IndexError) as e:
-        raise r.error(key, f"{rule!r} is not a name rule ({e}); use e.g. 'node{{index:02}}'")
+        for _, name, spec, _ in string.Formatter().parse(rule):
+            if name is None:
+                continue
+            if name not in RULE_FIELDS:
+                return f"{name!r} is not one of {', '.join(RULE_FIELDS)}"
+            if "{" in (spec or "") or any(int(w) > MAX_RULE_WIDTH for w in re.findall(r"\d+", spec or "")):
+                return f"the format {spec!r} is wider than a host name"
+        render_rule(rule, 1, "198.18.0.2", "h")
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def _check_rule(r: _Reader, key: str, rule: str) -> None:
+    problem = _rule_problem(rule)
+    if problem is not None:
+        raise r.error(key, f"{rule!r} is not a name rule ({problem}); use e.g. 'node{{index:02}}'")
 
 
 def _parse_disk(r: _Reader) -> Disk:
@@ -314,12 +351,14 @@ def _parse_partition(r: _Reader, table: str) -> Partition:
     name = r.get("name", str, required=True)
     if not NAME_RE.fullmatch(name):
         raise r.error("name", f"{name!r}: lower-case letters, digits, '-' and '_', starting with a letter")
-    try:
-        size = parse_size(r.get("size", (str, int), required=True))
+    size_text = r.get("size", (str, int), required=True)
+    type_text = r.get("type", str, default="linux")
+    try:   # (a ManifestError of r.get is a ValueError too: read first, then check)
+        size = parse_size(size_text)
     except ValueError as e:
         raise r.error("size", str(e))
     try:
-        ptype = check_type(r.get("type", str, default="linux"), table)
+        ptype = check_type(type_text, table)
     except ValueError as e:
         raise r.error("type", str(e))
     fs = r.get("fs", str)
@@ -386,7 +425,7 @@ def _check_whole(top: _Reader, m: Manifest) -> None:
         names.add(p.name)
         if p.mount is not None:
             if p.mount in mounts:
-                raise r.error("mount", f"{p.mount} is the mount point of two partitions")
+                raise r.error("mount", f"{p.mount!r} is the mount point of two partitions")
             mounts.add(p.mount)
         if p.type in ("esp", "bios-boot") and table != "gpt":
             raise r.error("type", f"{p.type} partitions exist only in a GPT table")

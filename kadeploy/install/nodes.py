@@ -7,16 +7,12 @@ reported; a node the table does not list is not installed.
 """
 from __future__ import annotations
 
-import csv
-import io
-try:
-    import tomllib
-except ImportError:   # Python < 3.11: the same parser, from PyPI
-    import tomli as tomllib
+import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .manifest import ManifestError
+from ..textfiles import TextError, csv_rows, loads_toml, text_lines
+from .manifest import ManifestError, render_rule
 
 KEY_RE = r"[A-Za-z_][A-Za-z0-9_]*"
 
@@ -35,56 +31,72 @@ class NodeTable:
         return None
 
 
-def _check_rows(rows: List[Dict[str, str]], source: str, first_line: int) -> NodeTable:
-    import re
+def _check_rows(rows: List[Tuple[int, Dict[str, str]]], source: str, header_line: int) -> NodeTable:
+    """rows: (line, row); the keys were written on header_line (CSV) or on the row's line."""
     names = set()
-    for i, row in enumerate(rows):
+    for line, row in rows:
         for k in row:
             if not re.fullmatch(KEY_RE, k):
-                raise ManifestError(f"{source}:{first_line}: column {k!r} is not a name "
+                raise ManifestError(f"{source}:{header_line or line}: column {k!r} is not a name "
                                     "(letters, digits, '_')")
         if not row.get("name"):
-            raise ManifestError(f"{source}:{first_line + i}: a node needs a 'name'")
+            raise ManifestError(f"{source}:{line}: a node needs a 'name'")
         if row["name"] in names:
-            raise ManifestError(f"{source}:{first_line + i}: node {row['name']!r} is listed twice")
+            raise ManifestError(f"{source}:{line}: node {row['name']!r} is listed twice")
         names.add(row["name"])
     if not rows:
         raise ManifestError(f"{source}:1: the node table lists no node")
-    return NodeTable(rows=tuple(rows))
+    return NodeTable(rows=tuple(row for _, row in rows))
 
 
 def parse_table(text: str, source: str) -> NodeTable:
-    if source.endswith(".toml"):
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ManifestError(f"{source}: not valid TOML: {e}") from None
-        if set(data) != {"node"} or not isinstance(data["node"], list):
-            raise ManifestError(f"{source}:1: expected only [[node]] tables")
-        rows = []
-        for n in data["node"]:
-            if not isinstance(n, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
-                                                  for v in n.values()):
-                raise ManifestError(f"{source}:1: a [[node]] holds only strings and numbers")
-            rows.append({k: str(v) for k, v in n.items()})
-        return _check_rows(rows, source, 1)
-    reader = csv.DictReader(io.StringIO("\n".join(
-        l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#"))))
+    try:
+        return _parse_toml(text, source) if source.endswith(".toml") else _parse_csv(text, source)
+    except TextError as e:
+        raise ManifestError(f"{source}:{e.line or 1}: {e.message}") from None
+
+
+def _parse_toml(text: str, source: str) -> NodeTable:
+    data = loads_toml(text)
+    if set(data) != {"node"} or not isinstance(data["node"], list):
+        raise ManifestError(f"{source}:1: expected only [[node]] tables")
+    # TOML gives no positions: the n-th [[node]] header is where the n-th node starts.
+    starts = [no for no, line in enumerate(text_lines(text), 1)
+              if re.fullmatch(r"\s*\[\[\s*node\s*\]\]\s*(#.*)?", line)]
     rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            raise ManifestError(f"{source}:{reader.line_num}: {len(row)} columns, the header has "
-                                f"{len(reader.fieldnames)}")
-        rows.append({k.strip(): v.strip() for k, v in row.items()})
-    return _check_rows(rows, source, 2)
+    for i, n in enumerate(data["node"]):
+        line = starts[i] if i < len(starts) else 1
+        if not isinstance(n, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                              for v in n.values()):
+            raise ManifestError(f"{source}:{line}: a [[node]] holds only strings and numbers")
+        rows.append((line, {k: str(v) for k, v in n.items()}))
+    return _check_rows(rows, source, 0)
+
+
+def _parse_csv(text: str, source: str) -> NodeTable:
+    lines = csv_rows(text)
+    header_line, header = next(lines, (1, []))
+    header = [k.strip() for k in header]
+    if len(set(header)) != len(header):
+        twice = next(k for k in header if header.count(k) > 1)
+        raise ManifestError(f"{source}:{header_line}: column {twice!r} is named twice")
+    rows = []
+    for line, fields in lines:
+        if len(fields) != len(header):
+            raise ManifestError(f"{source}:{line}: {len(fields)} columns, the header has {len(header)}")
+        rows.append((line, {k: v.strip() for k, v in zip(header, fields)}))
+    return _check_rows(rows, source, header_line)
 
 
 def load_table(path: str) -> NodeTable:
     try:
         with open(path, encoding="utf-8") as f:
-            return parse_table(f.read(), path)
+            text = f.read()
     except OSError as e:
         raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}:1: not UTF-8 text") from None
+    return parse_table(text, path)
 
 
 def node_values(rule: str, table: Optional[NodeTable], index: int, address: str,
@@ -97,5 +109,5 @@ def node_values(rule: str, table: Optional[NodeTable], index: int, address: str,
         if row is None:
             raise KeyError(f"not in the node table (address {address}, host name {hostname})")
         return {**base, **row, "hostname": row["name"]}
-    name = rule.format(index=index, position=index, address=address, hostname=hostname)
+    name = render_rule(rule, index, address, hostname)
     return {**base, "name": name, "hostname": name}

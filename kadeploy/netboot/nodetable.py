@@ -8,15 +8,13 @@ line; duplicate names, MACs or addresses too. Pure: :func:`parse_csv` and
 """
 from __future__ import annotations
 
-import csv
-import io
 import ipaddress
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..errors import UsageError
+from ..textfiles import TextError, csv_rows, loads_toml
 
 MAC_RE = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -56,6 +54,9 @@ class NodeTable:
 
 
 def _entry(row: Mapping[str, object], where: str) -> NodeEntry:
+    if not isinstance(row, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                            for v in row.values()):
+        raise UsageError(f"{where}: a node holds only strings and numbers (name, mac, address, ...)")
     values = {str(k).strip().lower(): ("" if v is None else str(v).strip()) for k, v in row.items() if k}
     name, mac_text, address = values.get("name", ""), values.get("mac", ""), values.get("address", "")
     if not NAME_RE.fullmatch(name):
@@ -87,26 +88,29 @@ def _check_unique(nodes: Sequence[NodeEntry], source: str) -> NodeTable:
 
 
 def parse_csv(text: str, source: str = "node table") -> NodeTable:
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    try:
+        rows = list(csv_rows(text))
+    except TextError as e:
+        raise UsageError(f"{source}:{e.line}: {e.message}") from None
+    header = [h.strip().lower() for h in (rows[0][1] if rows else [])]
     missing = [col for col in ("name", "mac") if col not in header]
     if missing:
         raise UsageError(f"{source}: the header line must name the columns name,mac[,address,...]; "
                          f"missing {', '.join(missing)}")
-    nodes = [_entry(row, f"{source}: row {i}") for i, row in enumerate(reader, 1)]
+    nodes = []
+    for i, (line, fields) in enumerate(rows[1:], 1):
+        if len(fields) > len(header):   # fewer is fine: the last columns are empty
+            raise UsageError(f"{source}:{line}: row {i}: {len(fields)} columns, "
+                             f"the header has {len(header)}")
+        nodes.append(_entry(dict(zip(header, fields)), f"{source}:{line}: row {i}"))
     return _check_unique(nodes, source)
 
 
 def parse_toml(text: str, source: str = "node table") -> NodeTable:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.9/3.10
-        raise UsageError(f"{source}: TOML node tables need Python 3.11; use CSV")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{source}: {e}") from None
+        data = loads_toml(text)
+    except TextError as e:
+        raise UsageError(f"{source}:{e.line or 1}: {e.message}") from None
     rows = data.get("node")
     if not isinstance(rows, list) or set(data) - {"node"}:
         raise UsageError(f"{source}: expected only [[node]] tables (name, mac, address)")
@@ -120,4 +124,6 @@ def load(path: str) -> NodeTable:
             text = f.read()
     except OSError as e:
         raise UsageError(f"cannot read node table {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
     return parse_toml(text, path) if path.endswith(".toml") else parse_csv(text, path)
