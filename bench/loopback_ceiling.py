@@ -38,27 +38,34 @@ CONFIGS = {
 FIELDS = ["round", "what", "bytes", "mb_per_s", "wall_s", "backend"]
 
 
-def iperf3(size: int, timeout: float) -> dict:
-    port = free_port()
-    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:   # until the server listens
+def iperf3(size: int, timeout: float, tries: int = 3) -> dict:
+    """iperf3's single stream of `size` bytes: a fresh one-shot server each try, the
+    client started once the server says it listens; a run whose JSON lacks the
+    receiver's sum (iperf3 can exit 0 so) is tried again, then reported."""
+    why = ""
+    for _ in range(tries):
+        port = free_port()
+        server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(port), "--forceflush"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            head = [server.stdout.readline() for _ in range(2)]   # a rule, then "Server listening on"
+            if not any("listening" in line for line in head):
+                why = f"its server did not start: {''.join(head).strip()}"
+                continue
             p = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"],
                                capture_output=True, text=True, timeout=timeout)
-            if p.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        if p.returncode != 0:
-            raise SystemExit(f"iperf3 failed: {p.stdout[-1000:]}{p.stderr[-1000:]}")
-        end = json.loads(p.stdout)["end"]
-        rate = end["sum_received"]["bits_per_second"] / 8 / 1e6
-        return dict(what="iperf3", bytes=size, mb_per_s=round(rate, 1),
-                    wall_s=round(end["sum_received"]["seconds"], 3), backend="")
-    finally:
-        server.kill()
-        server.wait()
+            try:
+                out = json.loads(p.stdout)
+                received = out["end"]["sum_received"]
+            except (ValueError, KeyError):
+                why = (out.get("error") if isinstance(out, dict) else None) or (p.stdout + p.stderr)[-300:]
+                continue
+            return dict(what="iperf3", bytes=size, mb_per_s=round(received["bits_per_second"] / 8 / 1e6, 1),
+                        wall_s=round(received["seconds"], 3), backend="")
+        finally:
+            server.kill()
+            server.wait()
+    raise SystemExit(f"iperf3 failed {tries} times: {why}")
 
 
 def kadeploy(name: str, options, size: int, timeout: float) -> dict:
