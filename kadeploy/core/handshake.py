@@ -24,7 +24,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-
 from kadeploy.core import protocol as P
 
 NONCE_BYTES = 16
