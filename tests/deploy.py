@@ -4,20 +4,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from typing import List, Optional, Sequence
 
+from kadeploy.lab.ports import free_port  # noqa: F401  (the tests and bench/ take it from here)
+
 KD = [sys.executable, "-m", "kadeploy"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tar_producer(src: str) -> str:

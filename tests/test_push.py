@@ -21,11 +21,7 @@ from kadeploy.view.report import NodeReport, Report
 KADEPLOY = [sys.executable, "-m", "kadeploy"]
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from kadeploy.lab.ports import free_port  # noqa: E402
 
 
 # ------------------------------------------------------------------ node sets

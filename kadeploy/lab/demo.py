@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from typing import Iterator, List
 
 import click
 
+from kadeploy.lab.ports import free_port
 from kadeploy.lab.treedigest import diff_manifests, tree_digest, tree_manifest
 from kadeploy.options import CONTEXT, arity_option, relay_option
 
@@ -43,12 +43,6 @@ def make_sample_tree(root: str, *, big_mib: int = 32, n_files: int = 300, seed: 
     os.link(os.path.join(root, "big.img"), os.path.join(root, "hardlink-to-big"))
     os.makedirs(os.path.join(root, "var/empty"))
     os.chmod(os.path.join(root, "var/empty"), 0o1777)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
