@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from test_faults_netns import check_survivors, fault, start
+from test_faults_netns import check_survivors, fault, start, wait_until_produced
 
 pytestmark = pytest.mark.netns
 
@@ -90,8 +90,10 @@ def test_trees_heal_in_place(net, tmp_path, n, arity, victim, child, grandparent
 def test_three_faults_in_a_chain_of_eight(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 8, 1)
     times = {}
-    for victim in (2, 5, 7):
-        time.sleep(0.25)
+    # Timed by the stream's progress, not by the clock: under load a kill 0.75 s in
+    # could land after node 2 had already passed node 3 the whole stream.
+    for victim, share in ((2, 0.15), (5, 0.3), (7, 0.45)):
+        wait_until_produced(tmp_path, server, share)
         times[victim] = fault("kill", cluster, clients, victim, tmp_path)
     check_survivors(tmp_path, server, clients, report, set(times), times)
     assert moved(server.err, 3, 1) and moved(server.err, 6, 4) and moved(server.err, 8, 6), server.err
