@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import platform
 import sys
+import time
 from typing import Dict, List, Optional
 
 from kadeploy.lab.benchlib.output import aggregate, ratios
@@ -178,9 +181,6 @@ def record(path: str, fields: List[str], rows: List[Dict], detail: str, render) 
     """What each bench/ script does at its end: write its rows as CSV, then print when
     and where it ran and the table RESULTS.md takes (rendered from the rows, as this
     script would render the CSV)."""
-    import os
-    import platform
-    import time
     with open(path, "w", newline="") as out:
         w = csv.DictWriter(out, fields)
         w.writeheader()

@@ -9,25 +9,10 @@ from contextlib import contextmanager
 
 import pytest
 from deploy import KD, assert_one_line_error, load_report
+from test_security_netns import keyfile, wait_for  # noqa: F401  (keyfile: a fixture)
 
 pytestmark = pytest.mark.netns
-KEY = b"correct horse battery staple 42"
 SERVER = "198.18.0.1"
-
-
-@pytest.fixture
-def keyfile(tmp_path):
-    path = tmp_path / "key"
-    path.write_bytes(KEY + b"\n")
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @contextmanager

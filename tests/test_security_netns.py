@@ -19,6 +19,7 @@ KEY = b"correct horse battery staple 42"
 
 @pytest.fixture
 def keyfile(tmp_path):
+    """A key file both security suites share (tests/test_attacks_netns.py imports it)."""
     path = tmp_path / "key"
     path.write_bytes(KEY + b"\n")
     os.chmod(path, 0o600)
