@@ -220,3 +220,12 @@ def test_loopback_ceiling_benchmark_at_smoke_size(tmp_path):
     assert all(float(r["mb_per_s"]) > 0 for r in rows)
     assert all(int(r["bytes"]) == 16 << 20 for r in rows)
     assert "| × iperf3 |" in p.stdout
+
+
+def test_node_threads_diagnostic_at_smoke_size():
+    """bench/node_threads.py (RESULTS' per-thread split) still runs a real deployment."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "node_threads.py"), "8"],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("server: thread ") and "\nclient: thread " in p.stdout
+    assert "blake3 keyed" in p.stdout and "GB/s per core" in p.stdout
