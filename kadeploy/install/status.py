@@ -4,8 +4,9 @@ in the report one row per node and step."""
 from __future__ import annotations
 
 import json
-import os
 from typing import List, Optional
+
+from ..files import write_json_atomically
 
 STATUSES = ("ok", "warning", "failed", "running")
 MAX_STEPS = 200
@@ -39,10 +40,7 @@ class StepLog:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            json.dump(self.steps, f)
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, self.steps, prefix=".kadeploy-status-")
 
 
 def load(text: str) -> List[dict]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError, UsageError
+from ..files import write_text_atomically
 from . import dnsmasq as dnsmasq_conf
 from .dnsmasqlog import BootEvent, DnsmasqLogParser, ServiceLine
 from .http import IMAGE_FILES, BootHTTPServer
@@ -274,10 +275,7 @@ class NetbootService:
             self.done.set()
 
     def _save_state(self) -> None:
-        path = self.cfg.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.tracker.to_json())
-        os.replace(tmp, path)
+        write_text_atomically(self.cfg.state_dir / STATE_FILE, self.tracker.to_json())
 
     def _all_done(self) -> bool:
         """Every table node reported its outcome, and the installed ones asked for their

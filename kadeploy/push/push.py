@@ -25,7 +25,8 @@ from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployErro
 from kadeploy.push import launchers as launchers_mod
 from kadeploy.push.nodes import Chains, NameIndex, fold, parse_nodeset, read_order_file
 from kadeploy.push.receive import TAR_PRESERVE_CREATE, FileStat
-from kadeploy.view.report import Report, write_json_atomically
+from kadeploy.files import write_json_atomically
+from kadeploy.view.report import Report
 
 log = logging.getLogger("kadeploy.server")
 DEFAULT_REMOTE_COMMAND = "kadeploy"

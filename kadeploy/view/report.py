@@ -1,14 +1,12 @@
 """The deployment's final report: a table for people, JSON for programs."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from kadeploy.core.addresses import format_hostport
 from kadeploy.core.states import Verdict
+from kadeploy.files import write_json_atomically
 
 REPORT_FORMAT = 1
 
@@ -123,16 +121,3 @@ class Report:
                 for n in self.failed))
         return "\n".join(lines)
 
-
-def write_json_atomically(path: str, data, prefix: str = ".kadeploy-report-") -> None:
-    """Written to a temporary file beside it and renamed, so a reader never sees half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
