@@ -165,8 +165,8 @@ def read_hosts_file(path: str) -> List[str]:
               help="Keep no repair window: the nodes below a lost node fail instead of being re-attached.")
 @click.option("--window", "window", type=Size(), default=defaults.REPAIR_WINDOW,
               show_default=f"{defaults.REPAIR_WINDOW >> 20}M",
-              help="Bytes of the stream kept in memory to repair nodes from (suffixes K, M, G); a node "
-                   "that fell further behind cannot be repaired.")
+              help="Bytes of the stream kept in memory, by the server and each node with children, to "
+                   "repair nodes from (suffixes K, M, G); a node that fell further behind cannot be repaired.")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None,
               help="Keep the whole stream in a file in this directory instead of the window (it needs "
                    "room for the whole stream).")

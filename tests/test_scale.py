@@ -30,6 +30,9 @@ def test_500_clients_register_and_all_get_their_place(tmp_path):
     assert [r.place.position for r in by_port] == list(range(1, N + 1))
     assert all(r.place.n_nodes == N and r.place.arity == 4 for r in results)
     assert all(len(r.place.children) <= 4 for r in results)
+    # Only nodes with children keep a repair window: no leaf is ever asked to adopt.
+    assert all((r.place.window > 0) == bool(r.place.children) for r in results)
+    assert sum(1 for r in results if r.place.window) == (N - 1) // 4   # positions 1 to 124
     # The server's four children took the real stream.
     assert sorted(r.received for r in results if r.place.depth == 1) == [3000000] * 4
     rep = load_report(report)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 from kadeploy.control.registry import Node
 from kadeploy.core import protocol as P
@@ -29,14 +29,17 @@ class Healer:
         self.cfg, self.nodes = cfg, nodes
         self.parent_of: Dict[int, int] = {}        # node id -> parent id (0: server)
         self.phase: Optional[ServerDataPhase] = None
+        self.windowed: Set[int] = set()            # nodes that keep a repair window
 
     @property
     def placed(self) -> bool:
         return self.phase is not None
 
-    def start(self, parent_of: Dict[int, int], phase: ServerDataPhase) -> None:
-        """The tree is placed: from now on lost nodes are cut off and repaired."""
-        self.parent_of, self.phase = dict(parent_of), phase
+    def start(self, parent_of: Dict[int, int], phase: ServerDataPhase,
+              windowed: Set[int] = frozenset()) -> None:
+        """The tree is placed: from now on lost nodes are cut off and repaired, under
+        the nearest ancestor among `windowed` that still receives (else the server)."""
+        self.parent_of, self.phase, self.windowed = dict(parent_of), phase, set(windowed)
 
     async def watch(self) -> None:
         """Every second: a Ping to every node still at work, and nodes silent for the
@@ -62,10 +65,10 @@ class Healer:
         node.fail(reason)
         node.channel.abort()
         needs = {i for i, n in self.nodes.items() if n.position and n.state in RECEIVING}
-        # Nodes still receiving keep a window (unless --spool): they can adopt a lost
-        # node's children, so the chain heals in place and the server's uplink keeps
-        # carrying one stream.
-        can_serve = needs if self.cfg.repair and not self.cfg.spool_dir else set()
+        # Nodes still receiving that keep a window (those with children, unless
+        # --spool) can adopt a lost node's children, so the chain heals in place and
+        # the server's uplink keeps carrying one stream.
+        can_serve = needs & self.windowed
         actions, self.parent_of = repair.plan(node_id, self.parent_of, needs, can_serve)
         for action in actions:
             if isinstance(action, repair.Drop):

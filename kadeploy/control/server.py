@@ -210,6 +210,11 @@ class Server:
         self.by_pos = by_pos
         parent_of = {n.info.node_id: by_pos[self.tree.parent(p)].info.node_id if self.tree.parent(p) else 0
                      for p, n in by_pos.items()}
+        # Only a node with children ever feeds anyone from its window (a lost node's
+        # orphans go to one of its ancestors): a leaf keeps none, and with --no-verify
+        # its stream is spliced to its consumer and nothing else reads it.
+        keeps_window = self.cfg.repair and not self.cfg.spool_dir
+        windowed = {n.info.node_id for p, n in by_pos.items() if keeps_window and self.tree.children(p)}
         for pos, node in by_pos.items():
             parent_pos = self.tree.parent(pos)
             if parent_pos == 0:
@@ -223,14 +228,14 @@ class Server:
                           token=self.token, digest=self.algorithm, chunk_size=CHUNK_SIZE,
                           stall_timeout=self.cfg.stall_timeout, codec=self.phase.wire_codec,
                           encrypt=encryption.ALGORITHM if self.cfg.encrypt else None,
-                          window=self.cfg.window if self.cfg.repair and not self.cfg.spool_dir else 0,
+                          window=self.cfg.window if node.info.node_id in windowed else 0,
                           install=self.cfg.install.payload(pos, node.info.address, node.info.hostname)
                           if self.cfg.install else None)
             try:
                 await node.channel.send(msg)
             except (ConnectionError, OSError) as e:
                 node.fail(f"lost before it was placed: {e}")
-        self.healer.start(parent_of, self.phase)
+        self.healer.start(parent_of, self.phase, windowed)
         for node in ordered:
             node.last_heard = time.monotonic()
             if node.error is not None:
