@@ -24,6 +24,11 @@ from typing import Callable, Optional, Tuple
 from kadeploy.data.codec import CodecError, Pipeline
 
 READ_SIZE = 1 << 20
+# Without a window (a leaf) the tap reads into one buffer again and again: at 128 KiB
+# it stays in the core's cache, and the copy out of the pipe plus the digest cost
+# 0.67-0.71 CPU s/GB instead of 0.91-1.01 with 1 MiB (bench/node_threads.py, RESULTS.md).
+# Reads into the window go to a new place each time: their size makes no difference.
+TAP_BUFFER = 1 << 17
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # A write that waits this share of the probe's time or more means the link, not the
@@ -153,7 +158,7 @@ class StreamTap(threading.Thread):
     def run(self) -> None:
         os.set_blocking(self.read_fd, True)
         window = self.window
-        view = None if window is not None else memoryview(bytearray(READ_SIZE))
+        view = None if window is not None else memoryview(bytearray(TAP_BUFFER))
         try:
             while True:
                 into = window.reserve(READ_SIZE) if window is not None else view
