@@ -348,6 +348,21 @@ def test_single_sink_stream_digest(backend):
 
 
 @pytest.mark.timeout(60)
+def test_pipe_sinks_are_teed_into_straight(backend):
+    """Beside other sinks, a pipe (the consumer's stdin, the digest thread's pipe)
+    gets the source pipe's pages by tee, with no pipe of the relay's own in between;
+    a single sink is the source pipe's reader, so there is nothing to tee."""
+    data = random.Random(8).randbytes(8 * MiB + 3)
+    res, peers = run_relay(backend, chop(data, [MiB]), ("pipe", "tcp", "pipe"),
+                           readers=[{"delay": 0.001, "piece": 64 * 1024}, {}, {}])
+    check_all_received(res, peers, data, backend)
+    assert res.teed == (2 if splices(backend) else 0)
+    res, peers = run_relay(backend, chop(data, [MiB]), ("pipe",))
+    check_all_received(res, peers, data, backend)
+    assert res.teed == 0
+
+
+@pytest.mark.timeout(60)
 def test_slow_consumer(backend):
     data = random.Random(3).randbytes(6 * MiB)
     res, peers = run_relay(backend, chop(data, [MiB]), ("socket", "pipe", "tcp"),

@@ -14,6 +14,7 @@ cdef struct Sink:
     bint live
     bint ready       # False after EAGAIN, until poll says writable
     bint tee_full    # tee found no room (page slots): wait until it drains
+    bint teed        # a pipe itself: tee'd into straight from the source pipe, no pipe of its own
 
 cdef struct Loop:
     int src_fd

@@ -78,10 +78,15 @@ def run(int src_fd, sink_fds, *, buffer_size, int stop_fd=-1, counters=None, **_
         res.pipe_size = L.in_cap
         if not L.direct:
             L.null_fd = pipes.devnull()
+        teed = _splice.teed_sinks(sinks, L.direct, pipes)
+        res.teed = sum(teed)
         for i in range(L.nsinks):
             L.sinks[i].fd = sinks[i]
             L.sinks[i].live = L.sinks[i].ready = True
-            if L.direct:
+            L.sinks[i].teed = teed[i]
+            if teed[i]:
+                L.sinks[i].pipe_r = L.sinks[i].pipe_w = -1
+            elif L.direct:
                 L.sinks[i].pipe_r, L.sinks[i].pipe_w, L.sinks[i].cap = L.in_r, L.in_w, L.in_cap
             else:
                 L.sinks[i].pipe_r, L.sinks[i].pipe_w, L.sinks[i].cap = pipes.new()
@@ -154,6 +159,8 @@ cdef int relay_loop(Loop *L) except -1 nogil:
     # - A ready flag is False only after EAGAIN; only poll sets it back.
     # - One sink ("direct"): the source pipe is that sink's pipe; s.held counts it
     #   and nothing is tee'd.
+    # - A teed sink (a pipe, with several sinks) has no pipe of ours: tee puts the
+    #   bytes in it, so s.held stays 0, and its EAGAIN means its reader is behind.
     # A retired sink's pipe is never read again; the caller closes every pipe.
     cdef bint progress = True
     cdef int i, j, nwait, rc, tag
@@ -174,7 +181,7 @@ cdef int relay_loop(Loop *L) except -1 nogil:
             nwait += 1
         for i in range(L.nsinks):
             s = &L.sinks[i]
-            if s.live and s.held and not s.ready:
+            if s.live and not s.ready and (s.held or (s.teed and L.n_in)):
                 L.pfds[nwait].fd = s.fd
                 L.pfds[nwait].events = POLLOUT
                 L.tags[nwait] = i
@@ -240,6 +247,25 @@ cdef int relay_loop(Loop *L) except -1 nogil:
         if L.n_in:
             for i in range(L.nsinks):
                 s = &L.sinks[i]
+                if s.teed:  # straight into the sink (a pipe): nothing held on our side
+                    if not s.live or s.ahead or not s.ready:
+                        continue
+                    k = tee_r(L.in_r, s.fd, L.n_in, SPLICE_F_NONBLOCK)
+                    if k == 0 or k == -EAGAIN:   # its reader is behind: poll for room
+                        s.ready = False
+                        continue
+                    if k < 0:                    # EPIPE...: retire it, the others go on
+                        s.err = <int>-k
+                        s.live = False
+                        L.nlive -= 1
+                        progress = True
+                        continue
+                    s.ahead = k
+                    s.sent += k
+                    if L.counters != NULL:
+                        L.counters[1 + i] = s.sent
+                    progress = True
+                    continue
                 if not s.live or s.ahead or s.tee_full or s.held >= s.cap:
                     continue
                 want = L.n_in if L.n_in < s.cap - s.held else s.cap - s.held

@@ -4,7 +4,8 @@ The loop is written once and parametrized by a ``Syscalls`` object (how to call
 splice, tee and F_SETPIPE_SZ). The setup helpers (sink checks, pipe sizing) are also
 used by the compiled ``cython`` backend, whose loop is the C twin of ``_loop`` below.
 
-Data path: source --splice--> source pipe --tee--> one pipe per sink --splice--> sink.
+Data path: source --splice--> source pipe --tee--> one pipe per sink --splice--> sink;
+a sink that is a pipe itself is tee'd into straight (one syscall and one pipe fewer).
 With a single sink the source pipe is that sink's pipe and nothing is tee'd.
 """
 from __future__ import annotations
@@ -82,6 +83,19 @@ def check_sinks(sink_fds: Sequence[int]) -> None:
                 or stat.S_ISCHR(mode)):
             raise SpliceUnsupported(errno.EINVAL,
                                     f"splice cannot write to fd {fd}: unsupported file type")
+
+
+def teed_sinks(sinks: Sequence[int], direct: bool, pipes: "PipeSet") -> List[bool]:
+    """Which sinks the source pipe is tee'd into straight: pipes, when there are
+    several sinks (one sink is the source pipe's own reader). They need no pipe of
+    their own; each is grown to the relay's buffer size, as its own pipe would be."""
+    if direct:
+        return [False] * len(sinks)
+    teed = [stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in sinks]
+    for fd, t in zip(sinks, teed):
+        if t and pipes._get(fd) < pipes.request:
+            pipes._size(fd)
+    return teed
 
 
 class PipeSet:
@@ -166,18 +180,19 @@ def _loop(sc: Syscalls, res: RelayResult, src_fd: int, sinks: List[int], stop_fd
     # - A *_ready flag is False only after EAGAIN; only poll sets it back.
     # - With one sink ("direct"), the source pipe is that sink's pipe: held[0] is
     #   n_in, nothing is tee'd.
+    # - A teed sink (a pipe, with several sinks) has no pipe of ours: tee puts the
+    #   bytes in it, so held[i] stays 0, and its EAGAIN means its reader is behind.
     # A retired sink's pipe is never read again, and every pipe is closed on return.
     n = len(sinks)
     direct = n == 1
     in_r, in_w, in_cap = pipes.new()
     res.pipe_size = in_cap
+    teed = teed_sinks(sinks, direct, pipes)
+    res.teed = sum(teed)
     if direct:
         outs = [(in_r, in_cap)]
     else:
-        outs = []
-        for _ in range(n):
-            r, _w, cap = pipes.new()
-            outs.append((r, _w, cap))
+        outs = [None if t else pipes.new() for t in teed]
         null = pipes.devnull()
     held = [0] * n
     ahead = [0] * n
@@ -195,7 +210,7 @@ def _loop(sc: Syscalls, res: RelayResult, src_fd: int, sinks: List[int], stop_fd
         if not (src_done or src_ready or src_full):
             waits.append((src_fd, select.POLLIN, -1))
         for i in live:
-            if held[i] and not sink_ready[i]:
+            if not sink_ready[i] and (held[i] or (teed[i] and n_in)):
                 waits.append((sinks[i], select.POLLOUT, i))
         if not waits and not progress:
             raise RuntimeError(f"{res.backend} relay stalled: nothing to wait for")
@@ -242,7 +257,28 @@ def _loop(sc: Syscalls, res: RelayResult, src_fd: int, sinks: List[int], stop_fd
 
         # 2. source pipe -> every sink pipe (tee), then drop what all of them hold
         if n_in:
-            for i in live:
+            for i in list(live):
+                if teed[i]:  # straight into the sink (a pipe): nothing held on our side
+                    if ahead[i] or not sink_ready[i]:
+                        continue
+                    try:
+                        k = tee(in_r, sinks[i], n_in, SPLICE_F_NONBLOCK)
+                    except OSError as e:
+                        if e.errno != errno.EAGAIN:   # EPIPE...: retire it, the others go on
+                            res.sink_errors[i] = e
+                            live.remove(i)
+                            progress = True
+                            continue
+                        k = 0
+                    if k == 0:  # its reader is behind: poll for room
+                        sink_ready[i] = False
+                        continue
+                    ahead[i] = k
+                    res.sink_bytes[i] += k
+                    if counters is not None:
+                        counters[1 + i] = res.sink_bytes[i]
+                    progress = True
+                    continue
                 if ahead[i] or tee_full[i]:
                     continue
                 r, w, cap = outs[i]

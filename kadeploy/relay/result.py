@@ -39,6 +39,9 @@ class RelayResult:
     # Capacity in bytes of the pipes the splice backends obtained (F_GETPIPE_SZ after
     # F_SETPIPE_SZ); 0 for the copy backend, which uses no pipe.
     pipe_size: int = 0
+    # How many sinks (pipes, beside other sinks) were tee'd into straight, with no
+    # pipe of the relay's own in between; 0 for the copy backend.
+    teed: int = 0
 
     @property
     def eof(self) -> bool:
