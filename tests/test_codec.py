@@ -144,19 +144,65 @@ def test_auto_compresses_on_a_slow_link_only():
     assert "ratio 0.99" in q.why
 
 
-def test_auto_sends_the_probe_raw_then_follows_the_decision():
-    policy = codec.AutoPolicy()
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6)   # a slow link
-    data = compressible((policy.PROBE + 2) * RECORD)
-    wire = enc.update(data) + enc.finish()
-    assert policy.decision is True
+def record_kinds(wire: bytes):
     kinds, pos = [], 0
     while pos < len(wire):
         kind, length = codec.RECORD.unpack_from(wire, pos)
         kinds.append(kind)
         pos += codec.RECORD.size + length
-    assert kinds == [codec.KIND_RAW] * policy.PROBE + [codec.KIND_ZSTD] * 2
+    return kinds
+
+
+def test_auto_keeps_compressing_when_the_link_is_the_limit_even_compressed():
+    """The link held the encoder back during the compressed probe: no raw probe, no
+    record sent raw (nothing lost to measuring)."""
+    policy = codec.AutoPolicy()
+    restarts = []
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
+    data = compressible((policy.PROBE + 3) * RECORD)
+    wire = enc.update(data) + enc.finish()
+    assert policy.decision is True and "limit even compressed" in policy.why
+    assert record_kinds(wire) == [codec.KIND_ZSTD] * (policy.PROBE + 3)
+    assert restarts == []
     assert decode(wire, 1 << 20) == data
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
+    """The encoder never waited for the link while compressing: the next PROBE records
+    go raw, measured afresh (restart_rate), and the decision follows the formula."""
+    policy = codec.AutoPolicy()
+    rates = iter([None, 10e6])          # compressed probe: never waited; raw probe: a slow link
+    restarts = []
+    enc = codec.ZstdEncoder(3, workers=workers, policy=policy, link_rate=lambda: next(rates),
+                            restart_rate=lambda: restarts.append(enc.content))
+    data = compressible((2 * policy.PROBE + 2) * RECORD)
+    wire = b"".join(enc.update(data[i:i + RECORD // 3]) for i in range(0, len(data), RECORD // 3))
+    wire += enc.finish()
+    assert policy.decision is True and "link 10 MB/s: compressing" in policy.why
+    assert record_kinds(wire) == ([codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * policy.PROBE
+                                  + [codec.KIND_ZSTD] * 2)
+    # The rate was restarted once, after the compressed probe and before any raw record.
+    assert restarts == [policy.PROBE * RECORD]
+    assert decode(wire, 1 << 20) == data
+
+
+def test_auto_sends_raw_after_the_probes_when_compressing_does_not_pay():
+    policy = codec.AutoPolicy()
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)   # the link never waited
+    data = compressible((2 * policy.PROBE + 2) * RECORD)
+    wire = enc.update(data) + enc.finish()
+    assert policy.decision is False and "never the limit" in policy.why
+    assert record_kinds(wire) == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * (policy.PROBE + 2)
+    assert decode(wire, 1 << 20) == data
+
+
+def test_auto_on_a_short_stream_says_where_it_ended():
+    policy = codec.AutoPolicy()
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)
+    wire = enc.update(compressible(3 * RECORD)) + enc.finish()
+    assert policy.decision is None and "during the compressed probe" in policy.why
+    assert record_kinds(wire) == [codec.KIND_ZSTD] * 3
 
 
 # ---------------------------------------------------------------------- pumps

@@ -120,10 +120,13 @@ class AutoPolicy:
 
     Compressing pays when the stream is limited by its link: the content then flows at
     min(compression speed, decompression speed, link / ratio), against the link alone
-    without it. The encoder sends the first PROBE records raw while it compresses a
-    copy of each (so the link's rate is measured on raw bytes, and the ratio and the
-    speeds on the same data), then decides once; MARGIN keeps a near tie uncompressed
-    (compressing costs every node CPU).
+    without it. Auto starts compressing, and measures the ratio and the speeds on the
+    first PROBE records (a copy of each is decompressed). If the link was the limit
+    even for the compressed stream (the encoder waited for the relay), compressing
+    pays and goes on: nothing was lost to the probe. Otherwise the encoder (or the
+    producer) was the slower side: the next PROBE records go raw, so the link's own
+    rate is measured, and `decide` weighs the two; MARGIN keeps a near tie
+    uncompressed (compressing costs every node CPU).
     """
     PROBE = 8
     MARGIN = 1.1
@@ -134,7 +137,11 @@ class AutoPolicy:
         self.compress_seconds = 0.0
         self.decompress_seconds = 0.0
         self.decision: Optional[bool] = None
-        self.why = "measuring"
+        self.why = "the stream ended during the compressed probe (sent compressed)"
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed / self.content if self.content else 1.0
 
     def sample(self, content: int, compressed: int, compress_s: float, decompress_s: float) -> None:
         self.content += content
@@ -142,10 +149,23 @@ class AutoPolicy:
         self.compress_seconds += compress_s
         self.decompress_seconds += decompress_s
 
+    def decide_compressed(self, link_rate: Optional[float]) -> Optional[bool]:
+        """After the compressed probe. link_rate: compressed bytes/s the relay took while
+        the encoder waited for it (None: it never waited). True when the link was the
+        limit even so; None: the raw probe is to tell."""
+        if link_rate is not None and self.ratio < 1 / self.MARGIN:
+            self.decision = True
+            self.why = (f"ratio {self.ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
+                        "bytes) was the limit even compressed: compressing")
+        else:
+            self.why = (f"ratio {self.ratio:.2f}; the link was not the limit while compressing: "
+                        "the stream ended during the raw probe (sent raw)")
+        return self.decision
+
     def decide(self, link_rate: Optional[float], workers: int) -> bool:
-        """link_rate: raw bytes/s the relay took while its input was waiting for it
-        (None: it never waited, the producer was the slower side)."""
-        ratio = self.compressed / self.content if self.content else 1.0
+        """After the raw probe. link_rate: raw bytes/s the relay took while its input
+        was waiting for it (None: it never waited, the producer was the slower side)."""
+        ratio = self.ratio
         c = self.content / self.compress_seconds * workers if self.compress_seconds else float("inf")
         d = self.content / self.decompress_seconds if self.decompress_seconds else float("inf")
         if link_rate is None:
@@ -159,17 +179,24 @@ class AutoPolicy:
         return self.decision
 
 
+def _raw(record: bytes) -> bytes:
+    return RECORD.pack(KIND_RAW, len(record)) + record
+
+
 class ZstdEncoder(Stage):
     """Content in, records out; compresses up to `workers` records at once (zstandard
-    releases the GIL), in order. With a policy (auto), probes first, then compresses
-    or sends raw records as the policy decided."""
+    releases the GIL), in order. With a policy (auto): the compressed probe, maybe the
+    raw probe, then compressed or raw records as the policy decided.
+    restart_rate(): the link's rate is to be measured afresh (the raw probe begins)."""
     name = "zstd"
 
     def __init__(self, level: int = DEFAULT_LEVEL, *, workers: int = 1,
                  policy: Optional[AutoPolicy] = None,
-                 link_rate: Callable[[], Optional[float]] = lambda: None) -> None:
+                 link_rate: Callable[[], Optional[float]] = lambda: None,
+                 restart_rate: Callable[[], None] = lambda: None) -> None:
         self.zstd = _zstd()
-        self.level, self.workers, self.policy, self.link_rate = level, max(1, workers), policy, link_rate
+        self.level, self.workers, self.policy = level, max(1, workers), policy
+        self.link_rate, self.restart_rate = link_rate, restart_rate
         self._buf = bytearray()
         self._pending: Deque = deque()
         self._pool = None
@@ -180,7 +207,9 @@ class ZstdEncoder(Stage):
         self._local = threading.local()
         self.content = 0
         self.wire = 0
-        self.probed = 0
+        self.probed = 0          # records of the compressed probe submitted...
+        self.sampled = 0         # ...and measured
+        self.raw_probed = 0
 
     def _cctx(self):
         ctx = getattr(self._local, "cctx", None)
@@ -190,53 +219,78 @@ class ZstdEncoder(Stage):
             ctx = self._local.cctx = self.zstd.ZstdCompressor(level=self.level, write_checksum=True)
         return ctx
 
-    def _compress(self, record: bytes) -> bytes:
-        payload = self._cctx().compress(record)
+    def _frame(self, record: bytes, payload: bytes) -> bytes:
         if len(payload) >= len(record):   # incompressible: raw costs nobody anything
-            return RECORD.pack(KIND_RAW, len(record)) + record
+            return _raw(record)
         return RECORD.pack(KIND_ZSTD, len(payload)) + payload
 
-    def _probe(self, record: bytes) -> bytes:
-        """Auto's probe: measure compression on a copy, send the record raw."""
+    def _compress(self, record: bytes) -> bytes:
+        return self._frame(record, self._cctx().compress(record))
+
+    def _compress_measured(self, record: bytes):
+        """A record of the compressed probe, with what it cost (a worker's job)."""
         t0 = time.perf_counter()
         payload = self._cctx().compress(record)
         t1 = time.perf_counter()
         self.zstd.ZstdDecompressor().decompress(payload)
         t2 = time.perf_counter()
-        self.policy.sample(len(record), len(payload), t1 - t0, t2 - t1)
-        self.probed += 1
-        if self.probed == self.policy.PROBE:
-            self.policy.decide(self.link_rate(), self.workers)
-        return RECORD.pack(KIND_RAW, len(record)) + record
+        return self._frame(record, payload), (len(record), len(payload), t1 - t0, t2 - t1)
+
+    def _queue(self, job, record: bytes) -> None:
+        self._pending.append(job(record) if self._pool is None else self._pool.submit(job, record))
 
     def _submit(self, record: bytes) -> None:
         self.content += len(record)
-        if self.policy is not None and self.policy.decision is None:
-            self._pending.append(self._probe(record))
-        elif self.policy is not None and not self.policy.decision:
-            self._pending.append(RECORD.pack(KIND_RAW, len(record)) + record)
-        elif self._pool is None:
-            self._pending.append(self._compress(record))
+        policy = self.policy
+        if policy is not None and policy.decision is None:
+            if self.probed < policy.PROBE:
+                self.probed += 1
+                self._queue(self._compress_measured, record)
+                return
+            self.raw_probed += 1
+            self._pending.append(_raw(record))
+            if self.raw_probed == policy.PROBE:
+                policy.decide(self.link_rate(), self.workers)
+        elif policy is not None and not policy.decision:
+            self._pending.append(_raw(record))
         else:
-            self._pending.append(self._pool.submit(self._compress, record))
+            self._queue(self._compress, record)
+
+    def _sampled(self, framed: bytes, sample) -> bytes:
+        self.policy.sample(*sample)
+        self.sampled += 1
+        if self.sampled == self.policy.PROBE and self.policy.decide_compressed(self.link_rate()) is None:
+            self.restart_rate()
+        return framed
+
+    def _judging(self) -> bool:
+        """Is the compressed probe submitted but not yet judged? (The next record
+        waits for its verdict: compressed or raw.)"""
+        return (self.policy is not None and self.policy.decision is None
+                and self.probed == self.policy.PROBE and self.sampled < self.policy.PROBE)
 
     def _ready(self, wait_for_all: bool) -> bytes:
         out = []
         # Keep `workers` records in flight; hand on the finished ones, in order.
         while self._pending and (wait_for_all or len(self._pending) > self.workers
-                                 or isinstance(self._pending[0], bytes) or self._pending[0].done()):
+                                 or not hasattr(self._pending[0], "done") or self._pending[0].done()):
             item = self._pending.popleft()
-            out.append(item if isinstance(item, bytes) else item.result())
+            got = item.result() if hasattr(item, "done") else item
+            out.append(self._sampled(*got) if isinstance(got, tuple) else got)
         data = b"".join(out)
         self.wire += len(data)
         return data
 
     def update(self, data) -> bytes:
         self._buf += data
+        out = []
         while len(self._buf) >= RECORD_SIZE:
+            if self._judging():
+                out.append(self._ready(True))
             self._submit(bytes(self._buf[:RECORD_SIZE]))
             del self._buf[:RECORD_SIZE]
-        return self._ready(False)
+        out.append(self._ready(False))
+        return b"".join(out)
 
     def finish(self) -> bytes:
         if self._buf:
@@ -303,13 +357,14 @@ def default_workers() -> int:
 
 
 def encoder_stages(spec: Spec, *, workers: int = 1, policy: Optional[AutoPolicy] = None,
-                   link_rate: Callable[[], Optional[float]] = lambda: None) -> List[Stage]:
+                   link_rate: Callable[[], Optional[float]] = lambda: None,
+                   restart_rate: Callable[[], None] = lambda: None) -> List[Stage]:
     """The server's stages for --compress `spec` (empty: the stream goes as it is)."""
     if spec.name == NONE:
         return []
     if spec.name == AUTO:
         return [ZstdEncoder(DEFAULT_LEVEL, workers=workers, policy=policy or AutoPolicy(),
-                            link_rate=link_rate)]
+                            link_rate=link_rate, restart_rate=restart_rate)]
     return [ZstdEncoder(spec.level, workers=workers)]
 
 

@@ -67,6 +67,10 @@ class EncodePump(threading.Thread):
         self._measured = 0
         self._waited = 0.0
 
+    def restart_rate(self) -> None:
+        """Measure the link afresh from the next write on (the encoder's own thread)."""
+        self._written_at, self._measured, self._waited = None, 0, 0.0
+
     def link_rate(self) -> Optional[float]:
         """Wire bytes/s the relay took, when it was what the pump waited for; else None."""
         if self._written_at is None:

@@ -209,7 +209,8 @@ class ServerDataPhase:
     def _start_encoding(self, producer_fd: int) -> int:
         """The relay's source: the producer itself, or the encoder's pipe."""
         stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
-                                      link_rate=lambda: self.pump.link_rate())
+                                      link_rate=lambda: self.pump.link_rate(),
+                                      restart_rate=lambda: self.pump.restart_rate())
         stages += encrypt_stage.encoders(self.stream_key)   # compress, then encrypt
         if not stages:
             return producer_fd
@@ -226,8 +227,6 @@ class ServerDataPhase:
                          + [s.name for s in self.pump.stages.stages if s.name == "aes-256-gcm"])
         note = f"{label}: {self.pump.content} bytes sent as {res.bytes_in} (ratio {ratio:.3f})"
         policy = getattr(self.pump.stages.stages[0], "policy", None)
-        if policy is not None and policy.decision is None:
-            return note + "; auto: the stream was shorter than the probe, sent as it is"
         return note + (f"; auto: {policy.why}" if policy is not None else "")
 
     def _start_digests(self, loop) -> Optional[int]:
