@@ -28,6 +28,8 @@ READ_SIZE = 1 << 20
 # it stays in the core's cache, and the copy out of the pipe plus the digest cost
 # 0.67-0.71 CPU s/GB instead of 0.91-1.01 with 1 MiB (bench/node_threads.py, RESULTS.md).
 # Reads into the window go to a new place each time: their size makes no difference.
+# Decoding stages take READ_SIZE (their records are larger: smaller pieces cost them
+# more buffering than the cache saves, bench/chain_cpu.py's encrypt runs).
 TAP_BUFFER = 1 << 17
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -162,7 +164,8 @@ class StreamTap(threading.Thread):
     def run(self) -> None:
         os.set_blocking(self.read_fd, True)
         window = self.window
-        view = None if window is not None else memoryview(bytearray(TAP_BUFFER))
+        size = READ_SIZE if self.stages is not None else TAP_BUFFER
+        view = None if window is not None else memoryview(bytearray(size))
         try:
             while True:
                 into = window.reserve(READ_SIZE) if window is not None else view
