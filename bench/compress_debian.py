@@ -3,6 +3,7 @@ and auto on a Debian tree (debootstrap --variant=minbase bookworm), at 1 Gbit/s 
 200 Mbit/s. The baseline in the same run is --compress none.
 
     .venv/bin/python bench/compress_debian.py [--nodes 2,4] [--repeat 3] [--out bench/out/compress]
+    .venv/bin/python bench/compress_debian.py --include linux-image-amd64,build-essential,...
 
 The issue's figures: wall time with zstd <= 0.5 x without, and auto never slower than
 the better of on and off by more than 3 %. The tree is built once and cached under
@@ -23,6 +24,8 @@ import sys
 CACHE = "/var/cache/kadeploy-tests"
 SUITE, VARIANT = "bookworm", "minbase"
 SOURCES = "/etc/apt/sources.list.d/debian.sources"
+# A node's usual payload beside minbase: a kernel with its modules, compilers, Python.
+LARGER = "linux-image-amd64,build-essential,gfortran,python3,openssh-server"
 
 
 def mirror() -> str:
@@ -37,10 +40,12 @@ def mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def debian_tree() -> str:
-    """The cached minbase tree, built on first use (about 20 s and 100 MB of downloads)."""
+def debian_tree(include: str = "") -> str:
+    """The cached minbase tree, built on first use (about 20 s and 100 MB of downloads),
+    with the packages of `include` (comma-separated) when given: a larger tree."""
     url = mirror()
-    key = hashlib.sha256(f"{SUITE} {VARIANT} {url}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{SUITE} {VARIANT} {url}".encode()
+                         + (f" {include}".encode() if include else b"")).hexdigest()[:12]
     root = os.path.join(CACHE, f"kdd-debian-{key}")
     tree = os.path.join(root, "root")
     if os.path.exists(os.path.join(root, "complete")):
@@ -49,7 +54,8 @@ def debian_tree() -> str:
         raise SystemExit("compress_debian: needs debootstrap (apt-get install debootstrap)")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
-    subprocess.run(["debootstrap", f"--variant={VARIANT}", SUITE, tree, url], check=True,
+    extra = [f"--include={include}"] if include else []
+    subprocess.run(["debootstrap", f"--variant={VARIANT}", *extra, SUITE, tree, url], check=True,
                    stdout=subprocess.DEVNULL)
     open(os.path.join(root, "complete"), "w").close()
     return tree
@@ -78,9 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--compress", default="none,zstd,auto")
     ap.add_argument("--repeat", default="3")
     ap.add_argument("--tree", default=None, help="stream this directory instead of the Debian tree")
+    ap.add_argument("--include", default="", help="packages to add to the minbase tree (comma-separated): "
+                    f"a larger tree, e.g. {LARGER}")
     ap.add_argument("--out", default="bench/out/compress")
     args = ap.parse_args(argv)
-    tree = args.tree or debian_tree()
+    tree = args.tree or debian_tree(args.include)
     cmd = [sys.executable, "-m", "kadeploy", "bench", "--methods", "kadeploy", "--nodes", args.nodes,
            "--rate", args.rate, "--compress", args.compress, "--source", tree, "--repeat", args.repeat,
            "--out", args.out, "--plain"]

@@ -76,6 +76,31 @@ def test_round_trip_any_cut(size, seed, pieces, read, workers):
     assert decode(wire, read) == data
 
 
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(0, 2 * RECORD + 17), pieces=st.lists(st.integers(1, 300_000), max_size=12),
+       read=st.sampled_from([1, 3, 5, 6, 4096, 1 << 20]))
+def test_auto_raw_records_of_any_size_round_trip(size, pieces, read):
+    """Once auto sends raw, each piece it is given is a record as it comes (any size,
+    however the reads cut headers and payloads)."""
+    policy = codec.AutoPolicy()
+    policy.decision = False
+    enc = codec.ZstdEncoder(3, policy=policy)
+    data = compressible(size)
+    if read < 10:
+        data = data[:30000]
+    out, pos = [], 0
+    for n in pieces + [len(data)]:
+        out.append(enc.update(data[pos:pos + n]))
+        pos += n
+    wire = b"".join(out) + enc.finish()
+    assert set(record_kinds(wire)) <= {codec.KIND_RAW}
+    assert enc.content == len(data) and enc.wire == len(wire)
+    dec = codec.ZstdDecoder()
+    assert decode(wire, read) == data
+    assert b"".join(dec.update(wire[i:i + read]) for i in range(0, len(wire), read)) + dec.finish() == data
+    assert dec.content == len(data) and dec.wire == len(wire)
+
+
 def test_compressible_data_shrinks_and_random_data_goes_raw():
     text = compressible(2 * RECORD)
     assert len(encode(text, [])) < 0.6 * len(text)

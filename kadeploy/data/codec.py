@@ -282,6 +282,14 @@ class ZstdEncoder(Stage):
         return data
 
     def update(self, data) -> bytes:
+        if (self.policy is not None and self.policy.decision is False and not self._buf
+                and not self._pending and len(data) <= RECORD_SIZE):
+            # Auto chose raw: each piece is a record as it comes (one copy, no gathering).
+            if not data:
+                return b""
+            self.content += len(data)
+            self.wire += RECORD.size + len(data)
+            return RECORD.pack(KIND_RAW, len(data)) + data
         self._buf += data
         out = []
         while len(self._buf) >= RECORD_SIZE:
@@ -303,49 +311,72 @@ class ZstdEncoder(Stage):
 
 
 class ZstdDecoder(Stage):
-    """Records in, content out; counts the time spent decompressing (the node's rate)."""
+    """Records in, content out; counts the time spent decompressing (the node's rate).
+
+    Parsed as it streams: a raw record's bytes are handed on as they come (one copy,
+    however the reads cut the records), only a zstd frame is gathered whole."""
     name = "zstd"
 
     def __init__(self) -> None:
         self._dctx = _zstd().ZstdDecompressor()
-        self._buf = bytearray()
+        self._head = bytearray()    # a record header cut by a read
+        self._kind = KIND_RAW
+        self._need = 0              # bytes of the current record's payload still to come
+        self._frame = bytearray()   # the current zstd frame so far
         self.content = 0
         self.wire = 0
         self.seconds = 0.0          # CPU-bound time in decompress()
 
+    def _start_record(self, header_at: int) -> None:
+        kind, length = RECORD.unpack(self._head)
+        self._head = bytearray()
+        if kind not in (KIND_RAW, KIND_ZSTD) or length > MAX_PAYLOAD:
+            raise CodecError(f"compressed stream is corrupt at byte {header_at}: not a record header")
+        self._kind, self._need = kind, length
+
+    def _decompress(self) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            return self._dctx.decompress(self._frame, max_output_size=RECORD_SIZE)
+        except Exception as e:   # zstandard.ZstdError
+            raise CodecError(f"compressed stream does not decode: {e}") from None
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self._frame = bytearray()
+
     def update(self, data) -> bytes:
-        self._buf += data
-        self.wire += len(data)
+        view = memoryview(data).cast("B")
+        at = self.wire                  # wire offset of view[0]
+        self.wire += len(view)
         out = []
-        buf = self._buf
-        while len(buf) >= RECORD.size:
-            kind, length = RECORD.unpack_from(buf)
-            if kind not in (KIND_RAW, KIND_ZSTD) or length > MAX_PAYLOAD:
-                raise CodecError(f"compressed stream is corrupt at byte {self.wire - len(buf)}: "
-                                 "not a record header")
-            end = RECORD.size + length
-            if len(buf) < end:
-                break
-            payload = memoryview(buf)[RECORD.size:end]
-            if kind == KIND_RAW:
-                piece = bytes(payload)
+        while view:
+            if self._need == 0:             # at a record header (a zstd frame is done with)
+                take = RECORD.size - len(self._head)
+                self._head += view[:take]
+                view, at = view[take:], at + min(take, len(view))
+                if len(self._head) < RECORD.size:
+                    break
+                self._start_record(at - RECORD.size)
+                if self._need:
+                    continue
+            take = min(self._need, len(view))
+            if self._kind == KIND_RAW:
+                out.append(bytes(view[:take]))
             else:
-                t0 = time.perf_counter()
-                try:
-                    piece = self._dctx.decompress(payload, max_output_size=RECORD_SIZE)
-                except Exception as e:   # zstandard.ZstdError
-                    raise CodecError(f"compressed stream does not decode: {e}") from None
-                finally:
-                    self.seconds += time.perf_counter() - t0
-            payload.release()
-            del buf[:end]
+                self._frame += view[:take]
+            view, at, self._need = view[take:], at + take, self._need - take
+            if self._need == 0 and self._kind == KIND_ZSTD:
+                out.append(self._decompress())
+        for piece in out:
             self.content += len(piece)
-            out.append(piece)
-        return b"".join(out) if len(out) != 1 else out[0]
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
-        if self._buf:
-            raise CodecError(f"compressed stream cut inside a record ({len(self._buf)} bytes left over)")
+        if self._head:
+            raise CodecError(f"compressed stream cut inside a record header ({len(self._head)} of "
+                             f"{RECORD.size} bytes)")
+        if self._need:
+            raise CodecError(f"compressed stream cut inside a record ({self._need} bytes missing)")
         return b""
 
 
