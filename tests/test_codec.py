@@ -222,6 +222,27 @@ def test_auto_sends_raw_after_the_probes_when_compressing_does_not_pay():
     assert decode(wire, 1 << 20) == data
 
 
+def test_auto_revisits_its_decision_as_the_stream_changes():
+    """A tree's packages do not compress, its text does: every EPOCH records the
+    decision is looked at again (compressing: by the ratio it gets; raw: by a sample
+    and the link's rate over the epoch)."""
+    policy = codec.AutoPolicy()
+    policy.EPOCH = 2
+    restarts = []
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
+    text, noise = compressible(policy.PROBE * RECORD), os.urandom(4 * RECORD)
+    more_text = compressible(6 * RECORD, seed=2)
+    data = text + noise + more_text
+    wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
+    kinds = record_kinds(wire)
+    assert kinds[:policy.PROBE] == [codec.KIND_ZSTD] * policy.PROBE      # link-bound: compressing
+    after_noise = kinds[policy.PROBE + 4:]
+    assert codec.KIND_RAW in after_noise and after_noise[-1] == codec.KIND_ZSTD, kinds
+    assert policy.changes == 2 and policy.decision is True, policy.why
+    assert "changed 2x" in policy.why and restarts
+    assert decode(wire, 1 << 20) == data
+
+
 def test_auto_on_a_short_stream_says_where_it_ended():
     policy = codec.AutoPolicy()
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)

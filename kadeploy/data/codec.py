@@ -130,6 +130,12 @@ class AutoPolicy:
     """
     PROBE = 8
     MARGIN = 1.1
+    # A stream changes along the way (a tree's packages, then its text): the decision
+    # is revisited every EPOCH records' worth of content. Compressing, on the ratio it
+    # gets (free to know); raw, on one piece compressed as a sample and the link's rate
+    # over the epoch.
+    EPOCH = 16
+    SAMPLE_EVERY = 8    # raw: one piece in 8 is compressed as a copy (a tree mixes files)
 
     def __init__(self) -> None:
         self.content = 0
@@ -138,6 +144,23 @@ class AutoPolicy:
         self.decompress_seconds = 0.0
         self.decision: Optional[bool] = None
         self.why = "the stream ended during the compressed probe (sent compressed)"
+        self.changes = 0            # decisions reversed by a later epoch
+
+    def restart(self) -> None:
+        """Forget the samples: the next ones describe the next part of the stream."""
+        self.content = self.compressed = 0
+        self.compress_seconds = self.decompress_seconds = 0.0
+
+    def _set(self, decision: bool, why: str) -> None:
+        if self.decision is not None and decision != self.decision:
+            self.changes += 1
+        self.decision, self.why = decision, why + (f" (changed {self.changes}x)" if self.changes else "")
+
+    def recheck_compressing(self, ratio: float) -> bool:
+        """After an epoch compressed at `ratio`: go on unless that part did not compress."""
+        if ratio >= 1 / self.MARGIN:
+            self._set(False, f"ratio {ratio:.2f} over the last epoch: raw")
+        return self.decision
 
     @property
     def ratio(self) -> float:
@@ -154,9 +177,8 @@ class AutoPolicy:
         the encoder waited for it (None: it never waited). True when the link was the
         limit even so; None: the raw probe is to tell."""
         if link_rate is not None and self.ratio < 1 / self.MARGIN:
-            self.decision = True
-            self.why = (f"ratio {self.ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
-                        "bytes) was the limit even compressed: compressing")
+            self._set(True, f"ratio {self.ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
+                            "bytes) was the limit even compressed: compressing")
         else:
             self.why = (f"ratio {self.ratio:.2f}; the link was not the limit while compressing: "
                         "the stream ended during the raw probe (sent raw)")
@@ -169,13 +191,12 @@ class AutoPolicy:
         c = self.content / self.compress_seconds * workers if self.compress_seconds else float("inf")
         d = self.content / self.decompress_seconds if self.decompress_seconds else float("inf")
         if link_rate is None:
-            self.decision = False
-            self.why = f"the link was never the limit (ratio {ratio:.2f})"
+            self._set(False, f"the link was never the limit (ratio {ratio:.2f})")
         else:
             with_it = min(c, d, link_rate / max(ratio, 1e-9))
-            self.decision = with_it > self.MARGIN * link_rate
-            self.why = (f"ratio {ratio:.2f}, compress {c / 1e6:.0f} MB/s, decompress {d / 1e6:.0f} MB/s, "
-                        f"link {link_rate / 1e6:.0f} MB/s: {'compressing' if self.decision else 'raw'}")
+            pays = with_it > self.MARGIN * link_rate
+            self._set(pays, f"ratio {ratio:.2f}, compress {c / 1e6:.0f} MB/s, decompress {d / 1e6:.0f} MB/s, "
+                            f"link {link_rate / 1e6:.0f} MB/s: {'compressing' if pays else 'raw'}")
         return self.decision
 
 
@@ -210,6 +231,9 @@ class ZstdEncoder(Stage):
         self.probed = 0          # records of the compressed probe submitted...
         self.sampled = 0         # ...and measured
         self.raw_probed = 0
+        self.emitted = 0         # content of the records handed on (the wire's own count)
+        self._epoch = (0, 0)     # (emitted, wire) when the current epoch began
+        self._raw_seen = 0       # raw pieces since the epoch began (one in SAMPLE_EVERY sampled)
 
     def _cctx(self):
         ctx = getattr(self._local, "cctx", None)
@@ -227,17 +251,46 @@ class ZstdEncoder(Stage):
     def _compress(self, record: bytes) -> bytes:
         return self._frame(record, self._cctx().compress(record))
 
-    def _compress_measured(self, record: bytes):
-        """A record of the compressed probe, with what it cost (a worker's job)."""
+    def _measure(self, record) -> tuple:
+        """Compress `record`: the payload, and the sample of what it cost."""
         t0 = time.perf_counter()
         payload = self._cctx().compress(record)
         t1 = time.perf_counter()
         self.zstd.ZstdDecompressor().decompress(payload)
         t2 = time.perf_counter()
-        return self._frame(record, payload), (len(record), len(payload), t1 - t0, t2 - t1)
+        return payload, (len(record), len(payload), t1 - t0, t2 - t1)
+
+    def _compress_measured(self, record: bytes):
+        """A record of the compressed probe, with what it cost (a worker's job)."""
+        payload, sample = self._measure(record)
+        return self._frame(record, payload), sample
+
+    def _epoch_ends(self) -> None:
+        """Every EPOCH records of content after the first decision: revisit it."""
+        policy = self.policy
+        emitted0, wire0 = self._epoch
+        if policy is None or policy.decision is None or self.emitted - emitted0 < policy.EPOCH * RECORD_SIZE:
+            return
+        if policy.decision:
+            if not policy.recheck_compressing((self.wire - wire0) / (self.emitted - emitted0)):
+                self.restart_rate()
+        elif policy.content:
+            policy.decide(self.link_rate(), self.workers)
+            if not policy.decision:
+                self.restart_rate()
+        policy.restart()
+        self._raw_seen = 0
+        self._epoch = (self.emitted, self.wire)
+
+    def _sample(self, piece) -> None:
+        """Raw: pieces compressed as copies, for the ratio and the speeds."""
+        if self.policy.decision is False:
+            if self._raw_seen % self.policy.SAMPLE_EVERY == 0:
+                self.policy.sample(*self._measure(piece)[1])
+            self._raw_seen += 1
 
     def _queue(self, job, record: bytes) -> None:
-        self._pending.append(job(record) if self._pool is None else self._pool.submit(job, record))
+        self._pending.append((len(record), job(record) if self._pool is None else self._pool.submit(job, record)))
 
     def _submit(self, record: bytes) -> None:
         self.content += len(record)
@@ -248,20 +301,31 @@ class ZstdEncoder(Stage):
                 self._queue(self._compress_measured, record)
                 return
             self.raw_probed += 1
-            self._pending.append(_raw(record))
+            self._pending.append((len(record), _raw(record)))
             if self.raw_probed == policy.PROBE:
                 policy.decide(self.link_rate(), self.workers)
-        elif policy is not None and not policy.decision:
-            self._pending.append(_raw(record))
+                self._epoch = (self.emitted, self.wire)
+                if not policy.decision:
+                    self.restart_rate()
+                policy.restart()
+            return
+        if policy is not None and not policy.decision:
+            self._sample(record)
+            self._pending.append((len(record), _raw(record)))
         else:
             self._queue(self._compress, record)
+        self._epoch_ends()
 
-    def _sampled(self, framed: bytes, sample) -> bytes:
+    def _sampled(self, sample) -> None:
+        """A record of the compressed probe was handed on; judge the probe after the last."""
         self.policy.sample(*sample)
         self.sampled += 1
-        if self.sampled == self.policy.PROBE and self.policy.decide_compressed(self.link_rate()) is None:
-            self.restart_rate()
-        return framed
+        if self.sampled == self.policy.PROBE:
+            if self.policy.decide_compressed(self.link_rate()) is None:
+                self.restart_rate()
+            else:
+                self._epoch = (self.emitted, self.wire)
+                self.policy.restart()
 
     def _judging(self) -> bool:
         """Is the compressed probe submitted but not yet judged? (The next record
@@ -273,13 +337,16 @@ class ZstdEncoder(Stage):
         out = []
         # Keep `workers` records in flight; hand on the finished ones, in order.
         while self._pending and (wait_for_all or len(self._pending) > self.workers
-                                 or not hasattr(self._pending[0], "done") or self._pending[0].done()):
-            item = self._pending.popleft()
+                                 or not hasattr(self._pending[0][1], "done") or self._pending[0][1].done()):
+            length, item = self._pending.popleft()
             got = item.result() if hasattr(item, "done") else item
-            out.append(self._sampled(*got) if isinstance(got, tuple) else got)
-        data = b"".join(out)
-        self.wire += len(data)
-        return data
+            framed, sample = got if isinstance(got, tuple) else (got, None)
+            out.append(framed)
+            self.emitted += length
+            self.wire += len(framed)
+            if sample is not None:
+                self._sampled(sample)
+        return b"".join(out)
 
     def update(self, data) -> bytes:
         if (self.policy is not None and self.policy.decision is False and not self._buf
@@ -287,9 +354,13 @@ class ZstdEncoder(Stage):
             # Auto chose raw: each piece is a record as it comes (one copy, no gathering).
             if not data:
                 return b""
+            self._sample(data)
             self.content += len(data)
+            self.emitted += len(data)
             self.wire += RECORD.size + len(data)
-            return RECORD.pack(KIND_RAW, len(data)) + data
+            out = RECORD.pack(KIND_RAW, len(data)) + data
+            self._epoch_ends()
+            return out
         self._buf += data
         out = []
         while len(self._buf) >= RECORD_SIZE:
