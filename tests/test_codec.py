@@ -178,10 +178,31 @@ def record_kinds(wire: bytes):
     return kinds
 
 
+def test_auto_judges_the_compressed_probe_once_enough_wire_went_out():
+    """A stream that compresses well is probed until PROBE_WIRE bytes of wire went out
+    (the buffers up to the first node must fill before the link shows), at most
+    PROBE_MAX records."""
+    for wire_needed, judged_after in ((0, 8), (3 * RECORD, None), (1 << 40, 12)):
+        policy = codec.AutoPolicy()
+        policy.PROBE, policy.PROBE_WIRE, policy.PROBE_MAX = 8, wire_needed, 12
+        seen = []
+        enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: seen.append(enc.sampled) or 10e6)
+        data = compressible(16 * RECORD)
+        wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20))
+        wire += enc.finish()
+        assert policy.decision is True
+        ratio = len(wire) / len(data)
+        expected = judged_after or max(8, -(-wire_needed // int(ratio * RECORD)))
+        assert seen[0] in (expected, expected + 1), (wire_needed, seen, ratio)
+        assert record_kinds(wire) == [codec.KIND_ZSTD] * 16
+        assert decode(wire, 1 << 20) == data
+
+
 def test_auto_keeps_compressing_when_the_link_is_the_limit_even_compressed():
     """The link held the encoder back during the compressed probe: no raw probe, no
     record sent raw (nothing lost to measuring)."""
     policy = codec.AutoPolicy()
+    policy.PROBE_WIRE = 0
     restarts = []
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
     data = compressible((policy.PROBE + 3) * RECORD)
@@ -197,6 +218,7 @@ def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
     """The encoder never waited for the link while compressing: the next PROBE records
     go raw, measured afresh (restart_rate), and the decision follows the formula."""
     policy = codec.AutoPolicy()
+    policy.PROBE_WIRE = 0
     rates = iter([None, 10e6])          # compressed probe: never waited; raw probe: a slow link
     restarts = []
     enc = codec.ZstdEncoder(3, workers=workers, policy=policy, link_rate=lambda: next(rates),
@@ -205,20 +227,27 @@ def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
     wire = b"".join(enc.update(data[i:i + RECORD // 3]) for i in range(0, len(data), RECORD // 3))
     wire += enc.finish()
     assert policy.decision is True and "link 10 MB/s: compressing" in policy.why
-    assert record_kinds(wire) == ([codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * policy.PROBE
-                                  + [codec.KIND_ZSTD] * 2)
+    kinds = record_kinds(wire)
+    # The probe is judged as its last record goes out: records already with a worker
+    # then go compressed too (no loss), before the PROBE raw ones.
+    m = kinds.index(codec.KIND_RAW)
+    assert policy.PROBE <= m <= policy.PROBE + workers, kinds
+    assert kinds == [codec.KIND_ZSTD] * m + [codec.KIND_RAW] * policy.PROBE + \
+        [codec.KIND_ZSTD] * (len(kinds) - m - policy.PROBE)
     # The rate was restarted once, after the compressed probe and before any raw record.
-    assert restarts == [policy.PROBE * RECORD]
+    assert restarts == [m * RECORD]
     assert decode(wire, 1 << 20) == data
 
 
 def test_auto_sends_raw_after_the_probes_when_compressing_does_not_pay():
     policy = codec.AutoPolicy()
+    policy.PROBE_WIRE = 0
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)   # the link never waited
     data = compressible((2 * policy.PROBE + 2) * RECORD)
-    wire = enc.update(data) + enc.finish()
+    wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
     assert policy.decision is False and "never the limit" in policy.why
-    assert record_kinds(wire) == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * (policy.PROBE + 2)
+    kinds = record_kinds(wire)      # raw after the decision: each 1 MiB piece a record
+    assert kinds == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * (policy.PROBE + 2 * 4)
     assert decode(wire, 1 << 20) == data
 
 
@@ -227,7 +256,7 @@ def test_auto_revisits_its_decision_as_the_stream_changes():
     decision is looked at again (compressing: by the ratio it gets; raw: by a sample
     and the link's rate over the epoch)."""
     policy = codec.AutoPolicy()
-    policy.EPOCH = 2
+    policy.EPOCH, policy.PROBE_WIRE = 2, 0
     restarts = []
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
     text, noise = compressible(policy.PROBE * RECORD), os.urandom(4 * RECORD)

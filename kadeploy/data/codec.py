@@ -129,6 +129,11 @@ class AutoPolicy:
     uncompressed (compressing costs every node CPU).
     """
     PROBE = 8
+    # The compressed probe also waits for this much wire (the buffers between the
+    # server and its first node, ~10 MiB, must fill for the link to show), up to
+    # PROBE_MAX records.
+    PROBE_WIRE = PROBE * RECORD_SIZE
+    PROBE_MAX = 4 * PROBE
     MARGIN = 1.1
     # A stream changes along the way (a tree's packages, then its text): the decision
     # is revisited every EPOCH records' worth of content. Compressing, on the ratio it
@@ -230,6 +235,7 @@ class ZstdEncoder(Stage):
         self.wire = 0
         self.probed = 0          # records of the compressed probe submitted...
         self.sampled = 0         # ...and measured
+        self._probe_open = policy is not None
         self.raw_probed = 0
         self.emitted = 0         # content of the records handed on (the wire's own count)
         self._epoch = (0, 0)     # (emitted, wire) when the current epoch began
@@ -296,7 +302,7 @@ class ZstdEncoder(Stage):
         self.content += len(record)
         policy = self.policy
         if policy is not None and policy.decision is None:
-            if self.probed < policy.PROBE:
+            if self._probe_open:
                 self.probed += 1
                 self._queue(self._compress_measured, record)
                 return
@@ -317,21 +323,19 @@ class ZstdEncoder(Stage):
         self._epoch_ends()
 
     def _sampled(self, sample) -> None:
-        """A record of the compressed probe was handed on; judge the probe after the last."""
-        self.policy.sample(*sample)
+        """A record of the compressed probe was handed on; the probe is judged after
+        PROBE records and PROBE_WIRE bytes of wire, or PROBE_MAX records."""
+        policy = self.policy
+        policy.sample(*sample)
         self.sampled += 1
-        if self.sampled == self.policy.PROBE:
-            if self.policy.decide_compressed(self.link_rate()) is None:
+        if self._probe_open and self.sampled >= policy.PROBE and (
+                self.wire >= policy.PROBE_WIRE or self.sampled >= policy.PROBE_MAX):
+            self._probe_open = False
+            if policy.decide_compressed(self.link_rate()) is None:
                 self.restart_rate()
             else:
                 self._epoch = (self.emitted, self.wire)
                 self.policy.restart()
-
-    def _judging(self) -> bool:
-        """Is the compressed probe submitted but not yet judged? (The next record
-        waits for its verdict: compressed or raw.)"""
-        return (self.policy is not None and self.policy.decision is None
-                and self.probed == self.policy.PROBE and self.sampled < self.policy.PROBE)
 
     def _ready(self, wait_for_all: bool) -> bytes:
         out = []
@@ -364,8 +368,6 @@ class ZstdEncoder(Stage):
         self._buf += data
         out = []
         while len(self._buf) >= RECORD_SIZE:
-            if self._judging():
-                out.append(self._ready(True))
             self._submit(bytes(self._buf[:RECORD_SIZE]))
             del self._buf[:RECORD_SIZE]
         out.append(self._ready(False))
