@@ -366,12 +366,10 @@ class ZstdEncoder(Stage):
             self._epoch_ends()
             return out
         self._buf += data
-        out = []
         while len(self._buf) >= RECORD_SIZE:
             self._submit(bytes(self._buf[:RECORD_SIZE]))
             del self._buf[:RECORD_SIZE]
-        out.append(self._ready(False))
-        return b"".join(out)
+        return self._ready(False)
 
     def finish(self) -> bytes:
         if self._buf:

@@ -93,8 +93,8 @@ def teed_sinks(sinks: Sequence[int], direct: bool, pipes: "PipeSet") -> List[boo
         return [False] * len(sinks)
     teed = [stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in sinks]
     for fd, t in zip(sinks, teed):
-        if t and pipes._get(fd) < pipes.request:
-            pipes._size(fd)
+        if t:
+            pipes.grow(fd)
     return teed
 
 
@@ -112,6 +112,11 @@ class PipeSet:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fds += (r, w)
         return r, w, self._size(w)
+
+    def grow(self, fd: int) -> None:
+        """A pipe we were given (not ours to close), grown to the request if smaller."""
+        if self._get(fd) < self.request:
+            self._size(fd)
 
     def devnull(self) -> int:
         fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
