@@ -19,6 +19,7 @@ settings.register_profile("ci", max_examples=400, deadline=None)
 settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+import loopdisks
 from forbid_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 from treegen import make_hard_tree
 
@@ -26,9 +27,21 @@ from kadeploy.lab import vcluster as vc
 
 
 def pytest_sessionstart(session):
-    # Remove namespaces and scratch mounts of dead runs; live runs are left alone.
+    # Remove namespaces, scratch mounts and loop disks of dead runs; live runs are
+    # left alone.
     if vc.netns_support() is None:
         vc.cleanup_stale()
+    if os.geteuid() == 0:
+        loopdisks.sweep_dead_runs()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Every loop disk is detached by its test's clean-up; what is still attached
+    # here is a leak: detached now, and named.
+    if os.geteuid() == 0:
+        leaked = loopdisks.sweep_own()
+        if leaked:
+            print(f"\nconftest: loop devices left attached by the tests, detached now: {' '.join(leaked)}")
 
 
 def pytest_runtest_setup(item):

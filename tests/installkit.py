@@ -13,6 +13,7 @@ import time
 from typing import Dict, Iterator, List
 
 import golden
+import loopdisks
 from kadeploy.lab.treedigest import diff_manifests, tree_manifest
 
 MiB = 1 << 20
@@ -37,7 +38,7 @@ def sh(*argv: str, input: str = None) -> str:
 @contextlib.contextmanager
 def loop_disk(directory: str, name: str, mib: int) -> Iterator[str]:
     """A sparse image file on a loop device; detached (partitions first) at the end."""
-    path = os.path.join(directory, f"kdi-{name}.img")
+    path = loopdisks.image_path(directory, name)
     with open(path, "wb") as f:
         f.truncate(mib * MiB)
     dev = sh("losetup", "--find", "--show", path).strip()

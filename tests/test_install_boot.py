@@ -11,6 +11,7 @@ import time
 import pytest
 
 import installkit as K
+import loopdisks
 from deploy import load_report
 from test_install_netns import disks, golden, write  # noqa: F401  (fixtures)
 
@@ -45,7 +46,7 @@ def test_a_clone_boots_and_names_itself(net, golden, disks, tmp_path):  # noqa: 
     cluster, dep = net(2)
     dep.env["TMPDIR"] = str(tmp_path)   # what a killed node leaves behind stays here
     (disk,) = disks(1)
-    image = str(tmp_path / "kdi-t0.img")       # the file behind the loop disk
+    image = loopdisks.image_path(str(tmp_path), "t0")   # the file behind the loop disk
     manifest = write(tmp_path / "m.toml", K.manifest_text(golden))
     report = str(tmp_path / "report.json")
     dep.server("-n", "1", "--install", manifest, "--report", report, where=0)

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import installkit as K
+import loopdisks
 from deploy import load_report
 
 pytestmark = pytest.mark.netns
@@ -225,7 +226,7 @@ def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
                for i, d in enumerate(targets, 1)]
     # 360 MB at 200 Mbit/s take 15 s: kill node 2 once node 3 has written 60 MB of
     # the root file system (the blocks of the sparse file behind its loop disk).
-    last = tmp_path / "kdi-t2.img"
+    last = loopdisks.image_path(str(tmp_path), "t2")
     deadline = time.monotonic() + 120
     while os.stat(last).st_blocks * 512 < 60 << 20 and time.monotonic() < deadline:
         assert server.popen.poll() is None, server.err
