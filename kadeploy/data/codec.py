@@ -233,8 +233,7 @@ class ZstdEncoder(Stage):
         self._local = threading.local()
         self.content = 0
         self.wire = 0
-        self.probed = 0          # records of the compressed probe submitted...
-        self.sampled = 0         # ...and measured
+        self.sampled = 0         # records of the compressed probe measured
         self._probe_open = policy is not None
         self.raw_probed = 0
         self.emitted = 0         # content of the records handed on (the wire's own count)
@@ -303,7 +302,6 @@ class ZstdEncoder(Stage):
         policy = self.policy
         if policy is not None and policy.decision is None:
             if self._probe_open:
-                self.probed += 1
                 self._queue(self._compress_measured, record)
                 return
             self.raw_probed += 1
