@@ -55,13 +55,15 @@ def test_feeder_follows_a_growing_window_to_the_end():
     w = Window(8 << 20)
     a, b = socket.socketpair()
     done = []
-    WindowFeeder(w, a, 12345, on_end=done.append).start()
+    feeder = WindowFeeder(w, a, 12345, on_end=done.append)
+    feeder.start()
     writer = threading.Thread(target=fill, args=(w, data, 100000))
     writer.start()
     got = bytearray()
     while chunk := b.recv(1 << 20):
         got += chunk
     writer.join()
+    feeder.join(10)              # it closes the socket before it reports its end
     b.close()
     assert bytes(got) == data[12345:] and done == [None]
 
