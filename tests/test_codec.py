@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kadeploy.data import codec
-from kadeploy.data.pump import EncodePump, StreamTap
+from kadeploy.data.pump import EncodePump, StreamTap, make_pipe
 
 RECORD = codec.RECORD_SIZE
 
@@ -306,6 +307,40 @@ def test_encode_pump_and_node_tap_through_real_pipes(tmp_path):
     assert pump.error is None and tap.error is None and tap.decode_error is None
     whole = ChunkDigester("sha256")   # the digest is of the wire bytes
     assert tap.digests and tap.whole
+
+
+def test_encode_pump_sees_the_link_once_the_buffers_are_full():
+    """The buffers up to the first node take the first megabytes at once, whatever the
+    link; from the first write that waits, the link shows. Here the producer gives
+    20 MB/s, the buffers take 32 MiB, then the link drains 8 MB/s: judged over the
+    whole time, the pump would have waited ~15 % of it and taken the link for idle."""
+    import time
+    src_r, src_w = make_pipe()
+    pump = EncodePump(src_r, codec.Pipeline([]))
+    pump.start()
+    piece = 256 << 10
+
+    def produce():
+        try:
+            while True:
+                os.write(src_w, b"\0" * piece)
+                time.sleep(piece / 20e6)
+        except OSError:            # the test has its figure and closed the pipes
+            pass
+    threading.Thread(target=produce, daemon=True).start()
+    got, rates = 0, []
+    while got < (32 << 20):                    # the buffers: as fast as it comes
+        got += len(os.read(pump.read_fd, piece))
+    busy_until = got + (6 << 20)
+    while got < busy_until:                    # the link: 8 MB/s
+        got += len(os.read(pump.read_fd, piece))
+        time.sleep(piece / 8e6)
+        rates.append(pump.link_rate())
+    os.close(src_w)
+    os.close(pump.read_fd)
+    pump.join(10)
+    os.close(src_r)
+    assert rates[-1] is not None and 4e6 < rates[-1] < 12e6, rates
 
 
 def test_node_tap_keeps_digesting_when_the_consumer_quits():

@@ -17,6 +17,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
+import termios
 import threading
 import time
 from typing import Callable, Optional, Tuple
@@ -48,6 +50,11 @@ def make_pipe() -> Tuple[int, int]:
     return r, w
 
 
+def _pipe_holds(fd: int) -> int:
+    """Bytes in the pipe of `fd` (either end) not read yet."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
 def _write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
@@ -65,7 +72,7 @@ class EncodePump(threading.Thread):
         self.content = 0                 # bytes read from the producer
         self.wire = 0                    # bytes written for the relay
         self.error: Optional[BaseException] = None
-        self._written_at: Optional[float] = None   # after the first write (buffers filled)
+        self._written_at: Optional[float] = None   # the first write that waited (buffers full)
         self._measured = 0
         self._waited = 0.0
 
@@ -85,15 +92,19 @@ class EncodePump(threading.Thread):
     def _send(self, data) -> None:
         if not data:
             return
+        # While the buffers between here and the first node (~10 MiB) fill, writes do
+        # not wait whatever the link: counting that time would hide a link that limits
+        # the stream once they are full. They are full when the relay could not take
+        # all of the last write before this one: the pipe still holds some of it.
+        if self._written_at is None and _pipe_holds(self._write_fd):
+            self._written_at = time.monotonic()
         t0 = time.monotonic()
         _write_all(self._write_fd, data)
         t1 = time.monotonic()
-        if self._written_at is None:
-            self._written_at = t1
-        else:
+        self.wire += len(data)
+        if self._written_at is not None:
             self._waited += t1 - t0
             self._measured += len(data)
-        self.wire += len(data)
 
     def run(self) -> None:
         os.set_blocking(self.src_fd, True)
