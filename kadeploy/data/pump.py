@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from kadeploy.data.codec import CodecError, Pipeline
+from kadeploy.data.codec import AutoPolicy, CodecError, Pipeline
 
 READ_SIZE = 1 << 20
 # Without a window (a leaf) the tap reads into one buffer again and again: at 128 KiB
@@ -35,9 +35,10 @@ READ_SIZE = 1 << 20
 TAP_BUFFER = 1 << 17
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-# A write that waits this share of the probe's time or more means the link, not the
-# producer nor the encoder, sets the pace.
-LINK_BOUND_SHARE = 0.3
+# Writes that wait this share of the time or more (once the buffers are full) mean
+# the link, not the producer nor the encoder, sets the pace: the encoder could go
+# MARGIN times faster than the link lets it, the margin auto asks of compressing.
+LINK_BOUND_SHARE = 1 - 1 / AutoPolicy.MARGIN
 
 
 def make_pipe() -> Tuple[int, int]:
