@@ -125,6 +125,25 @@ def test_the_original_partition_format():
         parse_original("linux big\n")
 
 
+def test_mbr_on_a_disk_beyond_its_reach_is_refused_unless_sizes_are_fixed():
+    """An MBR table addresses 2^32 sectors: on a 3 TiB disk a fill or a percentage
+    would silently be of the first 2 TiB. Fixed sizes are placed there; 4 KiB sectors
+    reach 16 TiB."""
+    three_tib = 3 << 40
+    m = parse_original("linux 2000\nswap 512\nextended fill\nlogical linux fill\n")
+    with pytest.raises(layout.LayoutError, match=r"^an MBR table reaches only the first 2 TiB of "
+                       r"this 3072 GiB disk: partition part3 \(fill\) would not be of the whole disk; "
+                       r"use a GPT table"):
+        layout.plan(m.partitions, "mbr", three_tib)
+    fixed = parse_original("linux 2000\nswap 512\n")
+    placed = layout.plan(fixed.partitions, "mbr", three_tib)
+    assert placed[-1].end == (2000 + 512 + 1) * 2048
+    on_4k = layout.plan(m.partitions, "mbr", three_tib, sector_size=4096)
+    assert on_4k[-1].end * 4096 <= three_tib and on_4k[2].end == three_tib // 4096
+    whole = parse_original("linux 2000\nlinux fill\n")
+    assert layout.plan(whole.partitions, "gpt", three_tib)[-1].end > (2 << 40) >> 9
+
+
 def test_an_sfdisk_dump():
     dump = """label: gpt
 label-id: 5A0D2C5E-0D7B-4C3E-9B2E-6E7F0A1B2C3D

@@ -99,7 +99,17 @@ def plan(parts: Sequence[Partition], table: str, disk_bytes: int,
                             range(1, len(parts) + 1), "the disk")
         return [_with_code(p, GPT_TYPES) for p in placed]
     if total > MBR_MAX_SECTORS:
-        total = MBR_MAX_SECTORS          # an MBR table cannot address beyond 2 TiB
+        # An MBR table addresses 2^32 sectors (2 TiB of 512 bytes). Fixed sizes are
+        # placed in that space; a fill or a percentage, meant of the whole disk, would
+        # quietly be of part of it.
+        relative = next((p for p in parts if p.size.fill or p.size.percent), None)
+        if relative is not None:
+            reach = MBR_MAX_SECTORS * sector_size
+            raise LayoutError(f"an MBR table reaches only the first {reach >> 40} TiB of this "
+                              f"{disk_bytes >> 30} GiB disk: partition {relative.name} "
+                              f"({relative.size.text()}) would not be of the whole disk; use a GPT "
+                              "table (table = \"gpt\" in the manifest's [disk]) or fixed sizes")
+        total = MBR_MAX_SECTORS
     primary = [p for p in parts if not p.logical]
     logical = [p for p in parts if p.logical]
     placed = _place_run(primary, align, total - 1, total, sector_size, align, 0,
