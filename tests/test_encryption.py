@@ -12,26 +12,30 @@ KEY = E.stream_key(b"k" * 32, "ab" * 16)
 REC = 64   # small records: many of them in a short test
 
 
-def encrypt(data: bytes, cuts=(), key=KEY, record=REC) -> bytes:
-    enc = E.Encryptor(key, record)
+def through(stage, data: bytes, cuts) -> bytes:
+    """Feed `data` cut at `cuts` as the pumps do: views of one buffer that the next
+    read overwrites (a stage must not keep them)."""
+    buf = bytearray(len(data))
     out, last = [], 0
+
+    def feed(piece: bytes) -> None:
+        buf[:len(piece)] = piece
+        out.append(bytes(stage.update(memoryview(buf)[:len(piece)])))
+        buf[:len(piece)] = b"\xff" * len(piece)      # the next read lands here
     for c in sorted(c % (len(data) + 1) for c in cuts):
-        out.append(enc.update(data[last:c]))
+        feed(data[last:c])
         last = c
-    out.append(enc.update(data[last:]))
-    out.append(enc.finish())
+    feed(data[last:])
+    out.append(stage.finish())
     return b"".join(out)
+
+
+def encrypt(data: bytes, cuts=(), key=KEY, record=REC) -> bytes:
+    return through(E.Encryptor(key, record), data, cuts)
 
 
 def decrypt(wire: bytes, cuts=(), key=KEY, record=REC) -> bytes:
-    dec = E.Decryptor(key, record)
-    out, last = [], 0
-    for c in sorted(c % (len(wire) + 1) for c in cuts):
-        out.append(dec.update(wire[last:c]))
-        last = c
-    out.append(dec.update(wire[last:]))
-    out.append(dec.finish())
-    return b"".join(out)
+    return through(E.Decryptor(key, record), wire, cuts)
 
 
 @given(st.binary(max_size=5 * REC + 3), st.lists(st.integers(0, 1000), max_size=6),

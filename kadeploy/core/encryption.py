@@ -60,6 +60,42 @@ def _aad(index: int, last: bool) -> bytes:
     return _AAD + index.to_bytes(8, "big") + (b"\x01" if last else b"\x00")
 
 
+class _Records:
+    """Cuts a stream into records of `size` bytes. A record is handed on once a byte
+    follows it (the stream's last one is only known at its end, and is marked so). A
+    record wholly inside a piece is handed on as a view of it, one cut between pieces
+    is gathered first: AES-GCM reads each byte once, and little else touches it. Each
+    view is valid until the next one is asked for."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._record = bytearray(size)
+        self.held = 0
+
+    def whole(self, data):
+        view, size = memoryview(data), self.size
+        while view:
+            if self.held == size:
+                yield memoryview(self._record)
+                self.held = 0
+            if not self.held and len(view) > size:
+                yield view[:size]
+                view = view[size:]
+                continue
+            take = min(len(view), size - self.held)
+            self._record[self.held:self.held + take] = view[:take]
+            self.held += take
+            view = view[take:]
+
+    def last(self) -> memoryview:
+        last, self.held = memoryview(self._record)[:self.held], 0
+        return last
+
+
+def _joined(out: list) -> bytes:
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
 class Encryptor:
     """Plaintext in, records out (the server's stage)."""
     name = "aes-256-gcm"
@@ -68,31 +104,23 @@ class Encryptor:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(key)
         self.record = record
-        self._buf = bytearray()
+        self._records = _Records(record)
         self.index = 0
         self.content = 0
         self.wire = 0
 
     def _seal(self, plain, last: bool) -> bytes:
-        out = self._aead.encrypt(_nonce(self.index), bytes(plain), _aad(self.index, last))
+        out = self._aead.encrypt(_nonce(self.index), plain, _aad(self.index, last))
         self.index += 1
         self.wire += len(out)
         return out
 
     def update(self, data) -> bytes:
-        self._buf += data
         self.content += len(data)
-        out = []
-        # Keep at least one byte back: the record that ends the stream must be marked last.
-        while len(self._buf) > self.record:
-            out.append(self._seal(memoryview(self._buf)[:self.record], last=False))
-            del self._buf[:self.record]
-        return b"".join(out)
+        return _joined([self._seal(r, last=False) for r in self._records.whole(data)])
 
     def finish(self) -> bytes:
-        out = self._seal(self._buf, last=True)
-        self._buf = bytearray()
-        return out
+        return self._seal(self._records.last(), last=True)
 
 
 class Decryptor:
@@ -103,7 +131,7 @@ class Decryptor:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(key)
         self.wire_record = record + TAG
-        self._buf = bytearray()
+        self._records = _Records(self.wire_record)
         self.index = 0
         self.wire = 0
         self.content = 0
@@ -113,7 +141,7 @@ class Decryptor:
         from cryptography.exceptions import InvalidTag
         start = self.index * self.wire_record
         try:
-            plain = self._aead.decrypt(_nonce(self.index), bytes(record), _aad(self.index, last))
+            plain = self._aead.decrypt(_nonce(self.index), record, _aad(self.index, last))
         except InvalidTag:
             raise StreamCorrupted(
                 f"corrupted data: chunk {self.index} (bytes {start} to {start + len(record) - 1}) "
@@ -126,23 +154,15 @@ class Decryptor:
     def update(self, data) -> bytes:
         if self.ended and data:
             raise StreamCorrupted("corrupted data: bytes after the stream's last record")
-        self._buf += data
         self.wire += len(data)
-        out = []
-        # A whole record is known not to be the last only once a byte follows it.
-        while len(self._buf) > self.wire_record:
-            out.append(self._open(memoryview(self._buf)[:self.wire_record], last=False))
-            del self._buf[:self.wire_record]
-        return b"".join(out)
+        return _joined([self._open(r, last=False) for r in self._records.whole(data)])
 
     def finish(self) -> bytes:
-        if len(self._buf) < TAG:
+        if self._records.held < TAG:
             raise StreamCorrupted(f"encrypted stream cut: {self.wire} bytes end inside record "
                                   f"{self.index}, the stream's last record is missing")
-        out = self._open(self._buf, last=True)
-        self._buf = bytearray()
         self.ended = True
-        return out
+        return self._open(self._records.last(), last=True)
 
 
 def wire_length(plain_length: int, record: int = RECORD) -> int:
