@@ -140,6 +140,9 @@ def test_mbr_on_a_disk_beyond_its_reach_is_refused_unless_sizes_are_fixed():
     assert placed[-1].end == (2000 + 512 + 1) * 2048
     on_4k = layout.plan(m.partitions, "mbr", three_tib, sector_size=4096)
     assert on_4k[-1].end * 4096 <= three_tib and on_4k[2].end == three_tib // 4096
+    need = layout.minimum_bytes(m.partitions, "mbr")      # searched within the reach
+    assert need == (2000 + 512 + 1 + 1 + 1) << 20
+    layout.plan(m.partitions, "mbr", need)
     whole = parse_original("linux 2000\nlinux fill\n")
     assert layout.plan(whole.partitions, "gpt", three_tib)[-1].end > (2 << 40) >> 9
 

@@ -130,7 +130,9 @@ def _with_code(p: Placed, names: dict) -> Placed:
 
 def minimum_bytes(parts: Sequence[Partition], table: str, sector_size: int = 512) -> int:
     """The smallest disk the layout fits, counting 1 MiB for each fill and percentage."""
-    lo, hi = 1 << 20, 1 << 50
+    # Searched within what the table reaches: an MBR layout that is relative (a fill,
+    # a percentage) is refused beyond it, so larger sizes are not "fits" for bisection.
+    lo, hi = 1 << 20, (1 << 50 if table == "gpt" else MBR_MAX_SECTORS * sector_size)
     while lo < hi:
         mid = (lo + hi) // 2 // (1 << 20) * (1 << 20) or (1 << 20)
         try:
