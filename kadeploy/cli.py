@@ -66,13 +66,20 @@ def version_option(f):
                         callback=_print_version, help="Print the version, protocol and relay backend, and exit.")(f)
 
 
-def setup_logging(prog: str, quiet: bool, verbose: bool) -> None:
+def setup_logging(prog: str, quiet: bool, verbose: bool, log_file: Optional[str] = None) -> None:
+    """The log on stderr; with `log_file`, there instead, and only warnings and errors on
+    stderr too (another process draws on that terminal)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     from kadeploy.view.progress import StderrHandler
-    handler = StderrHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S"))
+    form = logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S")
+    handlers: List[logging.Handler] = [StderrHandler()]
+    if log_file:
+        handlers[0].setLevel(logging.WARNING)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(form)
     root = logging.getLogger("kadeploy")
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     root.propagate = False
 

@@ -50,14 +50,38 @@ def kit(scratch):
 class Serve:
     """`kadeploy netboot serve` running in the boot network, its output in a file."""
 
-    def __init__(self, net, scratch, image, nodes, *extra):
+    def __init__(self, net, scratch, image, nodes, *extra, terminal=False):
         self.out = scratch / f"serve-{time.monotonic_ns()}.log"
         self.argv = [*KADEPLOY, "netboot", "serve", str(image), "-i", "br0", "--nodes", str(nodes),
                      "--state-dir", str(scratch / "state"), "--progress-interval", "60", *extra]
-        self.proc = net.popen(self.argv, stdout=open(self.out, "w"), stderr=subprocess.STDOUT, text=True)
+        if not terminal:
+            self.proc = net.popen(self.argv, stdout=open(self.out, "w"), stderr=subprocess.STDOUT, text=True)
+            return
+        # On a terminal (a pty of 160 x 50), what it shows copied into the file.
+        import fcntl
+        import pty
+        import struct
+        import termios
+        import threading
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+        self.proc = net.popen(self.argv, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        out = open(self.out, "wb", buffering=0)
+
+        def copy():
+            try:
+                while chunk := os.read(master, 65536):
+                    out.write(chunk)
+            except OSError:            # EIO: the last process on the pty has exited
+                pass
+            finally:
+                os.close(master)
+                out.close()
+        threading.Thread(target=copy, daemon=True).start()
 
     def log(self) -> str:
-        return self.out.read_text()
+        return self.out.read_text(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> str:
         deadline = time.monotonic() + timeout
@@ -311,3 +335,29 @@ def test_the_install_servers_progress_lists_a_node_from_its_first_dhcp_request_o
     serve.wait_for(r"ka-d-server: progress: [^\n]*nodes: 1 registered\n")
     assert client.poll() is None                                       # waiting for the second node
     assert "Traceback" not in serve.log()
+
+
+def test_on_a_terminal_the_kit_logs_to_a_file_beside_the_install_servers_table(net, kit):
+    """With --install on a terminal the install server draws its live table there: the
+    kit's own lines would break it, so they go to STATE_DIR/kit.log; the table shows
+    the node's boot step."""
+    scratch, image, nodes = kit
+    source = scratch / "root"
+    source.mkdir()
+    manifest = scratch / "manifest.toml"
+    manifest.write_text('[disk]\ntable = "gpt"\n\n[[partition]]\nname = "root"\nsize = "fill"\n'
+                        f'fs = "ext4"\nmount = "/"\nsource = {{ tar = "{source}" }}\n')
+    serve = Serve(net, scratch, image, nodes, "--install", str(manifest), "-n", "2", terminal=True)
+    kit_log = scratch / "state" / "kit.log"
+    serve.wait_for(f"this kit's log goes to {kit_log}", timeout=60)
+    node = net.add_peer(NODE1_MAC)
+    assert udhcpc(net, node).returncode == 0
+    deadline = time.monotonic() + 30
+    while "node1 52:54:00:6b:64:01: dhcp ack" not in kit_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "node1 52:54:00:6b:64:01: dhcp ack" in kit_log.read_text()
+    assert "starting the install server" in kit_log.read_text()
+    serve.wait_for(r"node1[^\n]*booting[^\n]*dhcp ack", timeout=30)     # the server's table
+    shown = serve.log()
+    assert "kadeploy netboot: node1" not in shown and "kadeploy netboot: starting" not in shown
+    assert "Traceback" not in shown

@@ -45,6 +45,25 @@ def build_command(outdir, cache_dir, mirror, source, wheel, extra_packages, quie
     return 0
 
 
+KIT_LOG = "kit.log"
+
+
+def _log_beside_the_table(state_dir: Path, quiet: bool, verbose: bool) -> None:
+    """With --install on a terminal the install server draws its live table there, with
+    every node's boot step: the kit's own log lines would break it, so they go to
+    STATE_DIR/kit.log, and only warnings and errors to the terminal too."""
+    from ..cli import setup_logging
+    from ..errors import UsageError
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / KIT_LOG
+        setup_logging("kadeploy netboot", quiet, verbose, log_file=str(path))
+    except OSError as e:
+        raise UsageError(f"--state-dir {state_dir}: {e.strerror}") from None
+    click.echo(f"kadeploy netboot: the install server's table below shows each node's boot step; "
+               f"this kit's log goes to {path}", err=True)
+
+
 @netboot_group.command("serve", context_settings=CONTEXT)
 @click.argument("image_dir", type=click.Path(file_okay=False))
 @click.option("-i", "--interface", required=True, metavar="IFACE", help="Network interface of the boot network.")
@@ -139,6 +158,8 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
         install_command += ["-s", session] if session else []
         install_command += ["--key-file", key_file] if key_file else []
         exit_when_done = True
+        if sys.stderr.isatty() and not print_config:
+            _log_beside_the_table(Path(state_dir), quiet, verbose)
     elif n_clients is not None:
         raise UsageError("-n goes with --install")
     params = {"server": install_server, "session": session, "disk": disk,
