@@ -384,3 +384,32 @@ def test_a_table_that_is_not_utf8(tmp_path):
     path.write_bytes(b"name,mac\n\xff\n")
     with pytest.raises(UsageError, match=rf"^{path}: not UTF-8 text$"):
         nodetable.load(str(path))
+
+
+def test_the_kit_saves_its_state_per_tick_and_an_install_at_once(tmp_path, monkeypatch):
+    """On a mass boot every step rewrote the whole nodes.json under the lock that DHCP
+    and HTTP share: steps are now saved once per tick of the kit's loop, installs at
+    once (a restarted kit must not install the node again)."""
+    import json
+    from kadeploy.netboot import serve
+    writes = []
+    real = serve.write_text_atomically
+    monkeypatch.setattr(serve, "write_text_atomically", lambda path, text: (writes.append(text), real(path, text)))
+    many = nodetable.NodeTable([nodetable.NodeEntry(name=f"n{i}", mac=f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}")
+                                for i in range(300)])
+    svc = serve.NetbootService(serve.ServeConfig(image_dir=tmp_path, interface="br0", table=many,
+                                                 state_dir=tmp_path))
+    with svc.lock:
+        for step in ("dhcp ack", "ipxe script", "kernel sent"):
+            for node in many:
+                svc.tracker.event(BootEvent(mac=node.mac, step=step))
+    assert writes == []
+    svc._save_if_changed()
+    svc._save_if_changed()                      # nothing new: nothing written
+    assert len(writes) == 1
+    saved = json.loads((tmp_path / serve.STATE_FILE).read_text())
+    assert len(saved["nodes"]) == 300 and {n["step"] for n in saved["nodes"]} == {"kernel sent"}
+    with svc.lock:
+        svc.tracker.event(BootEvent(mac=many.nodes[7].mac, step="installed"))
+    assert len(writes) == 2
+    assert list(json.loads((tmp_path / serve.STATE_FILE).read_text())["installed"]) == [many.nodes[7].mac]

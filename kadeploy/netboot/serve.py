@@ -128,6 +128,7 @@ class NetbootService:
         self._service_lines: List[ServiceLine] = []
         self._ready = threading.Event()
         self._stopping = False
+        self._state_dirty = False      # steps not yet in nodes.json
         self.conf_path = cfg.state_dir / "dnsmasq.conf"
         self.done = threading.Event()
         self.installer: Optional[subprocess.Popen] = None
@@ -268,14 +269,32 @@ class NetbootService:
                             self._ready.set()   # dnsmasq logs this last, once it serves
 
     def _log_step(self, rec: NodeRecord, step: str, detail: str) -> None:
+        """A node's step (the caller holds the lock)."""
         who = rec.name if rec.known else f"{rec.name} (not in the node table)"
         log.info("%s %s: %s%s", who, rec.mac, step, f" ({detail})" if detail else "")
-        self._save_state()
+        # An install is saved at once (a restarted kit must not install the node again);
+        # other steps every tick of run(): on a mass boot, rewriting the whole file at
+        # each of thousands of steps, under the lock that DHCP and HTTP share, took
+        # ~20 ms a step at 1,000 nodes.
+        if step == "installed":
+            self._save_state()
+        else:
+            self._state_dirty = True
         if self.cfg.exit_when_done and self._all_done():
             self.done.set()
 
     def _save_state(self) -> None:
+        """Write nodes.json (the caller holds the lock, or no other thread runs yet)."""
+        self._state_dirty = False
         write_text_atomically(self.cfg.state_dir / STATE_FILE, self.tracker.to_json())
+
+    def _save_if_changed(self) -> None:
+        with self.lock:
+            if not self._state_dirty:
+                return
+            self._state_dirty = False
+            text = self.tracker.to_json()
+        write_text_atomically(self.cfg.state_dir / STATE_FILE, text)
 
     def _all_done(self) -> bool:
         """Every table node reported its outcome, and the installed ones asked for their
@@ -308,6 +327,7 @@ class NetbootService:
         next_progress = time.monotonic() + self.cfg.progress_interval
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done.wait(0.2):
+            self._save_if_changed()
             if self.dnsmasq.poll() is not None:
                 last = self._service_lines[-1].text if self._service_lines else "no message"
                 if restarts >= MAX_RESTARTS:
@@ -360,3 +380,4 @@ class NetbootService:
             self.http.shutdown()
             self.http.server_close()
             self.http = None
+        self._save_if_changed()     # the last steps, once nothing adds any
