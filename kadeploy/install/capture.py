@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 from .layout import GPT_TYPES, MBR_TYPES
 from .formats import toml_str
 from .manifest import DEFAULT_EXCLUDES, FILESYSTEMS, Size, parse_manifest
+from .newroot import booted_by_uefi
 
 TYPE_BY_CODE = {v.lower(): k for k, v in GPT_TYPES.items()} | \
     {"0x" + v.zfill(2): k for k, v in MBR_TYPES.items()} | {"0xf": "extended", "0x0f": "extended"}
@@ -108,7 +109,7 @@ def capture(device: Optional[str] = None, root: str = "/") -> str:
             if ptype == "esp":
                 out.append('mount = "/boot/efi"')
             out.append(f"source = {{ image = {toml_str(part['path'])} }}")
-    loader = "grub-efi" if "esp" in has and os.path.isdir("/sys/firmware/efi") else \
+    loader = "grub-efi" if "esp" in has and booted_by_uefi() else \
         "grub-bios" if "bios-boot" in has or table == "mbr" else "none"
     out += ["", "[identity]", 'hostname = "node{index:02}"   # or a node table: ka-d-server --nodes-table',
             "", "[boot]", f"loader = {toml_str(loader)}"]
