@@ -6,7 +6,6 @@ turn a TextError into their own error, naming the file.
 from __future__ import annotations
 
 import csv
-import io
 import re
 from typing import Iterator, List, Optional, Tuple
 
@@ -74,12 +73,21 @@ def text_lines(text: str) -> List[str]:
 
 
 def csv_rows(text: str) -> Iterator[Tuple[int, List[str]]]:
-    """(line, fields) of each non-empty row; lines starting with '#' are comments.
-    The line is where the row starts, in the text's own numbering."""
-    lines = ["" if line.lstrip().startswith("#") else line for line in text_lines(text)]
-    reader = csv.reader(io.StringIO("\n".join(lines)))
+    """(line, fields) of each non-empty row; a line starting with '#' where a row would
+    start is a comment (inside a quoted field it is the field's). The line is where the
+    row starts, in the text's own numbering."""
+    at_row_start = [True]
+
+    def lines():
+        for line in text_lines(text):
+            if at_row_start[0] and line.lstrip().startswith("#"):
+                line = ""                       # keeps the numbering
+            at_row_start[0] = False
+            yield line + "\n"
+    reader = csv.reader(lines())
     start = 1
     while True:
+        at_row_start[0] = True
         try:
             row = next(reader)
         except StopIteration:

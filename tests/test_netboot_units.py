@@ -41,6 +41,16 @@ def test_csv_table_normalizes_macs_and_keeps_extra_columns():
     assert t.get("52:54:00:00:00:99") is None
 
 
+def test_csv_comments_are_lines_where_a_row_would_start():
+    """A '#' line between rows is a comment; inside a quoted field it is the field's,
+    and the rows after it keep their own line numbers."""
+    text = 'name,mac,note\n# the rack\nn1,52:54:00:00:00:01,"two\n# lines"\n  # indented\nn2,MAC,\n'
+    with pytest.raises(UsageError, match=r"^t\.csv:6: row 2: mac 'MAC'"):
+        nodetable.parse_csv(text, "t.csv")
+    t = nodetable.parse_csv(text.replace("MAC", "52:54:00:00:00:02"), "t.csv")
+    assert [n.name for n in t] == ["n1", "n2"] and t.nodes[0].extra == {"note": "two\n# lines"}
+
+
 def test_toml_table():
     t = nodetable.parse_toml('[[node]]\nname = "n1"\nmac = "52:54:00:00:00:01"\n'
                              '[[node]]\nname = "n2"\nmac = "52:54:00:00:00:02"\naddress = "10.0.0.2"\n')
