@@ -64,6 +64,7 @@ def test_toml_table():
     ("name,mac,address\nn1,52:54:00:00:00:01,10.0.0.300\n", "is not an IPv4 address"),
     ("name,mac\nn1,52:54:00:00:00:01\nn2,52-54-00-00-00-01\n", "mac 52:54:00:00:00:01 appears twice (n1 and n2)"),
     ("name,mac\nn1,52:54:00:00:00:01\nn1,52:54:00:00:00:02\n", "name n1 appears twice"),
+    ("name,mac,Name\nn1,52:54:00:00:00:01,x\n", "t.csv:1: column 'name' is named twice (in any case)"),
 ])
 def test_bad_tables_name_the_row(text, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -93,6 +93,9 @@ def parse_csv(text: str, source: str = "node table") -> NodeTable:
     except TextError as e:
         raise UsageError(f"{source}:{e.line}: {e.message}") from None
     header = [h.strip().lower() for h in (rows[0][1] if rows else [])]
+    twice = next((h for i, h in enumerate(header) if h and h in header[:i]), None)
+    if twice is not None:      # names match in any case: Name and name would merge
+        raise UsageError(f"{source}:{rows[0][0]}: column {twice!r} is named twice (in any case)")
     missing = [col for col in ("name", "mac") if col not in header]
     if missing:
         raise UsageError(f"{source}: the header line must name the columns name,mac[,address,...]; "
