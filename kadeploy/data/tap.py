@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from typing import Callable, Optional
+
+from kadeploy.data.feeder import Feeder
 
 SPOOL_POLL = 0.05   # seconds between looks at a spool that has not grown
 
@@ -41,38 +42,28 @@ class Spool:
         os.unlink(self.path)
 
 
-class SpoolFeeder(threading.Thread):
+class SpoolFeeder(Feeder):
     """Re-serves the stream from `offset` to a repaired node."""
 
     def __init__(self, spool: Spool, sock: socket.socket, offset: int,
                  on_end: Callable[[Optional[BaseException]], None]) -> None:
-        super().__init__(name="kadeploy-spool-feeder", daemon=True)
-        self.spool, self.sock, self.offset, self.on_end = spool, sock, offset, on_end
-        self.sent = 0
+        super().__init__(sock, offset, on_end, "kadeploy-spool-feeder")
+        self.spool = spool
 
-    def run(self) -> None:
-        error: Optional[BaseException] = None
+    def feed(self) -> None:
         pos = self.offset
-        try:
-            self.sock.setblocking(True)
-            with open(self.spool.path, "rb") as f:
-                while True:
-                    # Read `finished` first: once it is set the length is final.
-                    done = self.spool.finished
-                    available = self.spool.length
-                    if pos < available:
-                        n = os.sendfile(self.sock.fileno(), f.fileno(), pos, available - pos)
-                        pos += n
-                        self.sent += n
-                    elif self.spool.error is not None:
-                        raise self.spool.error
-                    elif done:
-                        break
-                    else:
-                        time.sleep(SPOOL_POLL)
-            self.sock.shutdown(socket.SHUT_WR)
-        except BaseException as e:
-            error = e
-        finally:
-            self.sock.close()
-            self.on_end(error)
+        with open(self.spool.path, "rb") as f:
+            while True:
+                # Read `finished` first: once it is set the length is final.
+                done = self.spool.finished
+                available = self.spool.length
+                if pos < available:
+                    n = os.sendfile(self.sock.fileno(), f.fileno(), pos, available - pos)
+                    pos += n
+                    self.sent += n
+                elif self.spool.error is not None:
+                    raise self.spool.error
+                elif done:
+                    return
+                else:
+                    time.sleep(SPOOL_POLL)

@@ -22,6 +22,7 @@ import socket
 import threading
 from typing import Callable, Optional
 
+from kadeploy.data.feeder import Feeder
 from kadeploy.defaults import REPAIR_WINDOW as DEFAULT_WINDOW
 
 WINDOW_OPTION = "--window"
@@ -113,34 +114,24 @@ class Window:
         return bytes(out)
 
 
-class WindowFeeder(threading.Thread):
+class WindowFeeder(Feeder):
     """Re-serves the stream from `offset` to one repaired node, from the window."""
 
     def __init__(self, window: Window, sock: socket.socket, offset: int,
                  on_end: Callable[[Optional[BaseException]], None], name: str = "") -> None:
-        super().__init__(name=f"kadeploy-window-feeder{name and ' ' + name}", daemon=True)
-        self.window, self.sock, self.offset, self.on_end = window, sock, offset, on_end
-        self.sent = 0
+        super().__init__(sock, offset, on_end, f"kadeploy-window-feeder{name and ' ' + name}")
+        self.window = window
 
-    def run(self) -> None:
-        error: Optional[BaseException] = None
+    def feed(self) -> None:
         pos, w = self.offset, self.window
-        try:
-            self.sock.setblocking(True)
-            while True:
-                end = w.wait(pos)
-                if pos >= end:
-                    if w.error is not None:
-                        raise w.error
-                    break                       # finished, all sent
-                piece = w.span(pos, end)
-                n = self.sock.send(piece)
-                w.check(pos)                    # nothing we sent was overwritten meanwhile
-                pos += n
-                self.sent += n
-            self.sock.shutdown(socket.SHUT_WR)
-        except BaseException as e:
-            error = e
-        finally:
-            self.sock.close()
-            self.on_end(error)
+        while True:
+            end = w.wait(pos)
+            if pos >= end:
+                if w.error is not None:
+                    raise w.error
+                return                          # finished, all sent
+            piece = w.span(pos, end)
+            n = self.sock.send(piece)
+            w.check(pos)                        # nothing we sent was overwritten meanwhile
+            pos += n
+            self.sent += n
