@@ -80,7 +80,10 @@ def run(scenario: str, size: int, rate: str, timeout: float) -> dict:
                     raise SystemExit(f"{scenario}: a survivor is not verified:\n{server.err[-2000:]}")
                 orphans = {v + 1 for v in victims} - set(victims)
                 if any(nodes[o]["repairs"] < 1 for o in orphans) or any(nodes[v]["status"] == "ok" for v in victims):
-                    raise SystemExit(f"{scenario}: the faults were not repaired as planned:\n{server.err[-2000:]}")
+                    seen = ", ".join(f"{i}: {n['status']} {n['bytes']} B repaired {n['repairs']}x"
+                                     for i, n in sorted(nodes.items()))
+                    raise SystemExit(f"{scenario}: the faults were not repaired as planned (victims "
+                                     f"{victims}, orphans {sorted(orphans)}; {seen}):\n{server.err[-2000:]}")
                 return dict(scenario=scenario, victims=" ".join(map(str, victims)) or "-", bytes=size,
                             fault_at_s=round(t_fault, 3), end_s=round(end, 3),
                             from_fault_s=round(end - t_fault, 3), survivors_verified=len(ends))

@@ -222,6 +222,37 @@ def test_node_lost_before_the_data_flows(net, tmp_path):
                     {"test": "node_lost_before_the_data_flows", "kind": "kill", "n": 4, "arity": 1})
 
 
+def test_parent_lost_before_its_child_connects(net, tmp_path):
+    """Node 3 is frozen from its registration on, so that its parent (node 2) is lost
+    before node 3 ever connected to it. Thawed, node 3 finds no parent, follows the
+    server's re-attachment under node 1, gets the whole stream from node 1's window,
+    and the report counts that re-attachment as its repair."""
+    import re
+    cluster, dep = net(5, rate=RATE)
+    report = str(tmp_path / "report.json")
+    server = dep.server("-n", "4", "--report", report, "--stall-timeout", "10",
+                        "-e", f"head -c {SIZE} /dev/urandom | tee {tmp_path}/sent", where=0)
+
+    def client(i):
+        return dep.client("-h", "198.18.0.1", "-e", f"cat > {tmp_path}/got{i}", where=i)
+
+    def wait_for(pattern):
+        deadline = time.monotonic() + 30
+        while not re.search(pattern, server.err):
+            assert time.monotonic() < deadline, f"no {pattern!r}:\n{server.err}"
+            time.sleep(0.01)
+    clients = {3: client(3)}
+    wait_for(r"\(1 of 4\)")
+    os.killpg(clients[3].popen.pid, signal.SIGSTOP)
+    clients.update({i: client(i) for i in (1, 2, 4)})
+    wait_for(r"tree \(arity")
+    landed = fault("kill", cluster, clients, 2, tmp_path)
+    wait_for(r"re-attaching \S+ \(198\.18\.0\.4:")
+    os.killpg(clients[3].popen.pid, signal.SIGCONT)
+    check_survivors(tmp_path, server, clients, report, {2}, {2: landed})
+    assert "waiting for the server to re-attach this node" in clients[3].err
+
+
 def test_client_lost_while_waiting_for_the_start(net, tmp_path):
     """A registered node that dies before the start no longer counts towards -n."""
     cluster, dep = net(5, rate=RATE)

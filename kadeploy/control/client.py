@@ -258,8 +258,10 @@ class Client:
                 log.info("child node %d is not connected yet: it will start from the repair window", cid)
             else:
                 log.warning("child node %d did not connect within %g s", cid, cfg.connect_timeout)
+        reattached = False
         if isinstance(parent, NotJoined):
             parent = await self._reattach_early(link, parent, reconnect)
+            reattached = not isinstance(parent, NotJoined)
         elif isinstance(parent, BaseException):
             acceptor.close()
             raise parent
@@ -270,7 +272,7 @@ class Client:
             return Outcome(ok=False, bytes=0, seconds=0.0, error=str(parent),
                            consumer_status=None, backend="")
         return await DataPhase(cfg, place, link, parent, children, reconnect, acceptor,
-                               late=late if place.window else []).run()
+                               late=late if place.window else [], repairs=int(reattached)).run()
 
     async def _reattach_early(self, link: ServerLink, error: NotJoined, reconnect):
         """The parent was lost before the data flowed: the server re-attaches us (it

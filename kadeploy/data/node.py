@@ -177,7 +177,7 @@ class DataPhase:
 
     def __init__(self, cfg, place: P.Place, link: ServerLink, parent: socket.socket,
                  children: Dict[int, socket.socket], reconnect, acceptor=None,
-                 late: List[int] = ()) -> None:
+                 late: List[int] = (), repairs: int = 0) -> None:
         self.cfg, self.place, self.link = cfg, place, link
         self.source = parent
         self.children = children
@@ -192,7 +192,7 @@ class DataPhase:
         self.awaited: Dict[int, asyncio.Future] = {}   # their connections, and adopted ones
         self.dropped: set = set()
         self.total = 0
-        self.repairs = 0
+        self.repairs = repairs              # a re-attachment before the data flowed counts too
         self.consumer_error: Optional[str] = None
         self.digest_error: Optional[OSError] = None
         self.backend = ""
