@@ -299,17 +299,23 @@ def test_an_install_server_that_fails_as_a_whole_stops_the_kit(net, kit):
     assert net.run(["ss", "-H", "-lun", "sport = :67"]).stdout.strip() == ""
 
 
+def empty_tree_manifest(scratch: Path) -> Path:
+    """A one-partition manifest whose source is an empty tree (what --install needs)."""
+    source = scratch / "root"
+    source.mkdir()
+    manifest = scratch / "manifest.toml"
+    manifest.write_text('[disk]\ntable = "gpt"\n\n[[partition]]\nname = "root"\nsize = "fill"\n'
+                        f'fs = "ext4"\nmount = "/"\nsource = {{ tar = "{source}" }}\n')
+    return manifest
+
+
 def test_the_install_servers_progress_lists_a_node_from_its_first_dhcp_request_on(net, kit):
     """The README's one command (`serve --install`): the install server started beside
     the kit lists a node that has only asked for DHCP, with its boot step, before any
     client registers; its step follows the node; once it registers, the server's own
     row (registered) replaces it."""
     scratch, image, nodes = kit
-    source = scratch / "root"
-    source.mkdir()
-    manifest = scratch / "manifest.toml"
-    manifest.write_text('[disk]\ntable = "gpt"\n\n[[partition]]\nname = "root"\nsize = "fill"\n'
-                        f'fs = "ext4"\nmount = "/"\nsource = {{ tar = "{source}" }}\n')
+    manifest = empty_tree_manifest(scratch)
     serve = Serve(net, scratch, image, nodes, "--install", str(manifest), "-n", "2",
                   "--progress-interval", "0.5")
     serve.wait_for(r"waiting for 2 client\(s\)", timeout=60)
@@ -342,11 +348,7 @@ def test_on_a_terminal_the_kit_logs_to_a_file_beside_the_install_servers_table(n
     kit's own lines would break it, so they go to STATE_DIR/kit.log; the table shows
     the node's boot step."""
     scratch, image, nodes = kit
-    source = scratch / "root"
-    source.mkdir()
-    manifest = scratch / "manifest.toml"
-    manifest.write_text('[disk]\ntable = "gpt"\n\n[[partition]]\nname = "root"\nsize = "fill"\n'
-                        f'fs = "ext4"\nmount = "/"\nsource = {{ tar = "{source}" }}\n')
+    manifest = empty_tree_manifest(scratch)
     serve = Serve(net, scratch, image, nodes, "--install", str(manifest), "-n", "2", terminal=True)
     kit_log = scratch / "state" / "kit.log"
     serve.wait_for(f"this kit's log goes to {kit_log}", timeout=60)
