@@ -285,6 +285,14 @@ def test_launcher_none_prints_the_command_the_admin_runs_on_every_node(workdir, 
         assert not diff_manifests(want, tree_manifest(got, mtime=False, owner=False))
 
 
+def cmdline(pid: str) -> bytes:
+    """A process's command line; empty when it has exited since it was listed."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def test_a_node_killed_midway_fails_alone_and_keeps_no_copy_in_place(ssh_nodes, workdir):
     """The server re-attaches the lost node's child; the killed node is reported with
     the reason, and its unverified copy was never renamed into place."""
@@ -299,7 +307,7 @@ def test_a_node_killed_midway_fails_alone_and_keeps_no_copy_in_place(ssh_nodes, 
     wait_receiving(victim, sc.dest)
     pids = subprocess.run(["ip", "netns", "pids", sc.cluster.node(victim.index).ns],
                           capture_output=True, text=True).stdout.split()
-    receivers = [int(p) for p in pids if b"receive" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    receivers = [int(p) for p in pids if b"receive" in cmdline(p)]
     assert receivers, "no receiver on kdp-n2"
     for pid in receivers:
         os.kill(pid, signal.SIGKILL)
