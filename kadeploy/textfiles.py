@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 try:
     import tomllib
@@ -70,6 +70,13 @@ def _check_ints(value, path: Tuple) -> None:
 def text_lines(text: str) -> List[str]:
     """The lines as an editor numbers them (and as open() reads them: \\r\\n, \\r, \\n)."""
     return re.split(r"\r\n|\r|\n", text)
+
+
+def repeated(names: Sequence[str]) -> Optional[str]:
+    """The first of `names` that appears more than once (a header's column), or None."""
+    if len(set(names)) == len(names):
+        return None
+    return next(n for n in names if names.count(n) > 1)
 
 
 def csv_rows(text: str) -> Iterator[Tuple[int, List[str]]]:

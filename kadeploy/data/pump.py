@@ -73,7 +73,7 @@ class EncodePump(threading.Thread):
         self.content = 0                 # bytes read from the producer
         self.wire = 0                    # bytes written for the relay
         self.error: Optional[BaseException] = None
-        self._written_at: Optional[float] = None   # the first write that waited (buffers full)
+        self._written_at: Optional[float] = None   # the first write that found the pipe not drained
         self._measured = 0
         self._waited = 0.0
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..textfiles import TextError, csv_rows, loads_toml, text_lines
+from ..textfiles import TextError, csv_rows, loads_toml, repeated, text_lines
 from .manifest import ManifestError, render_rule
 
 KEY_RE = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -77,8 +77,8 @@ def _parse_csv(text: str, source: str) -> NodeTable:
     lines = csv_rows(text)
     header_line, header = next(lines, (1, []))
     header = [k.strip() for k in header]
-    if len(set(header)) != len(header):
-        twice = next(k for k in header if header.count(k) > 1)
+    twice = repeated(header)
+    if twice is not None:
         raise ManifestError(f"{source}:{header_line}: column {twice!r} is named twice")
     rows = []
     for line, fields in lines:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..errors import UsageError
-from ..textfiles import TextError, csv_rows, loads_toml
+from ..textfiles import TextError, csv_rows, loads_toml, repeated
 
 MAC_RE = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -93,7 +93,7 @@ def parse_csv(text: str, source: str = "node table") -> NodeTable:
     except TextError as e:
         raise UsageError(f"{source}:{e.line}: {e.message}") from None
     header = [h.strip().lower() for h in (rows[0][1] if rows else [])]
-    twice = next((h for i, h in enumerate(header) if h and h in header[:i]), None)
+    twice = repeated([h for h in header if h])
     if twice is not None:      # names match in any case: Name and name would merge
         raise UsageError(f"{source}:{rows[0][0]}: column {twice!r} is named twice (in any case)")
     missing = [col for col in ("name", "mac") if col not in header]
