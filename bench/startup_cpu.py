@@ -3,9 +3,13 @@ own start-up measured in the same run (`python -c pass`).
 
     .venv/bin/python bench/startup_cpu.py [--rounds 20] [--out bench/out/startup.json]
 
-The issue's figure: <= 50 ms of CPU from exec to registration. Byte code is cached
+The issue's figure: <= 50 ms of CPU from exec to registration: `cpu_to_hello_ms`, from
+rounds where the stand-in server kills the client as soon as its Hello arrives. Other
+rounds refuse it instead and check that it exits 3 ("could not join"); their
+`cpu_to_exit_ms` includes what the client imports after its Hello. Byte code is cached
 as in an installed copy (pip compiles it at install time): the run clears
-PYTHONDONTWRITEBYTECODE and does one warm-up round first.
+PYTHONDONTWRITEBYTECODE and does one warm-up round first. It also clears the variables
+that choose a key or a relay backend: the figure is a keyless client's with defaults.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from kadeploy import defaults  # noqa: E402
 from kadeploy.lab.benchlib import startup  # noqa: E402
 
 
@@ -32,16 +37,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cleared = ("PYTHONDONTWRITEBYTECODE", defaults.ENV_KEY, defaults.ENV_KEY_FILE,
+               defaults.ENV_BACKEND, defaults.ENV_REQUIRE)
+    env = {k: v for k, v in os.environ.items() if k not in cleared}
     cmd = client_argv() + ["--discard"]
     startup.measure(cmd, env=env)                       # warm-up: byte code cached
     runs = startup.measure_many(cmd, args.rounds, env=env)
+    killed = startup.measure_many(cmd, args.rounds, env=env, kill_at_hello=True)
     floor = startup.python_floor(sys.executable, args.rounds)
     bad = [r.status for r in runs if r.status != 3]     # 3: refused, "could not join"
     if bad:
         print(f"startup_cpu: client exited {bad[0]} instead of 3 after the refusal", file=sys.stderr)
         return 1
     totals = sorted(r.cpu_total for r in runs)
+    to_hello = sorted(r.cpu_total for r in killed)
     result = {
         "command": " ".join(["bench/startup_cpu.py"] + (argv or sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -50,10 +59,12 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "cpu_to_exit_ms": {"min": 1000 * totals[0], "median": 1000 * statistics.median(totals),
                            "max": 1000 * totals[-1]},
-        "cpu_at_hello_ms_median": 1000 * statistics.median(r.cpu_at_hello for r in runs),
+        "cpu_to_hello_ms": {"min": 1000 * to_hello[0], "median": 1000 * statistics.median(to_hello),
+                            "max": 1000 * to_hello[-1]},
+        "cpu_at_hello_ms_median_ticks": 1000 * statistics.median(r.cpu_at_hello for r in runs),
         "wall_to_hello_ms_median": 1000 * statistics.median(r.wall_to_hello for r in runs),
         "python_floor_ms": 1000 * floor,
-        "ratio_to_floor": statistics.median(totals) / floor if floor else None,
+        "hello_ratio_to_floor": statistics.median(to_hello) / floor if floor else None,
         "target_ms": 50,
     }
     print(json.dumps(result, indent=2))

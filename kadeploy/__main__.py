@@ -1,3 +1,3 @@
-from kadeploy.cli import kadeploy_main
+from kadeploy.entry import kadeploy_main
 
 kadeploy_main()

@@ -26,7 +26,7 @@ from kadeploy.control.policy import (
     server_verifies,
 )
 from kadeploy.data import synthetic
-from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError
+from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError, interrupt_on_sigterm
 from kadeploy.install import cli as install_cli
 from kadeploy.netboot import options as netboot_options
 from kadeploy.options import (
@@ -84,14 +84,10 @@ def setup_logging(prog: str, quiet: bool, verbose: bool, log_file: Optional[str]
     root.propagate = False
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: producers, consumers, namespaces cleaned up
-
-
 def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) -> None:
     """Run a click command with the project's exit statuses and one-line errors."""
     import signal
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -234,6 +230,16 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
 
 # ------------------------------------------------------------------- client
 
+def check_advertise(value: Optional[str]) -> Optional[str]:
+    """--advertise by the rule the server holds the Hello to, so that a bad one is a
+    usage error here, not a refusal there."""
+    from kadeploy.core.fields import RULES
+    wrong = value is not None and RULES["Hello"]["advertise"](value)
+    if wrong:
+        raise click.BadParameter(f"{value!r} {wrong}", param_hint="'--advertise'")
+    return value
+
+
 @click.command("client", context_settings=CONTEXT)
 @click.option("-h", "--host", metavar="HOST", help="Server address or name.")
 @click.option("-s", "--session", metavar="NAME", help="Find the server by UDP broadcast of this session name.")
@@ -247,7 +253,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
               help="After the data is written, wait for the server's finish (see server -d).")
 @click.option("-g", "--go", is_flag=True,
               help="Tell the server to start now with the clients it has, then exit.")
-@click.option("--advertise", metavar="ADDRESS",
+@click.option("--advertise", metavar="ADDRESS", callback=lambda ctx, param, value: check_advertise(value),
               help="Address this node's children connect to (default: the one the server sees).")
 @install_cli.client_options
 @security_options
@@ -283,8 +289,10 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0
+    from kadeploy.control import early
+    registered = early.take(click.get_current_context().params, synthetic.discard_asked())
     started = time.monotonic()
-    outcome = asyncio.run(Client(cfg).run())
+    outcome = asyncio.run(Client(cfg, registered).run())
     elapsed = time.monotonic() - started
     print_client_summary(outcome, elapsed)
     return exit_status(outcome)

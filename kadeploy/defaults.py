@@ -23,6 +23,11 @@ REPORT_INTERVAL = 1.0
 CONNECT_RETRY_FIRST = 0.001
 CONNECT_RETRY_CAP = 0.02
 
+# Where the default consumer (tar, kadeploy.data.commands) extracts (-t). The
+# original's client default was `(cd /tmp/stage2; tar --x -f -)`, which GNU tar now
+# rejects as ambiguous; this is its 2001 default with the directory made an option.
+DEFAULT_TARGET = "/tmp/disk"
+
 MAX_CONNECTIONS = 4096   # control connections open at once before more are refused (--max-connections)
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal (--progress-interval)
 # Bytes of the stream the server (and, for repairs in place, every node) keeps in
@@ -34,3 +39,12 @@ REPAIR_WINDOW = 256 << 20
 LATE_CHILD_GRACE = 0.5
 # The server logs the tree it built down to this many nodes, then how many more.
 TREE_LOG_NODES = 200
+
+# Environment variables, named here so that the client's early registration
+# (kadeploy.control.early) can look at them without importing their modules.
+ENV_KEY = "KADEPLOY_KEY"                 # the shared key itself (kadeploy.control.auth)
+ENV_KEY_FILE = "KADEPLOY_KEY_FILE"       # a file holding it (--key-file)
+ENV_BACKEND = "KADEPLOY_RELAY"           # the relay backend (--relay; kadeploy.relay)
+# Set when a run must use the compiled core (CI): a missing backend is then an error
+# instead of a silent fallback.
+ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"

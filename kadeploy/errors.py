@@ -27,3 +27,9 @@ class NotJoined(KadeployError):
 
 class UsageError(KadeployError):
     exit_code = EXIT_USAGE
+
+
+def interrupt_on_sigterm(signum, frame):
+    """SIGTERM's handler in the commands: unwind like Ctrl-C (EXIT_INTERRUPTED), so that
+    producers, consumers and namespaces are cleaned up."""
+    raise KeyboardInterrupt

@@ -21,4 +21,4 @@ def test_wheel_carries_man_pages_commands_and_the_relay(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for cmd in ("ka-d-server", "ka-d-client", "kadeploy"):
-        assert f"{cmd} = kadeploy.cli:" in entry_points
+        assert f"{cmd} = kadeploy.entry:" in entry_points

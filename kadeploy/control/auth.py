@@ -14,10 +14,9 @@ import os
 import stat
 from typing import Optional
 
+from kadeploy.defaults import ENV_KEY, ENV_KEY_FILE
 from kadeploy.errors import UsageError
 
-ENV_KEY = "KADEPLOY_KEY"
-ENV_KEY_FILE = "KADEPLOY_KEY_FILE"
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from kadeploy.control import auth
+from kadeploy.control.early import Registered
 from kadeploy.control.netio import ControlChannel, connect, listen
 from kadeploy.control.policy import refuse_place
 from kadeploy.core import protocol as P
@@ -101,12 +102,13 @@ async def go_now(cfg: ClientConfig) -> str:
 
 
 async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: ClientConfig,
-                  context: str, what: str) -> P.Message:
-    """Send Hello or Go and return the server's answer, after the mutual
-    challenge-response (kadeploy.core.handshake) when we have a key; NotJoined when
-    it cannot be had."""
+                  context: str, what: str, sent: bool = False) -> P.Message:
+    """Send Hello or Go (unless it is `sent` already) and return the server's answer,
+    after the mutual challenge-response (kadeploy.core.handshake) when we have a key;
+    NotJoined when it cannot be had."""
     try:
-        await ch.send(first)
+        if not sent:
+            await ch.send(first)
         msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
         try:
             auth_msg = asker.react(msg, context)
@@ -134,13 +136,20 @@ async def _open_control(host: str, port: int, cfg: ClientConfig) -> ControlChann
 
 
 class Client:
-    def __init__(self, cfg: ClientConfig) -> None:
+    """One node's session. With `registered` (kadeploy.control.early), the listener is
+    bound and the Hello sent already: the client goes on from there."""
+
+    def __init__(self, cfg: ClientConfig, registered: Optional[Registered] = None) -> None:
         self.cfg = cfg
+        self.registered = registered
         if not cfg.consumer and not cfg.install:
             target = cfg.target or DEFAULT_TARGET
             if not os.path.isdir(target):
                 raise KadeployError(f"target directory {target} does not exist", exit_code=EXIT_USAGE)
-        self.listener = listen(cfg.data_port, cfg.bind, fallback_to_any_port=True)
+        if registered is not None:
+            self.listener = socket.socket(fileno=registered.listener.detach())
+        else:
+            self.listener = listen(cfg.data_port, cfg.bind, fallback_to_any_port=True)
         self.data_port = self.listener.getsockname()[1]
         if self.data_port != cfg.data_port:
             log.info("data port %d is in use here; listening on %d", cfg.data_port, self.data_port)
@@ -148,25 +157,42 @@ class Client:
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            if self.cfg.host:     # no thread to start for discovery
-                host, port = self.cfg.host, self.cfg.control_port
+            if self.registered is not None:
+                ch, hello = await self._take_registration(self.registered)
             else:
-                host, port = await loop.run_in_executor(None, find_server, self.cfg)
-            ch = await _open_control(host, port, self.cfg)
+                if self.cfg.host:     # no thread to start for discovery
+                    host, port = self.cfg.host, self.cfg.control_port
+                else:
+                    host, port = await loop.run_in_executor(None, find_server, self.cfg)
+                ch, hello = await _open_control(host, port, self.cfg), None
             try:
-                return await self._session(ch)
+                return await self._session(ch, hello)
             finally:
                 ch.close()
         finally:
             self.listener.close()
 
-    async def _session(self, ch: ControlChannel) -> Outcome:
+    async def _take_registration(self, registered: Registered):
+        """The control channel of an early registration, its Hello counted as sent."""
+        if registered.failure is not None:
+            raise NotJoined(str(registered.failure))
+        sock = socket.socket(fileno=registered.control.detach())
+        reader, writer = await asyncio.open_connection(sock=sock)
+        ch = ControlChannel(reader, writer, P.CLIENT)
+        hello = P.Hello(**dict(registered.hello_fields))
+        if ch.conn.send(hello) != registered.hello:
+            ch.close()
+            raise RuntimeError("the early Hello is not the protocol's (kadeploy.control.early)")
+        return ch, hello
+
+    async def _session(self, ch: ControlChannel, sent: Optional[P.Hello] = None) -> Outcome:
+        """From the Hello (`sent`: already on the wire) to the node's outcome."""
         cfg = self.cfg
         asker = Asker(cfg.key, CONTROL)
-        hello = P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
-                        session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
+        hello = sent or P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
+                                session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
         node_id = (await request(ch, hello, asker, cfg, auth.hello_context(hello),
-                                 "registration")).node_id
+                                 "registration", sent=sent is not None)).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
             while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import os
 import socket
 from typing import Optional, Tuple
 
+from kadeploy.control import early
 from kadeploy.core import protocol
 from kadeploy.core.addresses import format_hostport, normalize_address
-from kadeploy.defaults import CONNECT_RETRY_CAP, CONNECT_RETRY_FIRST
 from kadeploy.errors import KadeployError, NotJoined
 
 
@@ -21,43 +20,23 @@ def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,
     With fallback_to_any_port, a port already in use (another client on this host)
     is replaced by one the kernel picks."""
     family, addr = _bind_target(bind)
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and bind is None:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            sock.bind((addr, port))
-        except OSError as e:
-            if not (fallback_to_any_port and e.errno == errno.EADDRINUSE):
-                raise KadeployError(f"cannot listen on TCP port {port}: {os.strerror(e.errno)}") from None
-            sock.bind((addr, 0))
-        sock.listen(backlog)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+        sock = early.bound_listener(family, addr, port, dual_stack=bind is None, backlog=backlog,
+                                    fallback_to_any_port=fallback_to_any_port)
+    except OSError as e:
+        raise KadeployError(f"cannot listen on TCP port {port}: {os.strerror(e.errno)}") from None
+    return socket.socket(fileno=sock.detach())
 
 
 def _bind_target(bind: Optional[str]) -> Tuple[int, str]:
     if bind is None:
-        return (socket.AF_INET6, "::") if socket.has_ipv6 and _ipv6_works() else (socket.AF_INET, "0.0.0.0")
+        return early.every_address()
     try:
         ip = ipaddress.ip_address(bind.split("%", 1)[0])
     except ValueError:
         infos = socket.getaddrinfo(bind, None, type=socket.SOCK_STREAM)
         return infos[0][0], infos[0][4][0]
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), bind
-
-
-def _ipv6_works() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::", 0))
-        return True
-    except OSError:
-        return False
 
 
 def set_sockbuf(sock: socket.socket, size: Optional[int]) -> None:
@@ -74,19 +53,25 @@ async def connect(host: str, port: int, timeout: float, what: str, *,
     With retry_refused, a refused connection is tried again until `timeout` has
     passed: nodes often boot before the server is started. A refusal is immediate (a
     RST), and nothing tells us when the port opens, so the retries start at once and
-    back off only to CONNECT_RETRY_CAP: a client joins at most that long after the server
+    back off only to CONNECT_RETRY_CAP (early.retry_pauses, which the early client's
+    blocking connect shares): a client joins at most that long after the server
     listens, at the cost of a few dozen refused SYNs a second while it waits."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    pause = CONNECT_RETRY_FIRST
+    pauses = early.retry_pauses()
     while True:
         try:
             return await _connect_once(host, port, timeout, what)
         except NotJoined as e:
             if not (retry_refused and e.refused and loop.time() < deadline):
                 raise
-        await asyncio.sleep(pause)
-        pause = min(2 * pause, CONNECT_RETRY_CAP)
+        await asyncio.sleep(next(pauses))
+
+
+def _not_joined(why: early.Unreachable) -> NotJoined:
+    err = NotJoined(str(why))
+    err.refused = why.refused
+    return err
 
 
 async def _connect_once(host: str, port: int, timeout: float, what: str) -> socket.socket:
@@ -94,7 +79,7 @@ async def _connect_once(host: str, port: int, timeout: float, what: str) -> sock
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise NotJoined(f"cannot resolve {what} {host!r}: {e.strerror}") from None
+        raise _not_joined(early.resolve_failure(what, host, e)) from None
     last: Optional[OSError] = None
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
@@ -105,14 +90,11 @@ async def _connect_once(host: str, port: int, timeout: float, what: str) -> sock
             return sock
         except asyncio.TimeoutError:
             sock.close()
-            last = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+            last = early.timed_out(timeout)
         except OSError as e:
             sock.close()
             last = e
-    reason = os.strerror(last.errno) if last is not None and last.errno else str(last)
-    err = NotJoined(f"cannot connect to {what} at {format_hostport(host, port)}: {reason}")
-    err.refused = isinstance(last, ConnectionRefusedError)
-    raise err
+    raise _not_joined(early.connect_failure(what, host, port, last))
 
 
 async def recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -25,18 +25,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple, Type
 
 from kadeploy.core import fields as fields_mod
+from kadeploy.core import frame
+from kadeploy.core.frame import HEADER, HEADER_SIZE, MAGIC
 from kadeploy.core.states import Word
 from kadeploy.defaults import STALL_TIMEOUT
 from kadeploy.version import PROTOCOL_VERSION
 
-MAGIC = b"KD"
-HEADER = struct.Struct(">2sBBI")
-HEADER_SIZE = HEADER.size
 MAX_BODY = 64 * 1024
 
 
@@ -308,7 +306,7 @@ def encode(msg: Message) -> bytes:
     body = json.dumps(msg.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) > MAX_BODY:
         raise LocalProtocolError(f"{type(msg).__name__} is {len(body)} bytes, over the {MAX_BODY} limit")
-    return HEADER.pack(MAGIC, PROTOCOL_VERSION, msg.CODE, len(body)) + body
+    return frame.header(msg.CODE, len(body)) + body
 
 
 def parse_header(header: bytes) -> Tuple[int, int]:

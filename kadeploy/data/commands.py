@@ -7,11 +7,10 @@ import signal
 import subprocess
 from typing import Optional
 
+from kadeploy.defaults import DEFAULT_TARGET  # noqa: F401 (named there, with why)
+
 # The original's producer default, unchanged.
 DEFAULT_PRODUCER = "(cd /; tar --create --one-file-system --sparse /)"
-# The original's client default was `(cd /tmp/stage2; tar --x -f -)`, which GNU tar now
-# rejects as ambiguous; this is its 2001 default with the directory made an option.
-DEFAULT_TARGET = "/tmp/disk"
 CONSUMER_TEMPLATE = ("tar --extract --read-full-records --same-permissions --numeric-owner "
                      "--sparse --file - --directory {target}")
 

@@ -47,9 +47,14 @@ def server_producer(producer: Optional[str]) -> Optional[str]:
     return synthetic_producer(size)
 
 
+def discard_asked() -> bool:
+    """Whether the command line has --discard (click callback `remember` saw it)."""
+    return bool(click.get_current_context().meta.get(_DISCARD))
+
+
 def client_consumer(consumer: Optional[str]) -> Optional[str]:
     """The consumer command to run: -e, or the discarding one of --discard."""
-    if not click.get_current_context().meta.get(_DISCARD):
+    if not discard_asked():
         return consumer
     if consumer is not None:
         raise click.UsageError("--discard and -e/--command are exclusive")

@@ -223,7 +223,7 @@ def _install_kadeploy(root: Path, work: Path, source: Optional[Path], wheel: Opt
     for prog, entry in (("ka-d-client", "client_main"), ("ka-d-server", "server_main"),
                         ("kadeploy", "kadeploy_main")):
         script = bindir / prog
-        script.write_text(f"#!/usr/bin/python3\nfrom kadeploy.cli import {entry}\n{entry}()\n")
+        script.write_text(f"#!/usr/bin/python3\nfrom kadeploy.entry import {entry}\n{entry}()\n")
         script.chmod(0o755)
     # The proof that kadeploy runs in the image: its own version line, in a chroot.
     out = _run(["chroot", str(root), "/usr/local/bin/ka-d-client", "--version"],

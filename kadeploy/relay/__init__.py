@@ -25,6 +25,7 @@ import os
 from typing import Dict, Optional, Sequence
 
 from kadeploy import defaults
+from kadeploy.defaults import ENV_BACKEND, ENV_REQUIRE
 from kadeploy.relay.result import (
     EOF,
     NO_SINKS,
@@ -34,10 +35,6 @@ from kadeploy.relay.result import (
     SpliceUnsupported,
 )
 
-ENV_BACKEND = "KADEPLOY_RELAY"
-# Set when a run must use the compiled core (CI): a missing backend is then an error
-# instead of a silent fallback.
-ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"
 BACKENDS = ("cython", "python", "copy")
 # The order `auto` tries them in, from bench/RESULTS.md: the compiled loop costs the
 # least CPU per GB everywhere; on shaped links (like real ones, where bytes arrive a

@@ -1,14 +1,18 @@
 """What a client process costs before it is registered: CPU from exec to its Hello.
 
 A one-shot listener stands in for the server. It starts `ka-d-client`, waits for the
-Hello frame, reads the client's utime + stime from /proc/PID/stat at that instant
-(clock ticks: coarse, 10 ms here), then refuses it, so the client exits at once, and
-takes its exact rusage from wait4 (microseconds; it includes the few lines of exit
-after the refusal, so it is an upper bound of the cost to registration).
+Hello frame and reads the client's utime + stime from /proc/PID/stat at that instant
+(clock ticks: coarse, 10 ms here). Then either it refuses the client, which exits at
+once, and takes its rusage from wait4 (the whole process: what it imports after its
+Hello included); or, with kill_at_hello, it kills the client as soon as the Hello is
+read, and wait4's rusage (microseconds) is the CPU to the Hello, plus what the client
+did in the moment the listener took to wake up: an upper bound of the cost to
+registration.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -23,7 +27,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 @dataclass
 class Startup:
     cpu_at_hello: float      # s, from /proc at the moment the Hello arrived (tick resolution)
-    cpu_total: float         # s, rusage of the whole process (exec to exit after the refusal)
+    cpu_total: float         # s, rusage of the whole process (exec to its exit, or to the kill)
     wall_to_hello: float     # s, from spawn to the Hello
     hello: P.Message
     status: int
@@ -45,7 +49,8 @@ def _read_exactly(conn: socket.socket, n: int) -> bytes:
     return buf
 
 
-def measure(client: Sequence[str], *, timeout: float = 30.0, env=None) -> Startup:
+def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
+            kill_at_hello: bool = False) -> Startup:
     """Run `client` (argv of ka-d-client, without -h/-p) against the stand-in server."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
         lsock.bind(("127.0.0.1", 0))
@@ -60,11 +65,15 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None) -> Startu
             conn, _ = lsock.accept()
             with conn:
                 conn.settimeout(timeout)
-                code, length = P.parse_header(_read_exactly(conn, P.HEADER_SIZE))
-                hello = P.parse_body(code, _read_exactly(conn, length))
+                header = _read_exactly(conn, P.HEADER_SIZE)
+                body = _read_exactly(conn, P.parse_header(header)[1])
+                if kill_at_hello:
+                    os.kill(proc.pid, signal.SIGKILL)
                 at_hello = _proc_cpu(proc.pid)
                 wall = time.monotonic() - started
-                conn.sendall(P.encode(P.Refuse(reason="start-up measured")))
+                hello = P.parse_body(P.parse_header(header)[0], body)
+                if not kill_at_hello:
+                    conn.sendall(P.encode(P.Refuse(reason="start-up measured")))
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
@@ -76,8 +85,9 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None) -> Startu
                    wall_to_hello=wall, hello=hello, status=proc.returncode)
 
 
-def measure_many(client: Sequence[str], rounds: int, env=None) -> List[Startup]:
-    return [measure(client, env=env) for _ in range(rounds)]
+def measure_many(client: Sequence[str], rounds: int, env=None,
+                 kill_at_hello: bool = False) -> List[Startup]:
+    return [measure(client, env=env, kill_at_hello=kill_at_hello) for _ in range(rounds)]
 
 
 def python_floor(python: str, rounds: int) -> Optional[float]:

@@ -1,0 +1,364 @@
+"""ka-d-client's registration before the heavy imports (issue 13, point 4).
+
+A node is registered once the server has its Hello, and all the Hello needs is known
+from a few options. So for a command line made only of the options in OPTIONS, the
+client checks them, binds its data listener, connects and sends its Hello with
+blocking sockets and next to no imports; click, asyncio and the protocol module are
+loaded afterwards, while the server waits for the other nodes, and the normal command
+(kadeploy.cli, kadeploy.control.client) takes over both sockets through take().
+
+Any other command line, a value this module is not sure of (say a port of "+1"), an
+environment that sets a key, or a check that fails, takes the normal path from the
+start, which says what is wrong: nothing reaches the server before click has accepted
+it or this module has proved it would. A command line that cannot be registered early
+costs only the scan.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import _socket   # socket.py would import enum, selectors and its IntEnum tables
+
+from kadeploy import defaults
+from kadeploy.core import frame
+from kadeploy.version import SOFTWARE
+
+# Each option the early path knows: its spellings -> (click's parameter name, kind).
+# tests/test_early.py holds every entry to ka-d-client's click declaration.
+OPTIONS = {
+    ("-h", "--host"): ("host", "text"),
+    ("-p", "--control-port"): ("control_port", "port"),
+    ("-P", "--data-port"): ("data_port", "port"),
+    ("-e", "--command"): ("consumer", "text"),
+    ("-t", "--target"): ("target", "directory"),
+    ("--advertise",): ("advertise", "address"),
+    ("--connect-timeout",): ("connect_timeout", "seconds"),
+    ("--handshake-timeout",): ("handshake_timeout", "seconds"),
+    ("--relay",): ("relay_backend", "backend"),
+    ("--buffer-size",): ("buffer_size", "size"),
+    ("--sockbuf",): ("sockbuf", "size"),
+    ("--discard",): ("discard", "flag"),
+    ("-w", "--wait"): ("wait_finish", "flag"),
+    ("-q", "--quiet"): ("quiet", "flag"),
+    ("--verbose",): ("verbose", "flag"),
+}
+_SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
+_SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
+# The code of Hello and its fields in protocol order; take() checks both against
+# kadeploy.core.protocol once that is loaded.
+HELLO_CODE = 1
+_LISTEN_BACKLOG = 1024
+
+_registered = None   # what start() did, for take()
+
+
+def scan(argv) -> "dict | None":
+    """The parameters click would give for `argv` (only those it names, and `discard`),
+    or None when the early path cannot be sure of them. Pure: no I/O."""
+    params = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        spelling, value = arg, None
+        if arg.startswith("--") and "=" in arg:
+            spelling, value = arg.split("=", 1)
+        entry = _SPELLINGS.get(spelling)
+        if entry is None:
+            return None              # unknown, positional, combined short flags, --help...
+        name, kind = entry
+        if name in params:
+            return None              # given twice: leave the rule to click
+        if kind == "flag":
+            if value is not None:
+                return None
+            params[name] = True
+            continue
+        if value is None:
+            if not args:
+                return None
+            value = args.pop(0)
+        converted = _convert(kind, value)
+        if converted is None:
+            return None
+        params[name] = converted
+    if "host" not in params or (params.get("discard") and "consumer" in params):
+        return None                  # -s discovery, or a usage error click will name
+    return params
+
+
+def _convert(kind: str, value: str):
+    """The value as click converts it, or None when it might not accept it."""
+    if not value or value.startswith("-") or not value.isprintable():
+        return None
+    if kind in ("text", "directory"):
+        return value
+    if kind == "address":   # the Hello's rule, which click's --advertise checks too
+        from kadeploy.core.fields import RULES
+        return value if RULES["Hello"]["advertise"](value) is None else None
+    if kind == "backend":
+        from kadeploy import relay
+        return value if value in ("auto", *relay.BACKENDS) else None
+    if kind == "size":   # digits and an optional K, M or G: a part of what options.Size reads
+        shift = _SIZE_SHIFTS.get(value[-1:].lower(), 0)
+        digits = value[:-1] if shift else value
+        n = int(digits) << shift if digits.isascii() and digits.isdigit() else 0
+        return n if n > 0 else None
+    if kind == "port":
+        return int(value) if value.isascii() and value.isdigit() and 1 <= int(value) <= 65535 else None
+    # seconds: digits with at most one point, above zero (click's FloatRange(min=0, min_open))
+    digits = value.replace(".", "", 1)
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    seconds = float(value)
+    return seconds if seconds > 0 else None
+
+
+def start(argv, environ=os.environ) -> None:
+    """Register now if the command line and the environment allow it (see the module's
+    doc); otherwise do nothing and leave it all to the normal path."""
+    global _registered
+    params = scan(argv)
+    if params is None or not _environment_allows(params, environ) or not _target_ok(params):
+        return
+    try:
+        listener = bound_listener(*every_address(), params.get("data_port", defaults.DATA_PORT),
+                                  dual_stack=True, fallback_to_any_port=True)
+    except OSError:
+        return                       # the normal path says why it cannot listen
+    _registered = Registered(params, listener)   # set first: abandon() closes the listener
+    _registered.join()
+
+
+def abandon() -> None:
+    """Withdraw whatever start() did (the normal path then does it all)."""
+    global _registered
+    early, _registered = _registered, None
+    if early is not None:
+        early.close()
+
+
+def take(click_params: dict, discard: bool) -> "Registered | None":
+    """The early registration, for the normal command to go on with, if there is one and
+    click read the command line as it did; one that disagrees is withdrawn (a bug: the
+    node then registers again on the normal path)."""
+    global _registered
+    early, _registered = _registered, None
+    if early is None:
+        return None
+    mine = dict(early.params)
+    if mine.pop("discard", False) != discard or any(click_params.get(k) != v for k, v in mine.items()):
+        early.close()
+        return None
+    return early
+
+
+def _environment_allows(params: dict, environ) -> bool:
+    if environ.get(defaults.ENV_KEY) or environ.get(defaults.ENV_KEY_FILE):
+        return False                 # a keyed Hello carries a nonce, then a proof: normal path
+    asked = params.get("relay_backend")
+    if asked or environ.get(defaults.ENV_BACKEND) or environ.get(defaults.ENV_REQUIRE):
+        # The normal path refuses a backend asked for that does not load, before it
+        # connects; loading it here keeps that order (and its cost, only when asked).
+        from kadeploy import relay
+        try:
+            relay.resolve(asked)
+        except relay.BackendUnavailable:
+            return False
+    return True
+
+
+def _target_ok(params: dict) -> bool:
+    """The checks of click's --target (a directory, readable) and of the client (the
+    default consumer's directory exists), when they pass; any failure is the normal
+    path's to word."""
+    target = params.get("target")
+    if target is not None and not (os.path.isdir(target) and os.access(target, os.R_OK)):
+        return False
+    if "consumer" in params or params.get("discard"):
+        return True
+    return os.path.isdir(target or defaults.DEFAULT_TARGET)
+
+
+# ------------------------------------------------------------------ sockets
+
+def every_address():
+    """(family, address) of a listener on every address: dual-stack where IPv6 works."""
+    if _socket.has_ipv6:
+        try:
+            probe = _socket.socket(_socket.AF_INET6, _socket.SOCK_STREAM)
+            try:
+                probe.bind(("::", 0))
+                return _socket.AF_INET6, "::"
+            finally:
+                probe.close()
+        except OSError:
+            pass
+    return _socket.AF_INET, "0.0.0.0"
+
+
+def bound_listener(family: int, address: str, port: int, *, dual_stack: bool = False,
+                   backlog: int = _LISTEN_BACKLOG, fallback_to_any_port: bool = False):
+    """A non-blocking listening TCP socket (a _socket.socket); OSError when it cannot
+    bind. dual_stack: an IPv6 socket takes IPv4 too. With fallback_to_any_port, a port
+    in use (another client on this host) is replaced by one the kernel picks."""
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if dual_stack and family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind((address, port))
+        except OSError as e:
+            if not (fallback_to_any_port and e.errno == errno.EADDRINUSE):
+                raise
+            sock.bind((address, 0))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def retry_pauses():
+    """The pauses between connections refused by a server not up yet: from at once,
+    doubling to CONNECT_RETRY_CAP (a node joins at most that long after it listens)."""
+    pause = defaults.CONNECT_RETRY_FIRST
+    while True:
+        yield pause
+        pause = min(2 * pause, defaults.CONNECT_RETRY_CAP)
+
+
+class Unreachable(Exception):
+    """A connection that could not be made, in one line; `refused` when the peer said no."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def resolve_failure(what: str, host: str, error: OSError) -> Unreachable:
+    return Unreachable(f"cannot resolve {what} {host!r}: {error.strerror}")
+
+
+def connect_failure(what: str, host: str, port: int, error: "OSError | None") -> Unreachable:
+    from kadeploy.core.addresses import format_hostport
+    reason = os.strerror(error.errno) if error is not None and error.errno else str(error)
+    return Unreachable(f"cannot connect to {what} at {format_hostport(host, port)}: {reason}",
+                       refused=isinstance(error, ConnectionRefusedError))
+
+
+def timed_out(timeout: float) -> OSError:
+    return TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+
+
+def connect(host: str, port: int, timeout: float, what: str = "server", on_refused=None):
+    """A connected blocking _socket.socket to the server, retrying a refusal until
+    `timeout` has passed, as kadeploy.control.netio.connect does; Unreachable if not.
+    `on_refused` is called once, at the first refusal: there is time to spare."""
+    deadline = time.monotonic() + timeout
+    pauses = retry_pauses()
+    while True:
+        try:
+            return _connect_once(host, port, timeout, what)
+        except Unreachable as e:
+            if not (e.refused and time.monotonic() < deadline):
+                raise
+        if on_refused is not None:
+            on_refused()
+            on_refused = None
+        time.sleep(next(pauses))
+
+
+def _connect_once(host: str, port: int, timeout: float, what: str):
+    try:   # an ASCII name as bytes: a str goes through the idna codec (3 ms to import)
+        name = host.encode() if host.isascii() else host
+        infos = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)
+    except _socket.gaierror as e:
+        raise resolve_failure(what, host, e) from None
+    last = None
+    for family, type_, proto, _, addr in infos:
+        sock = _socket.socket(family, type_, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            return sock
+        except TimeoutError:
+            sock.close()
+            last = timed_out(timeout)
+        except OSError as e:
+            sock.close()
+            last = e
+    raise connect_failure(what, host, port, last)
+
+
+# ------------------------------------------------------------ the registration
+
+# What the normal command imports: loaded beside the connection's retries when the
+# server is not up yet (a node booted before it), so that it is ready by the Hello.
+PRELOAD = ("kadeploy.cli", "kadeploy.control.client")
+_preloading = None
+
+
+def preload() -> None:
+    """Import PRELOAD in a thread, while the main one keeps trying the server."""
+    global _preloading
+    import threading
+
+    def load() -> None:
+        import importlib
+        try:
+            for name in PRELOAD:
+                importlib.import_module(name)
+        except BaseException:
+            pass   # the main thread's own import raises it again, where it is reported
+    _preloading = threading.Thread(target=load, name="kadeploy-preload", daemon=True)
+    _preloading.start()
+
+
+def preloaded() -> None:
+    """Wait for preload() to end, if it ran: its imports are the normal path's next step."""
+    if _preloading is not None:
+        _preloading.join()
+
+
+class Registered:
+    """A client registered before the normal path: its listener, its control
+    connection with the Hello sent (or why it could not be made)."""
+
+    def __init__(self, params: dict, listener) -> None:
+        self.params = params
+        self.listener = listener
+        self.data_port = listener.getsockname()[1]
+        self.control = None
+        self.failure: "Unreachable | None" = None
+        self.hello_fields = (
+            ("software", SOFTWARE), ("hostname", _socket.gethostname()),
+            ("data_port", self.data_port), ("session", None),
+            ("advertise", params.get("advertise")), ("nonce", None))
+        self.hello = frame.flat_frame(HELLO_CODE, self.hello_fields)
+
+    def join(self) -> None:
+        p = self.params
+        try:
+            self.control = connect(p["host"], p.get("control_port", defaults.CONTROL_PORT),
+                                   p.get("connect_timeout", defaults.CONNECT_TIMEOUT),
+                                   on_refused=preload)
+            self.control.sendall(self.hello)
+        except Unreachable as e:
+            self.failure = e
+        except OSError as e:   # the server went away between its accept and our Hello
+            self.close_control()
+            self.failure = Unreachable(f"registration failed: {e}")   # as the normal path says
+
+    def close_control(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def close(self) -> None:
+        self.close_control()
+        self.listener.close()

@@ -1,0 +1,338 @@
+"""The client's registration before the heavy imports (kadeploy.control.early, issue 13
+point 4): it reads a command line exactly as click does or leaves it to click, sends the
+protocol's own Hello, registers before asyncio is even imported, never registers a bad
+command line, and fails as the normal path does."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import click
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kadeploy import cli, defaults
+from kadeploy.control import early
+from kadeploy.core import frame
+from kadeploy.core import protocol as P
+from kadeploy.data import synthetic
+from kadeploy.options import PORT, SECONDS, Size
+from kadeploy.version import SOFTWARE
+
+CLIENT = [sys.executable, "-m", "kadeploy", "client"]
+
+
+# ------------------------------------------------------------------ the scan
+
+def _click_param(spelling: str) -> click.Parameter:
+    for param in cli.client_command.params:
+        if spelling in param.opts:
+            return param
+    raise AssertionError(f"ka-d-client has no option {spelling}")
+
+
+def test_every_early_option_is_the_clients_own():
+    kinds = {"flag": lambda p: p.is_flag, "port": lambda p: p.type is PORT,
+             "seconds": lambda p: p.type is SECONDS,
+             "directory": lambda p: isinstance(p.type, click.Path) and not p.type.file_okay,
+             "text": lambda p: p.type is click.STRING, "address": lambda p: p.type is click.STRING,
+             "size": lambda p: isinstance(p.type, Size), "backend": lambda p: isinstance(p.type, click.Choice)}
+    for spellings, (name, kind) in early.OPTIONS.items():
+        params = {_click_param(s) for s in spellings}
+        assert len(params) == 1, spellings
+        param, = params
+        assert param.name == name and set(param.opts) | set(param.secondary_opts) == set(spellings), spellings
+        assert kinds[kind](param), (spellings, kind)
+
+
+def _parse(argv):
+    """click's reading of a ka-d-client command line: (params, --discard), or None if it refuses."""
+    try:
+        ctx = cli.client_command.make_context("ka-d-client", list(argv))
+    except click.ClickException:
+        return None
+    with ctx:
+        return ctx.params, synthetic.discard_asked()
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    d = tmp_path_factory.mktemp("early")
+    (d / "dir").mkdir()
+    (d / "file").write_text("x")
+    return {"dir": str(d / "dir"), "file": str(d / "file"), "missing": str(d / "missing")}
+
+
+VALUES = ["127.0.0.1", "node1", "nœud", "a b", "-x", "", "1M", "64k", "1g", "0K", "1MiB", " 1M", "2T",
+          "cython", "auto", "copy", "Cython", "fast", "0", "1", "80", "65535", "65536", "+1", "1_0",
+          " 1", "١", "0.5", "5.", ".5", "1e3", "inf", "nan", "0.0", "cat >/dev/null", "a\nb",
+          "{dir}", "{file}", "{missing}"]
+OTHER_OPTIONS = ["-s", "-g", "--key-file", "--bind", "--discovery-port", "--install", "--help",
+                 "-v", "-qw", "-h127.0.0.1", "--host=", "--discard=1", "--", "extra"]
+TOKENS = [s for spellings in early.OPTIONS for s in spellings] + OTHER_OPTIONS
+
+
+@given(st.lists(st.one_of(st.sampled_from(TOKENS), st.sampled_from(VALUES),
+                          st.builds(lambda o, v: f"{o}={v}", st.sampled_from(TOKENS), st.sampled_from(VALUES))),
+                max_size=9))
+def test_the_scan_reads_a_command_line_as_click_does_or_not_at_all(places, argv):
+    argv = [a.format(**places) for a in argv]
+    mine = early.scan(argv)
+    if mine is None:
+        return                                    # the normal path reads it
+    theirs = _parse(argv)
+    assert theirs is not None, f"click refuses {argv}, the early path took it as {mine}"
+    params, discard = theirs
+    click_defaults, _ = _parse(["-h", "x"])
+    mine = dict(mine)
+    assert mine.pop("discard", False) == discard
+    for name, value in mine.items():
+        assert params[name] == value and type(params[name]) is type(value), (argv, name)
+    for name, default in click_defaults.items():  # what the scan did not name is click's default
+        if name not in mine and name != "host":
+            assert params[name] == default, (argv, name)
+
+
+@pytest.mark.parametrize("argv", [
+    ["-h", "node"], ["--host", "node", "--discard"], ["-h", "n", "-p", "2", "-P", "3", "-e", "cat", "-w", "-q"],
+    ["--host=n", "--connect-timeout=1.5", "--handshake-timeout", "2", "--verbose", "--advertise", "10.0.0.1"],
+    ["-h", "n", "--discard", "--relay", "cython", "--buffer-size", "1048576", "-q"],   # kadeploy bench's
+])
+def test_the_usual_command_lines_take_the_early_path(argv):
+    assert early.scan(argv) is not None
+
+
+def test_the_hello_is_the_protocols():
+    assert early.HELLO_CODE == P.Hello.CODE
+    assert [f.name for f in dataclasses.fields(P.Hello)] == [name for name, _ in _registered_fields()]
+
+
+def _registered_fields(hostname="node", data_port=30764, advertise=None):
+    return (("software", SOFTWARE), ("hostname", hostname), ("data_port", data_port),
+            ("session", None), ("advertise", advertise), ("nonce", None))
+
+
+@given(st.text(max_size=40), st.integers(1, 65535), st.one_of(st.none(), st.text(min_size=1, max_size=40)))
+def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise):
+    fields = _registered_fields(hostname, port, advertise)
+    try:
+        expected = P.encode(P.Hello(**dict(fields)))
+    except P.LocalProtocolError:
+        return                                    # not a Hello the protocol sends
+    assert frame.flat_frame(early.HELLO_CODE, fields) == expected
+
+
+# ------------------------------------------------------------- real processes
+
+class StandIn:
+    """A listener in place of the server; nothing else runs on its port."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def hello(self, timeout: float):
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        conn.settimeout(timeout)
+        code, length = P.parse_header(_exactly(conn, P.HEADER_SIZE))
+        return conn, P.parse_body(code, _exactly(conn, length))
+
+    def nobody_called(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            self.sock.accept()[0].close()
+            return False
+        except BlockingIOError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _exactly(conn, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        assert chunk, "the client hung up"
+        buf += chunk
+    return buf
+
+
+@pytest.fixture
+def stand_in():
+    s = StandIn()
+    yield s
+    s.close()
+
+
+GATED_ASYNCIO = '''\
+import importlib, os, sys, time
+while not os.path.exists(os.environ["KD_TEST_GATE"]):   # until the test opens the gate
+    time.sleep(0.01)
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+del sys.modules["asyncio"]
+sys.modules["asyncio"] = importlib.import_module("asyncio")
+'''
+
+
+@pytest.mark.parametrize("backend_env", ["as-is", "cleared"])
+def test_the_client_is_registered_before_it_imports_asyncio(tmp_path, stand_in, backend_env):
+    """asyncio is held at its import until the Hello has arrived: a client that imports
+    it (or click, which the normal path needs first) before its Hello never gets there."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "asyncio.py").write_text(GATED_ASYNCIO)
+    gate = tmp_path / "gate"
+    env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_GATE=str(gate))
+    if backend_env == "cleared":
+        env.pop(defaults.ENV_REQUIRE, None)
+        env.pop(defaults.ENV_BACKEND, None)
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        conn, hello = stand_in.hello(timeout=30)
+        assert isinstance(hello, P.Hello) and hello.software == SOFTWARE and hello.nonce is None
+        assert proc.poll() is None
+        gate.touch()                              # asyncio may load now
+        with conn:
+            conn.sendall(P.encode(P.Refuse(reason="test over")))
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "server refused: test over" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("bad", [
+    ["--discard", "--data-port", "0"], ["--discard", "-e", "cat"], ["--discard", "--connect-timeout", "0"],
+    ["-t", "/nonexistent/dir"], ["-t", "/etc/hostname"], ["--discard", "--bogus"], ["--discard", "extra"],
+    ["--discard", "--key-file", "/nonexistent/key"], ["--discard", "--advertise", "a b"],
+    ["--discard", "--buffer-size", "0"], ["--discard", "--relay", "fast"],
+])
+def test_a_bad_command_line_is_never_registered(stand_in, bad):
+    r = subprocess.run(CLIENT + ["-h", "127.0.0.1", "-p", str(stand_in.port)] + bad,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64, (bad, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert stand_in.nobody_called(), f"{bad}: registered before the error"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["refused", "unresolvable"])
+def test_the_early_path_fails_to_join_as_the_normal_path_does(where):
+    host, port = ("127.0.0.1", _closed_port()) if where == "refused" else ("no-such-host.invalid", 1)
+    argv = CLIENT + ["-h", host, "-p", str(port), "--discard", "--connect-timeout", "0.3"]
+    normal_only = ["--discovery-port", "4957"]    # an option the early path leaves to click
+    assert early.scan(argv[4:]) is not None and early.scan(argv[4:] + normal_only) is None
+    fast = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    normal = subprocess.run(argv + normal_only, capture_output=True, text=True, timeout=60)
+    assert fast.returncode == normal.returncode == 3, (fast.stderr, normal.stderr)
+    first = [line.split(": ", 1)[1] for line in (fast.stderr.splitlines()[0], normal.stderr.splitlines()[0])]
+    assert first[0] == first[1], (fast.stderr, normal.stderr)
+    assert ("Connection refused" if where == "refused" else "cannot resolve") in first[0]
+
+
+def test_sigterm_while_the_early_path_waits_for_the_server():
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(_closed_port()), "--discard",
+                                      "--connect-timeout", "30"], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)                               # in early.connect's retries by now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip() == "kadeploy: interrupted", err
+
+
+def test_a_registration_click_reads_otherwise_is_withdrawn(stand_in):
+    """take() hands over only what click read the same way; otherwise the server sees the
+    node leave before the start, and the normal path registers it again."""
+    early.start(["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard", "-P", str(_closed_port())])
+    conn, hello = stand_in.hello(timeout=10)
+    with conn:
+        assert early.take({"host": "elsewhere"}, discard=True) is None
+        assert conn.recv(1) == b""                # the early connection is closed
+    assert early.take({}, discard=True) is None   # and forgotten
+
+
+def test_a_registration_click_agrees_with_is_handed_over(stand_in):
+    argv = ["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard"]
+    early.start(argv)
+    conn, hello = stand_in.hello(timeout=10)
+    params, discard = _parse(argv)
+    registered = early.take(params, discard)
+    try:
+        assert registered is not None and registered.failure is None
+        assert registered.data_port == hello.data_port and registered.control is not None
+    finally:
+        registered.close()
+        conn.close()
+
+
+def test_the_early_path_imports_next_to_nothing():
+    """What the early path loads beyond the interpreter's own start-up: kadeploy's few
+    light modules and four C modules; no click, asyncio, json, dataclasses, typing."""
+    code = ("import sys; before = set(sys.modules); import kadeploy.entry, kadeploy.control.early; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    allowed = {"kadeploy", "kadeploy.version", "kadeploy.entry", "kadeploy.control", "kadeploy.control.early",
+               "kadeploy.defaults", "kadeploy.core", "kadeploy.core.frame", "struct", "_struct", "_json",
+               "_socket", "errno", "time", "__future__"}
+    assert set(out.stdout.split()) <= allowed, sorted(set(out.stdout.split()) - allowed)
+
+
+MARKED_ASYNCIO = '''\
+import importlib, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+del sys.modules["asyncio"]
+sys.modules["asyncio"] = importlib.import_module("asyncio")
+open(os.environ["KD_TEST_MARK"], "w").close()   # asyncio is loaded
+'''
+
+
+def test_a_client_started_before_the_server_loads_the_rest_while_it_waits(tmp_path):
+    """Refused (no server yet), the early path imports the normal command beside its
+    retries: by the time the server listens and takes the Hello, asyncio is loaded."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "asyncio.py").write_text(MARKED_ASYNCIO)
+    mark = tmp_path / "mark"
+    port = _closed_port()
+    env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_MARK=str(mark))
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--discard"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists():                  # loaded while the port refuses
+            assert proc.poll() is None and time.monotonic() < deadline, "asyncio never loaded"
+            time.sleep(0.05)
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+        server.settimeout(30)
+        with server, server.accept()[0] as conn:
+            conn.settimeout(30)
+            code, length = P.parse_header(_exactly(conn, P.HEADER_SIZE))
+            assert isinstance(P.parse_body(code, _exactly(conn, length)), P.Hello)
+            conn.sendall(P.encode(P.Refuse(reason="test over")))
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "server refused: test over" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
