@@ -46,8 +46,9 @@ OPTIONS = {
 }
 _SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
 _SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
-# The code of Hello and its fields in protocol order; take() checks both against
-# kadeploy.core.protocol once that is loaded.
+# The Hello's code; its fields, in protocol order, are Registered.hello_fields. The
+# client (kadeploy.control.client) checks both once the protocol is loaded: the frame
+# sent must be the one protocol.encode writes.
 HELLO_CODE = 1
 _LISTEN_BACKLOG = 1024
 
