@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from kadeploy.core import protocol as P
 
@@ -85,19 +85,13 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
                    wall_to_hello=wall, hello=hello, status=proc.returncode)
 
 
-def measure_many(client: Sequence[str], rounds: int, env=None,
-                 kill_at_hello: bool = False) -> List[Startup]:
-    return [measure(client, env=env, kill_at_hello=kill_at_hello) for _ in range(rounds)]
-
-
-def python_floor(python: str, rounds: int) -> Optional[float]:
-    """The baseline in the same run: the least CPU of `python -c pass` (the interpreter's
-    own start-up, which no change to kadeploy can remove)."""
-    best = None
+def python_floor(python: str, rounds: int) -> List[float]:
+    """The baseline in the same run: the CPU of `python -c pass` in each of `rounds` runs,
+    sorted (the interpreter's own start-up, which no change to kadeploy can remove)."""
+    runs = []
     for _ in range(rounds):
         proc = subprocess.Popen([python, "-c", "pass"])
         _, _, usage = os.wait4(proc.pid, 0)
         proc.returncode = 0
-        cpu = usage.ru_utime + usage.ru_stime
-        best = cpu if best is None else min(best, cpu)
-    return best
+        runs.append(usage.ru_utime + usage.ru_stime)
+    return sorted(runs)
