@@ -4,6 +4,7 @@ protocol's own Hello, registers before asyncio is even imported, never registers
 command line, and fails as the normal path does."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -133,9 +134,10 @@ def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise):
 class StandIn:
     """A listener in place of the server; nothing else runs on its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
 
@@ -165,6 +167,27 @@ def _exactly(conn, n):
         assert chunk, "the client hung up"
         buf += chunk
     return buf
+
+
+@contextlib.contextmanager
+def _client(port: int, env):
+    """`kadeploy client -h 127.0.0.1 -p PORT --discard`, killed at the end if still there."""
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--discard"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _refuse(conn, proc) -> None:
+    """End a test's registration: the client, refused, must exit 3 and say why."""
+    with conn:
+        conn.sendall(P.encode(P.Refuse(reason="test over")))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "server refused: test over" in err, err
 
 
 @pytest.fixture
@@ -197,21 +220,12 @@ def test_the_client_is_registered_before_it_imports_asyncio(tmp_path, stand_in, 
     if backend_env == "cleared":
         env.pop(defaults.ENV_REQUIRE, None)
         env.pop(defaults.ENV_BACKEND, None)
-    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with _client(stand_in.port, env) as proc:
         conn, hello = stand_in.hello(timeout=30)
         assert isinstance(hello, P.Hello) and hello.software == SOFTWARE and hello.nonce is None
         assert proc.poll() is None
         gate.touch()                              # asyncio may load now
-        with conn:
-            conn.sendall(P.encode(P.Refuse(reason="test over")))
-            _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 3 and "server refused: test over" in err, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _refuse(conn, proc)
 
 
 @pytest.mark.parametrize("bad", [
@@ -313,26 +327,15 @@ def test_a_client_started_before_the_server_loads_the_rest_while_it_waits(tmp_pa
     mark = tmp_path / "mark"
     port = _closed_port()
     env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_MARK=str(mark))
-    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--discard"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with _client(port, env) as proc:
         deadline = time.monotonic() + 60
         while not mark.exists():                  # loaded while the port refuses
             assert proc.poll() is None and time.monotonic() < deadline, "asyncio never loaded"
             time.sleep(0.05)
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", port))
-        server.listen(1)
-        server.settimeout(30)
-        with server, server.accept()[0] as conn:
-            conn.settimeout(30)
-            code, length = P.parse_header(_exactly(conn, P.HEADER_SIZE))
-            assert isinstance(P.parse_body(code, _exactly(conn, length)), P.Hello)
-            conn.sendall(P.encode(P.Refuse(reason="test over")))
-            _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 3 and "server refused: test over" in err, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        server = StandIn(port)
+        try:
+            conn, hello = server.hello(timeout=30)
+            assert isinstance(hello, P.Hello)
+            _refuse(conn, proc)
+        finally:
+            server.close()
