@@ -10,6 +10,7 @@ rounds refuse it instead and check that it exits 3 ("could not join"); their
 as in an installed copy (pip compiles it at install time): the run clears
 PYTHONDONTWRITEBYTECODE and does one warm-up round first. It also clears the variables
 that choose a key or a relay backend: the figure is a keyless client's with defaults.
+Each round also times a ka-d-server from exec to listening (`server_wall_to_listen_ms`).
 """
 from __future__ import annotations
 
@@ -42,12 +43,14 @@ def main(argv=None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in cleared}
     cmd = client_argv() + ["--discard"]
     startup.measure(cmd, env=env)                       # warm-up: byte code cached
-    runs, killed, floor = [], [], []
-    for _ in range(args.rounds):   # interleaved: the machine's drift hits all three alike
+    runs, killed, floor, servers = [], [], [], []
+    for _ in range(args.rounds):   # interleaved: the machine's drift hits them all alike
         runs.append(startup.measure(cmd, env=env))
         killed.append(startup.measure(cmd, env=env, kill_at_hello=True))
         floor += startup.python_floor(sys.executable, 1)
+        servers.append(startup.server_start(sys.executable, env=env))
     floor.sort()
+    server_walls = sorted(wall for wall, _ in servers)
     bad = [r.status for r in runs if r.status != 3]     # 3: refused, "could not join"
     if bad:
         print(f"startup_cpu: client exited {bad[0]} instead of 3 after the refusal", file=sys.stderr)
@@ -71,6 +74,11 @@ def main(argv=None) -> int:
         "python_floor_ms_max": 1000 * floor[-1],
         "hello_ratio_to_floor_median": statistics.median(to_hello) / statistics.median(floor),
         "target_ms": 50,
+        # the other end: ka-d-server --synthetic from exec to listening on its control port
+        "server_wall_to_listen_ms": {"min": 1000 * server_walls[0],
+                                     "median": 1000 * statistics.median(server_walls),
+                                     "max": 1000 * server_walls[-1]},
+        "server_cpu_at_listen_ms_median_ticks": 1000 * statistics.median(cpu for _, cpu in servers),
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -111,17 +111,13 @@ def test_the_usual_command_lines_take_the_early_path(argv):
 
 def test_the_hello_is_the_protocols():
     assert early.HELLO_CODE == P.Hello.CODE
-    assert [f.name for f in dataclasses.fields(P.Hello)] == [name for name, _ in _registered_fields()]
-
-
-def _registered_fields(hostname="node", data_port=30764, advertise=None):
-    return (("software", SOFTWARE), ("hostname", hostname), ("data_port", data_port),
-            ("session", None), ("advertise", advertise), ("nonce", None))
+    fields = early.hello_fields("node", 30764, None)
+    assert [f.name for f in dataclasses.fields(P.Hello)] == [name for name, _ in fields]
 
 
 @given(st.text(max_size=40), st.integers(1, 65535), st.one_of(st.none(), st.text(min_size=1, max_size=40)))
 def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise):
-    fields = _registered_fields(hostname, port, advertise)
+    fields = early.hello_fields(hostname, port, advertise)
     try:
         expected = P.encode(P.Hello(**dict(fields)))
     except P.LocalProtocolError:

@@ -46,11 +46,11 @@ OPTIONS = {
 }
 _SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
 _SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
-# The Hello's code; its fields, in protocol order, are Registered.hello_fields. The
-# client (kadeploy.control.client) checks both once the protocol is loaded: the frame
-# sent must be the one protocol.encode writes.
+# The Hello's code; its fields, in protocol order, are hello_fields(). The client
+# (kadeploy.control.client) checks both once the protocol is loaded: the frame sent
+# must be the one protocol.encode writes.
 HELLO_CODE = 1
-_LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 1024
 
 _registered = None   # what start() did, for take()
 
@@ -200,7 +200,7 @@ def every_address():
 
 
 def bound_listener(family: int, address: str, port: int, *, dual_stack: bool = False,
-                   backlog: int = _LISTEN_BACKLOG, fallback_to_any_port: bool = False):
+                   backlog: int = LISTEN_BACKLOG, fallback_to_any_port: bool = False):
     """A non-blocking listening TCP socket (a _socket.socket); OSError when it cannot
     bind. dual_stack: an IPv6 socket takes IPv4 too. With fallback_to_any_port, a port
     in use (another client on this host) is replaced by one the kernel picks."""
@@ -326,6 +326,12 @@ def preloaded() -> None:
         _preloading.join()
 
 
+def hello_fields(hostname: str, data_port: int, advertise: "str | None"):
+    """The keyless Hello of a node found by -h, as (field, value) in protocol order."""
+    return (("software", SOFTWARE), ("hostname", hostname), ("data_port", data_port),
+            ("session", None), ("advertise", advertise), ("nonce", None))
+
+
 class Registered:
     """A client registered before the normal path: its listener, its control
     connection with the Hello sent (or why it could not be made)."""
@@ -336,10 +342,7 @@ class Registered:
         self.data_port = listener.getsockname()[1]
         self.control = None
         self.failure: "Unreachable | None" = None
-        self.hello_fields = (
-            ("software", SOFTWARE), ("hostname", _socket.gethostname()),
-            ("data_port", self.data_port), ("session", None),
-            ("advertise", params.get("advertise")), ("nonce", None))
+        self.hello_fields = hello_fields(_socket.gethostname(), self.data_port, params.get("advertise"))
         self.hello = frame.flat_frame(HELLO_CODE, self.hello_fields)
 
     def join(self) -> None:

@@ -13,7 +13,7 @@ from kadeploy.core.addresses import format_hostport, normalize_address
 from kadeploy.errors import KadeployError, NotJoined
 
 
-def listen(port: int, bind: Optional[str] = None, *, backlog: int = 1024,
+def listen(port: int, bind: Optional[str] = None, *, backlog: int = early.LISTEN_BACKLOG,
            fallback_to_any_port: bool = False) -> socket.socket:
     """A listening TCP socket: dual-stack on every address unless `bind` is given.
 

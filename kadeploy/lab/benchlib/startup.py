@@ -8,6 +8,9 @@ Hello included); or, with kill_at_hello, it kills the client as soon as the Hell
 read, and wait4's rusage (microseconds) is the CPU to the Hello, plus what the client
 did in the moment the listener took to wake up: an upper bound of the cost to
 registration.
+
+server_start() measures the other end: a ka-d-server from exec to listening on its
+control port (the moment clients can register), by connecting until it answers.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from kadeploy.core import protocol as P
 
@@ -95,3 +98,33 @@ def python_floor(python: str, rounds: int) -> List[float]:
         proc.returncode = 0
         runs.append(usage.ru_utime + usage.ru_stime)
     return sorted(runs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_start(python: str, *, timeout: float = 30.0, env=None) -> Tuple[float, float]:
+    """(wall s, CPU s at that moment, tick resolution) of a `--synthetic` ka-d-server from
+    exec to listening on its control port."""
+    port, data_port = _free_port(), _free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen([python, "-m", "kadeploy", "server", "-n", "1", "--synthetic", "1M",
+                             "-p", str(port), "-P", str(data_port), "-q"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() - started > timeout:
+                    raise RuntimeError(f"the server did not listen (exit {proc.poll()})")
+                time.sleep(0.002)
+        return time.monotonic() - started, _proc_cpu(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
