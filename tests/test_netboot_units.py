@@ -100,6 +100,14 @@ def test_dhcp_mode_install_policy_gets_a_dynamic_range_and_no_ignore():
     assert "dhcp-ignore=tag:!known" not in conf
     assert "dhcp-option=option:router,198.18.0.1" in conf
     assert "enable-ra" not in conf
+    assert "no-ping" in conf          # dnsmasq's check would stall every node (test_netboot_netns)
+
+
+def test_the_ping_check_is_kept_when_asked_and_means_nothing_without_a_dynamic_range():
+    assert "no-ping" not in lines(dnsmasq.render(options(unknown="install", ping_check=True), table()))
+    assert "no-ping" not in lines(dnsmasq.render(options(), table()))
+    t = nodetable.parse_csv("name,mac\nnode1,52:54:00:6b:64:01\n")
+    assert "no-ping" not in lines(dnsmasq.render(options(mode="proxy"), t))
 
 
 def test_proxy_mode_answers_pxe_beside_the_site_server():
@@ -127,7 +135,8 @@ def test_configurations_that_cannot_work_are_refused(kw, rows, message):
 
 
 @pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
-@pytest.mark.parametrize("kw", [dict(), dict(unknown="install"), dict(mode="proxy"), dict(reply_delay=2)])
+@pytest.mark.parametrize("kw", [dict(), dict(unknown="install"), dict(mode="proxy"), dict(reply_delay=2),
+                                dict(unknown="install", ping_check=True)])
 def test_real_dnsmasq_accepts_the_configuration(tmp_path, kw):
     conf = tmp_path / "dnsmasq.conf"
     t = table() if kw.get("mode") != "proxy" else nodetable.parse_csv("name,mac\nn1,52:54:00:00:00:01\n")

@@ -104,6 +104,9 @@ def _log_beside_the_table(state_dir: Path, quiet: bool, verbose: bool) -> None:
               help="Kernel/initrd transfers at once; more nodes wait their turn (0: no limit).")
 @click.option("--reply-delay", type=click.IntRange(0, 60), default=0,
               help="Seconds dnsmasq waits before each DHCP reply, to spread a mass reboot.")
+@click.option("--ping-check", is_flag=True,
+              help="dhcp mode: ping each new address of the dynamic range before offering it; dnsmasq "
+                   "then answers no node for about 3 s per new address.")
 @click.option("--exit-when-done", is_flag=True,
               help="Exit when every node of the table has failed, or installed and booted its disk; "
                    "the status is 0 when all installed, 2 when some failed, 1 when all failed.")
@@ -122,7 +125,7 @@ def _log_beside_the_table(state_dir: Path, quiet: bool, verbose: bool) -> None:
 @click.option("--verbose", is_flag=True, help="Print debugging detail (every dnsmasq line).")
 def serve_command(image_dir, interface, nodes_file, mode, address, http_port, state_dir, ipxe_dir,
                   dhcp_range, router, unknown, name_rule, install_server, session, disk, key_file,
-                  after, on_failure, kernel_args, max_transfers, reply_delay, exit_when_done, timeout,
+                  after, on_failure, kernel_args, max_transfers, reply_delay, ping_check, exit_when_done, timeout,
                   progress_interval, install_manifest, n_clients, print_config, quiet, verbose):
     """Serve IMAGE_DIR (vmlinuz, initrd.img, localboot.efi) to the nodes of the boot network: dnsmasq for
     DHCP or proxy-DHCP and TFTP (iPXE), HTTP for the rest; logs every node's steps."""
@@ -173,6 +176,7 @@ def serve_command(image_dir, interface, nodes_file, mode, address, http_port, st
                       router=router, unknown=unknown, name_rule=name_rule,
                       install_params={k: v for k, v in params.items() if v},
                       kernel_args=kernel_args, max_transfers=max_transfers, reply_delay=reply_delay,
+                      ping_check=ping_check,
                       exit_when_done=exit_when_done, progress_interval=progress_interval,
                       install_command=install_command)
     service = NetbootService(cfg)

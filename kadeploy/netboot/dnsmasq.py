@@ -45,6 +45,7 @@ class DnsmasqOptions:
     ra: bool = True                     # router advertisements: iPXE stops waiting for IPv6
     leasefile: Optional[str] = None
     reply_delay: int = 0                # seconds dnsmasq waits before each reply (pacing)
+    ping_check: bool = False            # ping a dynamic address before offering it
 
 
 def _net(opts: DnsmasqOptions) -> ipaddress.IPv4Network:
@@ -107,6 +108,10 @@ def render(opts: DnsmasqOptions, nodes: NodeTable) -> str:
         else:
             start, end = (opts.range_start, opts.range_end) if opts.range_start else default_range(net)
             out.append(f"dhcp-range={start},{end},{net.netmask},{opts.lease_time}")
+            if not opts.ping_check:
+                out += ["# dnsmasq would ping each new dynamic address first and answer no node for",
+                        "# ~3 s meanwhile: a rack of new nodes booting at once would time out.",
+                        "no-ping"]
         if opts.router:
             out.append(f"dhcp-option=option:router,{opts.router}")
         else:

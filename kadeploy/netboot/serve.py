@@ -62,6 +62,7 @@ class ServeConfig:
     kernel_args: Sequence[str] = ()
     max_transfers: int = 0
     reply_delay: int = 0
+    ping_check: bool = False
     exit_when_done: bool = False
     progress_interval: float = 10.0
     install_command: Optional[List[str]] = None   # the install server run beside the kit
@@ -178,7 +179,8 @@ class NetbootService:
             interface=cfg.interface, server_address=cfg.server_address, boot_url=f"{self.base_url}/boot.ipxe",
             tftp_root=str(tftp_root), mode=cfg.mode, network=cfg.network, range_start=cfg.range_start,
             range_end=cfg.range_end, router=cfg.router, unknown=cfg.unknown, ra=has_v6,
-            leasefile=str(cfg.state_dir / "dnsmasq.leases"), reply_delay=cfg.reply_delay)
+            leasefile=str(cfg.state_dir / "dnsmasq.leases"), reply_delay=cfg.reply_delay,
+            ping_check=cfg.ping_check)
         try:
             text = dnsmasq_conf.render(opts, cfg.table)
         except ValueError as e:
