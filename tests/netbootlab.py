@@ -118,7 +118,7 @@ class BootNetwork:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, signal.SIGKILL)
-                p.wait(3)
+                p.wait(30)   # a loaded machine may take a while to reap a big qemu
         names = [self.ns, *self.extra_ns]
         problems = vc._kill_netns_processes(names) + vc._delete_netns(names)
         if problems:

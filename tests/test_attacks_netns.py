@@ -170,9 +170,20 @@ def capture(cluster, path):
             assert proc.poll() is None and time.monotonic() < deadline, f"tcpdump: {line}"
         yield
     finally:
-        time.sleep(1.0)   # the last frames reach the file
+        # The last frames reach the file (-U writes each packet): until it stops growing.
+        size, deadline = -1, time.monotonic() + 10
+        while time.monotonic() < deadline and (now := _size(path)) != size:
+            size = now
+            time.sleep(0.5)
         proc.terminate()
         proc.wait(10)
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def test_without_encrypt_the_stream_is_readable_on_the_wire_even_with_a_key(net, keyfile, tmp_path):

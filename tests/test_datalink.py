@@ -109,8 +109,10 @@ def test_the_stream_waits_for_a_slow_first_node_instead_of_running_past_the_wind
     dep = Deployment(str(tmp_path))
     try:
         report = str(tmp_path / "r.json")
+        # A stall timeout far above the freeze: frozen, then loading its data plane, node 1
+        # is silent for 2 s and more, and only the half-second grace is tested here.
         server = dep.server("-n", "2", "-e", f"cat {tmp_path / 'blob'}", "--window", "4M",
-                            "--report", report)
+                            "--report", report, "--stall-timeout", "10")
         base = 44000 + os.getpid() % 1000 * 10
         first = dep.client("-h", "127.0.0.1", "-P", str(base), "-e", f"cat > {tmp_path}/got0")
         deadline = time.monotonic() + 30
@@ -122,7 +124,7 @@ def test_the_stream_waits_for_a_slow_first_node_instead_of_running_past_the_wind
         while "tree (arity" not in server.err:
             assert time.monotonic() < deadline, server.err
             time.sleep(0.02)
-        time.sleep(2)        # well past the grace, within the stall timeout (3 s)
+        time.sleep(2)        # well past the grace, within the stall timeout
         os.killpg(first.popen.pid, signal.SIGCONT)
         assert [first.wait(60), second.wait(60), server.wait(60)] == [0, 0, 0], \
             first.err + second.err + server.err
@@ -142,7 +144,7 @@ def test_a_node_that_never_opens_its_data_connection_is_given_up(tmp_path):
     dep = Deployment(str(tmp_path))
     try:
         server = dep.server("-n", "2", "-a", "2", "-e", "head -c 3000000 /dev/zero",
-                            "--connect-timeout", "2")
+                            "--connect-timeout", "5")
         ctrl = int(dep.client_ports[1])
 
         async def both():
@@ -152,8 +154,8 @@ def test_a_node_that_never_opens_its_data_connection_is_given_up(tmp_path):
             return await asyncio.wait_for(asyncio.gather(taker, idle), 60)
         taker, idle = asyncio.run(both())
         assert taker.error is None and taker.received == 3000000, taker.error
-        assert idle.error is not None and "did not open its data connection within 2 s" in idle.error
+        assert idle.error is not None and "did not open its data connection within 5 s" in idle.error
         assert server.wait(30) != 0
-        assert "did not open its data connection within 2 s" in server.err
+        assert "did not open its data connection within 5 s" in server.err
     finally:
         dep.close()

@@ -93,12 +93,14 @@ def test_failing_producer_fails_everyone(dep):
     assert "stream failed: producer failed" in server.out
 
 
-def test_late_client_is_refused(dep):
-    server = dep.server("-n", "1", "-e", "sleep 4; echo hi")
+def test_late_client_is_refused(dep, tmp_path):
+    gate = tmp_path / "go"   # the stream ends once the late client has been refused
+    server = dep.server("-n", "1", "-e", f"until [ -e {gate} ]; do sleep 0.05; done; echo hi")
     first = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
     _wait_for(lambda: "position 1 of 1" in first.err)
     late = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
     assert_one_line_error(late, 3, "registration is closed")
+    gate.touch()
     assert first.wait(60) == 0 and server.wait(60) == 0
 
 
@@ -115,7 +117,7 @@ def test_go_now_starts_with_the_clients_present(dep, tmp_path):
 
 
 def test_wait_timeout_starts_without_the_missing(dep):
-    server = dep.server("-n", "3", "--wait-timeout", "1.5", "-e", "echo hello")
+    server = dep.server("-n", "3", "--wait-timeout", "5", "-e", "echo hello")
     c = dep.client("-h", "127.0.0.1", "-e", "cat >/dev/null")
     assert c.wait(60) == 0 and server.wait(60) == 0
     assert "starting with 1 of 3" in server.err
@@ -275,10 +277,10 @@ def test_demo_command(dep):
 
 def test_waiting_clients_outlast_the_stall_timeout(dep):
     """-w with a long -d: released clients wait longer than the stall timeout, and
-    the server's pings keep them from giving it up. The stall timeout (2 s) is twice
-    the ping interval, so a ping late on a loaded machine is not a lost server; the
-    second client still waits 4 s, longer than the stall timeout."""
-    server = dep.server("-n", "2", "-d", "40", "--stall-timeout", "2", "-e", "echo Hello")
+    the server's pings keep them from giving it up. The stall timeout (4 s) is four
+    times the ping interval, so a ping late on a loaded machine is not a lost server;
+    the second client still waits 8 s, twice the stall timeout."""
+    server = dep.server("-n", "2", "-d", "80", "--stall-timeout", "4", "-e", "echo Hello")
     clients = [dep.client("-h", "127.0.0.1", "-w", "-e", "cat") for _ in range(2)]
     assert server.wait(60) == 0, server.err
     assert [c.wait(30) for c in clients] == [0, 0], [c.err for c in clients]

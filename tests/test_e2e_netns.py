@@ -109,7 +109,9 @@ def test_go_now_wait_and_delay(net, tmp_path):
 def test_failing_consumer_and_late_client(net, tmp_path):
     cluster, dep = net(5)
     report = str(tmp_path / "r.json")
-    server = dep.server("-n", "3", "-e", "head -c 20000000 /dev/zero; sleep 2", "--report", report, where=0)
+    gate = tmp_path / "go"   # the stream ends once the late client has been refused
+    server = dep.server("-n", "3", "-e", f"head -c 20000000 /dev/zero; until [ -e {gate} ]; do sleep 0.05; done",
+                        "--report", report, where=0)
     ok1 = dep.client("-h", "198.18.0.1", "-e", "cat >/dev/null", where=1)
     bad = dep.client("-h", "198.18.0.1", "-e", "exit 5", where=2)
     ok3 = dep.client("-h", "198.18.0.1", "-e", "cat >/dev/null", where=3)
@@ -119,6 +121,7 @@ def test_failing_consumer_and_late_client(net, tmp_path):
         time.sleep(0.05)
     late = dep.client("-h", "198.18.0.1", "-e", "cat >/dev/null", where=4)
     assert_one_line_error(late, 3, "registration is closed")
+    gate.touch()
     assert server.wait(60) == 2
     assert ok1.wait(30) == 0 and ok3.wait(30) == 0     # node 3 is fed through node 2
     assert bad.wait(30) == 1

@@ -204,11 +204,14 @@ def test_repair_off_fails_the_orphans(net, tmp_path):
 
 
 def test_node_lost_before_the_data_flows(net, tmp_path):
-    """Killed after the tree is built, while the producer has not written a byte."""
+    """Killed after the tree is built, while the producer has not written a byte (it
+    waits for the test's word, a file, to begin)."""
     cluster, dep = net(5, rate=RATE)
     report = str(tmp_path / "report.json")
+    gate = tmp_path / "go"
     server = dep.server("-n", "4", "--report", report, "--stall-timeout", "3",
-                        "-e", f"sleep 2; head -c {SIZE} /dev/urandom | tee {tmp_path}/sent", where=0)
+                        "-e", f"until [ -e {gate} ]; do sleep 0.05; done; "
+                              f"head -c {SIZE} /dev/urandom | tee {tmp_path}/sent", where=0)
     clients = {i: dep.client("-h", "198.18.0.1", "-e", f"cat > {tmp_path}/got{i}", where=i)
                for i in range(1, 5)}
     deadline = time.monotonic() + 30
@@ -218,6 +221,7 @@ def test_node_lost_before_the_data_flows(net, tmp_path):
     time.sleep(0.3)
     landed = fault("kill", cluster, clients, 2, tmp_path)
     assert landed[1] == 0, "the producer had started before the fault"
+    gate.touch()
     check_survivors(tmp_path, server, clients, report, {2}, {2: landed},
                     {"test": "node_lost_before_the_data_flows", "kind": "kill", "n": 4, "arity": 1})
 

@@ -38,9 +38,13 @@ def wait_for(cond, timeout=30):
         time.sleep(0.01)
 
 
+# Each fault lands at a share of the stream the producer has written, not after a
+# time: under load a kill 0.4 s in could land after the end.
+
+
 def test_middle_of_a_chain_heals_under_the_grandparent(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 5, 1)
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t = fault("kill", cluster, clients, 3, tmp_path)
     rep = check_survivors(tmp_path, server, clients, report, {3}, {3: t})
     assert moved(server.err, 4, 2), server.err
@@ -51,7 +55,7 @@ def test_middle_of_a_chain_heals_under_the_grandparent(net, tmp_path):
 
 def test_lost_first_node_heals_under_the_server(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 4, 1)
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t = fault("kill", cluster, clients, 1, tmp_path)
     check_survivors(tmp_path, server, clients, report, {1}, {1: t})
     assert moved(server.err, 2, 0), server.err
@@ -60,7 +64,7 @@ def test_lost_first_node_heals_under_the_server(net, tmp_path):
 
 def test_two_adjacent_nodes_lost_together(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t3 = fault("kill", cluster, clients, 3, tmp_path)
     t4 = fault("kill", cluster, clients, 4, tmp_path)
     check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
@@ -70,7 +74,7 @@ def test_two_adjacent_nodes_lost_together(net, tmp_path):
 
 def test_node_lost_while_it_is_being_repaired(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t3 = fault("kill", cluster, clients, 3, tmp_path)
     wait_for(lambda: moved(server.err, 4, 2))
     t4 = fault("kill", cluster, clients, 4, tmp_path)            # in the middle of its repair
@@ -81,7 +85,7 @@ def test_node_lost_while_it_is_being_repaired(net, tmp_path):
 @pytest.mark.parametrize("n,arity,victim,child,grandparent", [(7, 2, 3, 7, 1), (8, 3, 2, 8, 0)])
 def test_trees_heal_in_place(net, tmp_path, n, arity, victim, child, grandparent):
     cluster, dep, server, clients, report = start(net, tmp_path, n, arity)
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t = fault("kill", cluster, clients, victim, tmp_path)
     check_survivors(tmp_path, server, clients, report, {victim}, {victim: t})
     assert moved(server.err, child, grandparent), server.err
@@ -102,7 +106,7 @@ def test_three_faults_in_a_chain_of_eight(net, tmp_path):
 
 def test_a_node_behind_every_window_fails_naming_the_option(net, tmp_path):
     cluster, dep, server, clients, report = start(net, tmp_path, 3, 1, extra=["--window", "4K"])
-    time.sleep(0.5)
+    wait_until_produced(tmp_path, server, 0.35)
     fault("kill", cluster, clients, 2, tmp_path)
     assert server.wait(120) == 2
     assert clients[1].wait(60) == 0
@@ -116,7 +120,7 @@ def test_with_a_spool_file_repairs_go_to_the_server(net, tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
     cluster, dep, server, clients, report = start(net, tmp_path, 4, 1, extra=["--spool", str(spool)])
-    time.sleep(0.4)
+    wait_until_produced(tmp_path, server, 0.35)
     t = fault("kill", cluster, clients, 2, tmp_path)
     check_survivors(tmp_path, server, clients, report, {2}, {2: t})
     assert moved(server.err, 3, 0), server.err

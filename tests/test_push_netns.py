@@ -67,7 +67,7 @@ def make_source(root: Path) -> Path:
 
 def push(sc, *args, launcher="ssh", timeout=120):
     argv = [KADEPLOY, "push", *args, "--launcher", launcher, "--ssh-option=-F",
-            f"--ssh-option={sc.ssh_config}", "--connect-timeout", "3"]
+            f"--ssh-option={sc.ssh_config}", "--connect-timeout", "10"]
     env = dict(os.environ)
     if launcher == "clush":
         env["CLUSTERSHELL_CFGDIR"] = str(sc.workdir / "clustershell")   # nothing of the host's

@@ -141,7 +141,7 @@ def test_connection_flood_during_a_deployment(net, tmp_path):
     cluster, dep = net(4)
     report = str(tmp_path / "r.json")
     over = tmp_path / "flood-over"
-    server = dep.server("-n", "2", "--handshake-timeout", "2", "--report", report,
+    server = dep.server("-n", "2", "--handshake-timeout", "5", "--report", report,
                         "-e", f"{{ head -c 4000000 /dev/urandom; for i in $(seq 600); do "
                               f"[ -e {over} ] && break; sleep 0.1; done; head -c 4000000 /dev/urandom; }} "
                               "| tee " + str(tmp_path / "sent"), where=0)
