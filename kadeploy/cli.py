@@ -290,7 +290,7 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0
     from kadeploy.control import early
-    registered = early.take(click.get_current_context().params, synthetic.discard_asked())
+    registered = early.take(click.get_current_context().params, synthetic.discard_asked(), cfg.key)
     started = time.monotonic()
     outcome = asyncio.run(Client(cfg, registered).run())
     elapsed = time.monotonic() - started

@@ -20,13 +20,16 @@ from hypothesis import strategies as st
 
 from kadeploy import cli, defaults
 from kadeploy.control import early
-from kadeploy.core import frame
+from kadeploy.control import auth
+from kadeploy.core import frame, proofs
+from kadeploy.core import handshake as H
 from kadeploy.core import protocol as P
 from kadeploy.data import synthetic
 from kadeploy.options import PORT, SECONDS, Size
 from kadeploy.version import SOFTWARE
 
 CLIENT = [sys.executable, "-m", "kadeploy", "client"]
+KEY, OTHER_KEY = b"k" * 32, b"o" * 32
 
 
 # ------------------------------------------------------------------ the scan
@@ -42,6 +45,7 @@ def test_every_early_option_is_the_clients_own():
     kinds = {"flag": lambda p: p.is_flag, "port": lambda p: p.type is PORT,
              "seconds": lambda p: p.type is SECONDS,
              "directory": lambda p: isinstance(p.type, click.Path) and not p.type.file_okay,
+             "file": lambda p: isinstance(p.type, click.Path) and not p.type.dir_okay,
              "text": lambda p: p.type is click.STRING, "address": lambda p: p.type is click.STRING,
              "size": lambda p: isinstance(p.type, Size), "backend": lambda p: isinstance(p.type, click.Choice)}
     for spellings, (name, kind) in early.OPTIONS.items():
@@ -74,7 +78,7 @@ VALUES = ["127.0.0.1", "node1", "nœud", "a b", "-x", "", "1M", "64k", "1g", "0K
           "cython", "auto", "copy", "Cython", "fast", "0", "1", "80", "65535", "65536", "+1", "1_0",
           " 1", "١", "0.5", "5.", ".5", "1e3", "inf", "nan", "0.0", "cat >/dev/null", "a\nb",
           "{dir}", "{file}", "{missing}"]
-OTHER_OPTIONS = ["-s", "-g", "--key-file", "--bind", "--discovery-port", "--install", "--help",
+OTHER_OPTIONS = ["-s", "-g", "--bind", "--discovery-port", "--install", "--help",
                  "-v", "-qw", "-h127.0.0.1", "--host=", "--discard=1", "--", "extra"]
 TOKENS = [s for spellings in early.OPTIONS for s in spellings] + OTHER_OPTIONS
 
@@ -109,20 +113,46 @@ def test_the_usual_command_lines_take_the_early_path(argv):
     assert early.scan(argv) is not None
 
 
-def test_the_hello_is_the_protocols():
-    assert early.HELLO_CODE == P.Hello.CODE
+def test_the_hello_and_the_handshake_are_the_protocols():
+    assert (early.HELLO_CODE, early.CHALLENGE_CODE, early.AUTH_CODE) == (P.Hello.CODE, P.Challenge.CODE, P.Auth.CODE)
     fields = early.hello_fields("node", 30764, None)
     assert [f.name for f in dataclasses.fields(P.Hello)] == [name for name, _ in fields]
+    assert [f.name for f in dataclasses.fields(P.Auth)] == ["proof"]
+    assert (H.CONTROL.asker, H.CONTROL.answerer) == (proofs.CONTROL_ASKER, proofs.CONTROL_ANSWERER)
+    challenge = H.Answerer(KEY, H.CONTROL, H.new_nonce(), "ctx").challenge()
+    assert len(P.encode(challenge)) - P.HEADER_SIZE <= early.CHALLENGE_MAX
 
 
-@given(st.text(max_size=40), st.integers(1, 65535), st.one_of(st.none(), st.text(min_size=1, max_size=40)))
-def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise):
-    fields = early.hello_fields(hostname, port, advertise)
+@given(st.text(max_size=40), st.integers(1, 65535), st.one_of(st.none(), st.text(min_size=1, max_size=40)),
+       st.one_of(st.none(), st.just(proofs.new_nonce())))
+def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise, nonce):
+    fields = early.hello_fields(hostname, port, advertise, nonce)
     try:
         expected = P.encode(P.Hello(**dict(fields)))
     except P.LocalProtocolError:
         return                                    # not a Hello the protocol sends
     assert frame.flat_frame(early.HELLO_CODE, fields) == expected
+
+
+@given(st.one_of(st.just(proofs.new_nonce()), st.text(max_size=40)),
+       st.one_of(st.just(proofs.proof(KEY, "server", "a", "b", "c")), st.text(max_size=80)))
+def test_the_early_path_reads_a_challenge_as_the_protocol_does_or_not_at_all(nonce, proof):
+    try:
+        body = P.encode(P.Challenge(nonce=nonce, proof=proof))[P.HEADER_SIZE:]
+    except P.LocalProtocolError:
+        return                                    # not a Challenge the protocol sends
+    fields = early.challenge_fields(body)
+    assert fields in (None, (nonce, proof))
+    if all(c in "0123456789abcdef" for c in nonce + proof):
+        assert fields == (nonce, proof)           # what a server sends is always read
+
+
+@given(st.binary(max_size=160) | st.builds(lambda a, b: b'{"nonce":"' + a + b'","proof":"' + b + b'"}',
+                                           st.binary(max_size=40), st.binary(max_size=70)))
+def test_a_body_the_early_path_reads_is_that_challenge_to_the_protocol(body):
+    fields = early.challenge_fields(body)
+    if fields is not None:
+        assert P.parse_body(P.Challenge.CODE, body) == P.Challenge(*fields)
 
 
 # ------------------------------------------------------------- real processes
@@ -166,9 +196,9 @@ def _exactly(conn, n):
 
 
 @contextlib.contextmanager
-def _client(port: int, env):
+def _client(port: int, env, *extra):
     """`kadeploy client -h 127.0.0.1 -p PORT --discard`, killed at the end if still there."""
-    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--discard"],
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--discard", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         yield proc
@@ -224,6 +254,141 @@ def test_the_client_is_registered_before_it_imports_asyncio(tmp_path, stand_in, 
         _refuse(conn, proc)
 
 
+class KeyedServer:
+    """The server's side of a keyed registration on a stand-in's connection, by the
+    protocol and the handshake themselves."""
+
+    def __init__(self, conn, hello: P.Hello, key: bytes) -> None:
+        self.conn, self.hello = conn, hello
+        self.state = P.ControlConnection(P.SERVER)
+        self.state.receive_data(P.encode(hello))
+        assert self.state.next_event() == hello
+        self.answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello))
+
+    def challenge(self) -> None:
+        self.conn.sendall(self.state.send(self.answerer.challenge()))
+
+    def reply(self) -> P.Message:
+        while (msg := self.state.next_event()) is None:
+            data = self.conn.recv(65536)
+            self.state.receive_data(data)
+            assert data or self.state.next_event() is not None, "the client hung up"
+        return msg
+
+    def refuse(self, proc) -> None:
+        """End the test as _refuse does, over the authenticated channel."""
+        with self.conn:
+            self.conn.sendall(self.state.send(P.Refuse(reason="test over")))
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "server refused: test over" in err, err
+
+
+def _keyed_client(port: int, env, key_file, *extra):
+    return _client(port, env, "--key-file", str(key_file), *extra)
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "key"
+    path.write_bytes(KEY)
+    path.chmod(0o600)
+    return path
+
+
+def test_a_keyed_client_answers_the_challenge_before_it_imports_asyncio(tmp_path, stand_in, key_file):
+    """With a key, registering is the whole challenge-response: the Hello with its nonce,
+    the server's Challenge, the client's Auth. All three happen with asyncio held at its
+    import; then the normal path takes over the authenticated channel."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "asyncio.py").write_text(GATED_ASYNCIO)
+    gate = tmp_path / "gate"
+    env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_GATE=str(gate))
+    with _keyed_client(stand_in.port, env, key_file) as proc:
+        conn, hello = stand_in.hello(timeout=30)
+        assert hello.nonce is not None and proofs.well_formed_nonce(hello.nonce)
+        server = KeyedServer(conn, hello, KEY)
+        server.challenge()
+        answer = server.reply()
+        assert isinstance(answer, P.Auth)
+        session = server.answerer.verify(answer)  # the client proved it holds the key
+        server.state.authenticate(*session.for_side(asker=False))
+        assert proc.poll() is None
+        gate.touch()
+        server.refuse(proc)                       # a tagged frame: the normal path has the keys
+
+
+def test_a_keyed_client_registers_early_with_a_real_server_and_deploys(tmp_path, key_file):
+    """The real ka-d-server counts the node registered (its challenge-response done)
+    while the client's asyncio is still held; then the client's normal path goes on over
+    the authenticated channel and the deployment ends verified."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "asyncio.py").write_text(GATED_ASYNCIO)
+    gate, got = tmp_path / "gate", tmp_path / "got"
+    port, data_port = _closed_port(), _closed_port()
+    log = tmp_path / "server.log"
+    server = subprocess.Popen([sys.executable, "-m", "kadeploy", "server", "-n", "1", "-p", str(port),
+                               "-P", str(data_port), "--key-file", str(key_file), "-e", "echo keyed"],
+                              stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    client = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(port), "--key-file", str(key_file),
+                                        "-e", f"cat > {got}"],
+                              env=dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_GATE=str(gate)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "registered " not in log.read_text():   # the server's word
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        assert client.poll() is None              # asyncio still held: registered early
+        gate.touch()
+        _, client_err = client.communicate(timeout=60)
+        assert server.wait(60) == 0 and client.returncode == 0, client_err + log.read_text()
+        assert got.read_text() == "keyed\n"
+    finally:
+        for proc in (client, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        client.stderr.close()
+
+
+@pytest.mark.parametrize("case", ["other key", "keyless server", "silent server"])
+def test_a_keyed_client_fails_to_join_as_the_normal_path_does(stand_in, key_file, case):
+    """A server that cannot prove the key, one without a key, one that never answers: the
+    early path proves nothing to them and the normal path ends it, in its own words; as
+    when it does it all (an option the early path leaves to click)."""
+    results = []
+    for extra in ([], ["--discovery-port", "4957"]):
+        with _keyed_client(stand_in.port, os.environ, key_file, "--handshake-timeout", "1", *extra) as proc:
+            conn, hello = stand_in.hello(timeout=30)
+            server = KeyedServer(conn, hello, OTHER_KEY if case == "other key" else KEY)
+            with conn:
+                if case == "other key":
+                    server.challenge()
+                    assert server.reply() == P.Refuse(reason=H.CONTROL.answerer_unproven_refuse)
+                elif case == "keyless server":
+                    conn.sendall(server.state.send(P.Welcome(node_id=1, software=SOFTWARE)))
+                    assert server.reply() == P.Refuse(reason=H.CONTROL.answerer_keyless_refuse)
+                _, err = proc.communicate(timeout=60)
+            results.append((proc.returncode, err.strip().splitlines()[-1]))
+    assert results[0] == results[1], results
+    expected = {"other key": H.CONTROL.answerer_unproven, "keyless server": H.CONTROL.answerer_keyless,
+                "silent server": "the server did not answer the registration"}[case]
+    assert results[0][0] == 3 and results[0][1].endswith(f"error: {expected}"), results
+
+
+def test_a_registration_with_another_key_than_the_normal_paths_is_withdrawn(stand_in, key_file):
+    argv = ["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard", "--key-file", str(key_file),
+            "--handshake-timeout", "0.2"]
+    early.start(argv)                             # the stand-in never answers: it times out
+    conn, hello = stand_in.hello(timeout=10)
+    with conn:
+        params, discard = _parse(argv)
+        assert early.take(params, discard, OTHER_KEY) is None
+        assert conn.recv(1) == b""
+
+
 @pytest.mark.parametrize("bad", [
     ["--discard", "--data-port", "0"], ["--discard", "-e", "cat"], ["--discard", "--connect-timeout", "0"],
     ["-t", "/nonexistent/dir"], ["-t", "/etc/hostname"], ["--discard", "--bogus"], ["--discard", "extra"],
@@ -258,10 +423,21 @@ def test_the_early_path_fails_to_join_as_the_normal_path_does(where):
     assert ("Connection refused" if where == "refused" else "cannot resolve") in first[0]
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (SigCgt of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
 def test_sigterm_while_the_early_path_waits_for_the_server():
     proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(_closed_port()), "--discard",
                                       "--connect-timeout", "30"], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)                               # in early.connect's retries by now
+    deadline = time.monotonic() + 60              # until it handles SIGTERM: in early's retries
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, "SIGTERM is never caught"
+        time.sleep(0.02)
+    time.sleep(0.2)                               # so that it lands in the retries, the case here
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.strip() == "kadeploy: interrupted", err
@@ -292,15 +468,30 @@ def test_a_registration_click_agrees_with_is_handed_over(stand_in):
         conn.close()
 
 
+EARLY_MODULES = {"kadeploy", "kadeploy.version", "kadeploy.entry", "kadeploy.control", "kadeploy.control.early",
+                 "kadeploy.defaults", "kadeploy.core", "kadeploy.core.frame", "struct", "_struct", "_json",
+                 "_socket", "errno", "time", "__future__"}
+
+
 def test_the_early_path_imports_next_to_nothing():
     """What the early path loads beyond the interpreter's own start-up: kadeploy's few
     light modules and four C modules; no click, asyncio, json, dataclasses, typing."""
     code = ("import sys; before = set(sys.modules); import kadeploy.entry, kadeploy.control.early; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    allowed = {"kadeploy", "kadeploy.version", "kadeploy.entry", "kadeploy.control", "kadeploy.control.early",
-               "kadeploy.defaults", "kadeploy.core", "kadeploy.core.frame", "struct", "_struct", "_json",
-               "_socket", "errno", "time", "__future__"}
+    assert set(out.stdout.split()) <= EARLY_MODULES, sorted(set(out.stdout.split()) - EARLY_MODULES)
+
+
+def test_a_keyed_registration_adds_only_hashlib_hmac_and_secrets(key_file):
+    code = ("import sys; before = set(sys.modules); import kadeploy.entry, kadeploy.control.early as e; "
+            f"e.start(['-h', 'no-such-host.invalid', '--discard', '--key-file', {str(key_file)!r}]); "
+            "assert e._registered.key is not None and e._registered.failure is not None; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    allowed = EARLY_MODULES | {"kadeploy.control.auth", "kadeploy.errors", "kadeploy.core.proofs",
+                               "hashlib", "_hashlib", "_blake2", "hmac", "stat", "_stat", "secrets",
+                               "base64", "binascii", "random", "_random", "bisect", "_bisect", "math",
+                               "_sha512", "_sha2"}
     assert set(out.stdout.split()) <= allowed, sorted(set(out.stdout.split()) - allowed)
 
 

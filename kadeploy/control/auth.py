@@ -12,18 +12,19 @@ import hashlib
 import hmac
 import os
 import stat
-from typing import Optional
 
 from kadeploy.defaults import ENV_KEY, ENV_KEY_FILE
 from kadeploy.errors import UsageError
+
+# No typing import: a keyed client's early registration loads this module.
 
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
 
 
-def load_key(path: Optional[str], warn=None) -> Optional[bytes]:
+def load_key(path: "str | None", warn=None, environ=os.environ) -> "bytes | None":
     """The key from --key-file (or $KADEPLOY_KEY_FILE), else $KADEPLOY_KEY, else None."""
-    path = path or os.environ.get(ENV_KEY_FILE) or None
+    path = path or environ.get(ENV_KEY_FILE) or None
     if path:
         try:
             with open(path, "rb") as f:
@@ -34,8 +35,8 @@ def load_key(path: Optional[str], warn=None) -> Optional[bytes]:
         if mode & (stat.S_IRWXG | stat.S_IRWXO) and warn:
             warn(f"key file {path} is readable by others (chmod 600 it)")
         source = f"key file {path}"
-    elif os.environ.get(ENV_KEY):
-        key, source = os.environ[ENV_KEY].encode(), f"${ENV_KEY}"
+    elif environ.get(ENV_KEY):
+        key, source = environ[ENV_KEY].encode(), f"${ENV_KEY}"
     else:
         return None
     key = key.rstrip(b"\r\n")
@@ -47,7 +48,7 @@ def load_key(path: Optional[str], warn=None) -> Optional[bytes]:
     return key
 
 
-def data_key(key: Optional[bytes], token: str) -> bytes:
+def data_key(key: "bytes | None", token: str) -> bytes:
     """The key of the data links of one deployment."""
     if key is None:
         return token.encode()

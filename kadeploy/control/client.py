@@ -102,10 +102,12 @@ async def go_now(cfg: ClientConfig) -> str:
 
 
 async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: ClientConfig,
-                  context: str, what: str, sent: bool = False) -> P.Message:
+                  context: str, what: str, sent: bool = False,
+                  auth_sent: Optional[bytes] = None) -> P.Message:
     """Send Hello or Go (unless it is `sent` already) and return the server's answer,
     after the mutual challenge-response (kadeploy.core.handshake) when we have a key;
-    NotJoined when it cannot be had."""
+    NotJoined when it cannot be had. `auth_sent`: the Auth the early registration
+    (kadeploy.control.early) sent, which must be the one the handshake gives."""
     try:
         if not sent:
             await ch.send(first)
@@ -113,11 +115,16 @@ async def request(ch: ControlChannel, first: P.Message, asker: Asker, cfg: Clien
         try:
             auth_msg = asker.react(msg, context)
         except HandshakeFailed as e:
+            if auth_sent is not None:
+                raise RuntimeError(f"the early path answered a Challenge the handshake refuses: {e}")
             if e.refuse:
                 await ch.send(P.Refuse(reason=e.refuse))
             raise NotJoined(e.reason)
+        if auth_sent is not None and (auth_msg is None or ch.conn.send(auth_msg) != auth_sent):
+            raise RuntimeError("the early Auth is not the handshake's (kadeploy.control.early)")
         if auth_msg is not None:
-            await ch.send(auth_msg)
+            if auth_sent is None:
+                await ch.send(auth_msg)
             ch.authenticate(asker.session, asker=True)
             msg = await asyncio.wait_for(ch.recv(), cfg.handshake_timeout)
     except asyncio.TimeoutError:
@@ -158,24 +165,28 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             if self.registered is not None:
-                ch, hello = await self._take_registration(self.registered)
+                ch, hello, auth_sent = await self._take_registration(self.registered)
             else:
                 if self.cfg.host:     # no thread to start for discovery
                     host, port = self.cfg.host, self.cfg.control_port
                 else:
                     host, port = await loop.run_in_executor(None, find_server, self.cfg)
-                ch, hello = await _open_control(host, port, self.cfg), None
+                ch, hello, auth_sent = await _open_control(host, port, self.cfg), None, None
             try:
-                return await self._session(ch, hello)
+                return await self._session(ch, hello, auth_sent)
             finally:
                 ch.close()
         finally:
             self.listener.close()
 
     async def _take_registration(self, registered: Registered):
-        """The control channel of an early registration, its Hello counted as sent."""
+        """The control channel of an early registration, its Hello counted as sent and
+        what it read of the server's reply fed to the channel first."""
         if registered.failure is not None:
             raise NotJoined(str(registered.failure))
+        if registered.answer_timed_out:
+            registered.close_control()
+            raise NotJoined("the server did not answer the registration")   # as request() says
         sock = socket.socket(fileno=registered.control.detach())
         reader, writer = await asyncio.open_connection(sock=sock)
         ch = ControlChannel(reader, writer, P.CLIENT)
@@ -183,16 +194,20 @@ class Client:
         if ch.conn.send(hello) != registered.hello:
             ch.close()
             raise RuntimeError("the early Hello is not the protocol's (kadeploy.control.early)")
-        return ch, hello
+        if registered.reply:
+            ch.conn.receive_data(bytes(registered.reply))
+        return ch, hello, registered.auth
 
-    async def _session(self, ch: ControlChannel, sent: Optional[P.Hello] = None) -> Outcome:
-        """From the Hello (`sent`: already on the wire) to the node's outcome."""
+    async def _session(self, ch: ControlChannel, sent: Optional[P.Hello] = None,
+                       auth_sent: Optional[bytes] = None) -> Outcome:
+        """From the Hello (`sent`: already on the wire, and our Auth too when
+        `auth_sent`) to the node's outcome."""
         cfg = self.cfg
-        asker = Asker(cfg.key, CONTROL)
+        asker = Asker(cfg.key, CONTROL, nonce=sent.nonce if sent else None)
         hello = sent or P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
                                 session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
         node_id = (await request(ch, hello, asker, cfg, auth.hello_context(hello),
-                                 "registration", sent=sent is not None)).node_id
+                                 "registration", sent=sent is not None, auth_sent=auth_sent)).node_id
         log.info("registered as node %d; waiting for the deployment to start", node_id)
         try:
             while isinstance(place := await ch.recv(), P.Ping):  # no timeout: the server

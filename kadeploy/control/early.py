@@ -1,15 +1,18 @@
 """ka-d-client's registration before the heavy imports (issue 13, point 4).
 
-A node is registered once the server has its Hello, and all the Hello needs is known
-from a few options. So for a command line made only of the options in OPTIONS, the
-client checks them, binds its data listener, connects and sends its Hello with
-blocking sockets and next to no imports; click, asyncio and the protocol module are
-loaded afterwards, while the server waits for the other nodes, and the normal command
-(kadeploy.cli, kadeploy.control.client) takes over both sockets through take().
+A node is registered once the server has its Hello (with a key, once it has our
+answer to its Challenge too), and all that needs is known from a few options. So for
+a command line made only of the options in OPTIONS, the client checks them, binds its
+data listener, connects and sends its Hello with blocking sockets and next to no
+imports; with a key it then checks the server's proof and sends its own (hashlib, hmac
+and secrets: kadeploy.core.proofs). click, asyncio and the protocol module are loaded
+afterwards, while the server waits for the other nodes, and the normal command
+(kadeploy.cli, kadeploy.control.client) takes over both sockets through take(); it
+holds what was sent to what the protocol and the handshake would have sent.
 
-Any other command line, a value this module is not sure of (say a port of "+1"), an
-environment that sets a key, or a check that fails, takes the normal path from the
-start, which says what is wrong: nothing reaches the server before click has accepted
+Any other command line, a value this module is not sure of (say a port of "+1"), a
+key that does not load, or a check that fails, takes the normal path from the start,
+which says what is wrong: nothing reaches the server before click has accepted
 it or this module has proved it would. A command line that cannot be registered early
 costs only the scan.
 """
@@ -36,6 +39,7 @@ OPTIONS = {
     ("--advertise",): ("advertise", "address"),
     ("--connect-timeout",): ("connect_timeout", "seconds"),
     ("--handshake-timeout",): ("handshake_timeout", "seconds"),
+    ("--key-file",): ("key_file", "file"),
     ("--relay",): ("relay_backend", "backend"),
     ("--buffer-size",): ("buffer_size", "size"),
     ("--sockbuf",): ("sockbuf", "size"),
@@ -46,10 +50,12 @@ OPTIONS = {
 }
 _SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
 _SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
-# The Hello's code; its fields, in protocol order, are hello_fields(). The client
-# (kadeploy.control.client) checks both once the protocol is loaded: the frame sent
-# must be the one protocol.encode writes.
-HELLO_CODE = 1
+# The codes of Hello, Challenge and Auth; the Hello's fields, in protocol order, are
+# hello_fields(). The client (kadeploy.control.client) checks them once the protocol
+# is loaded: each frame sent must be the one protocol.encode writes.
+HELLO_CODE, CHALLENGE_CODE, AUTH_CODE = 1, 14, 15
+# A Challenge's body as the protocol writes it is 119 bytes; a longer one is not read here.
+CHALLENGE_MAX = 256
 LISTEN_BACKLOG = 1024
 
 _registered = None   # what start() did, for take()
@@ -95,6 +101,8 @@ def _convert(kind: str, value: str):
         return None
     if kind in ("text", "directory"):
         return value
+    if kind == "file":      # click's Path(dir_okay=False); the key must load too (start)
+        return value if os.path.isfile(value) and os.access(value, os.R_OK) else None
     if kind == "address":   # the Hello's rule, which click's --advertise checks too
         from kadeploy.core.fields import RULES
         return value if RULES["Hello"]["advertise"](value) is None else None
@@ -123,12 +131,15 @@ def start(argv, environ=os.environ) -> None:
     params = scan(argv)
     if params is None or not _environment_allows(params, environ) or not _target_ok(params):
         return
+    key = _key(params, environ)
+    if key is False:
+        return
     try:
         listener = bound_listener(*every_address(), params.get("data_port", defaults.DATA_PORT),
                                   dual_stack=True, fallback_to_any_port=True)
     except OSError:
         return                       # the normal path says why it cannot listen
-    _registered = Registered(params, listener)   # set first: abandon() closes the listener
+    _registered = Registered(params, listener, key)   # set first: abandon() closes the listener
     _registered.join()
 
 
@@ -140,24 +151,24 @@ def abandon() -> None:
         early.close()
 
 
-def take(click_params: dict, discard: bool) -> "Registered | None":
+def take(click_params: dict, discard: bool, key: "bytes | None" = None) -> "Registered | None":
     """The early registration, for the normal command to go on with, if there is one and
-    click read the command line as it did; one that disagrees is withdrawn (a bug: the
-    node then registers again on the normal path)."""
+    click read the command line as it did, and the normal path loaded the same key; one
+    that disagrees is withdrawn (a bug, or a key file changed in between: the node then
+    registers again on the normal path)."""
     global _registered
     early, _registered = _registered, None
     if early is None:
         return None
     mine = dict(early.params)
-    if mine.pop("discard", False) != discard or any(click_params.get(k) != v for k, v in mine.items()):
+    if (mine.pop("discard", False) != discard or early.key != key
+            or any(click_params.get(k) != v for k, v in mine.items())):
         early.close()
         return None
     return early
 
 
 def _environment_allows(params: dict, environ) -> bool:
-    if environ.get(defaults.ENV_KEY) or environ.get(defaults.ENV_KEY_FILE):
-        return False                 # a keyed Hello carries a nonce, then a proof: normal path
     asked = params.get("relay_backend")
     if asked or environ.get(defaults.ENV_BACKEND) or environ.get(defaults.ENV_REQUIRE):
         # The normal path refuses a backend asked for that does not load, before it
@@ -168,6 +179,19 @@ def _environment_allows(params: dict, environ) -> bool:
         except relay.BackendUnavailable:
             return False
     return True
+
+
+def _key(params: dict, environ) -> "bytes | None | bool":
+    """The key, as the normal path loads it (None: none); False when it does not load,
+    which the normal path words. Its warnings are the normal path's to give."""
+    if not (params.get("key_file") or environ.get(defaults.ENV_KEY) or environ.get(defaults.ENV_KEY_FILE)):
+        return None                  # no key: nothing more to import
+    from kadeploy.control import auth
+    from kadeploy.errors import UsageError
+    try:
+        return auth.load_key(params.get("key_file"), environ=environ)
+    except UsageError:
+        return False
 
 
 def _target_ok(params: dict) -> bool:
@@ -326,23 +350,56 @@ def preloaded() -> None:
         _preloading.join()
 
 
-def hello_fields(hostname: str, data_port: int, advertise: "str | None"):
-    """The keyless Hello of a node found by -h, as (field, value) in protocol order."""
+def hello_fields(hostname: str, data_port: int, advertise: "str | None", nonce: "str | None" = None):
+    """The Hello of a node found by -h (a nonce with a key), as (field, value) in
+    protocol order."""
     return (("software", SOFTWARE), ("hostname", hostname), ("data_port", data_port),
-            ("session", None), ("advertise", advertise), ("nonce", None))
+            ("session", None), ("advertise", advertise), ("nonce", nonce))
+
+
+def challenge_fields(body: bytes) -> "tuple[str, str] | None":
+    """(nonce, proof) of a Challenge's body as the protocol writes it and by its rules
+    (lower-case hex of their lengths); None for any other body, which the normal path
+    reads and words."""
+    from kadeploy.core import proofs
+    head, sep, tail = b'{"nonce":"', b'","proof":"', b'"}'
+    if not (body.startswith(head) and body.endswith(tail)) or not body.isascii():
+        return None
+    nonce, _, proof = body[len(head):len(body) - len(tail)].decode().partition(sep.decode())
+    if (len(nonce), len(proof)) != (2 * proofs.NONCE_BYTES, proofs.PROOF_DIGITS) or \
+            not set(nonce + proof) <= _LOWER_HEX:
+        return None
+    return (nonce, proof) if frame.flat_body((("nonce", nonce), ("proof", proof))) == body else None
+
+
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+class _HelloView:
+    """The Hello's fields as attributes, for kadeploy.control.auth.hello_context."""
+
+    def __init__(self, fields) -> None:
+        self.__dict__.update(fields)
 
 
 class Registered:
     """A client registered before the normal path: its listener, its control
-    connection with the Hello sent (or why it could not be made)."""
+    connection with the Hello sent (or why it could not be made), and with a key the
+    server's reply (`reply`, the bytes read) and our Auth (`auth`, when sent)."""
 
-    def __init__(self, params: dict, listener) -> None:
-        self.params = params
-        self.listener = listener
+    def __init__(self, params: dict, listener, key: "bytes | None" = None) -> None:
+        self.params, self.listener, self.key = params, listener, key
         self.data_port = listener.getsockname()[1]
         self.control = None
         self.failure: "Unreachable | None" = None
-        self.hello_fields = hello_fields(_socket.gethostname(), self.data_port, params.get("advertise"))
+        self.reply = bytearray()
+        self.auth: "bytes | None" = None
+        self.answer_timed_out = False
+        nonce = None
+        if key is not None:
+            from kadeploy.core import proofs
+            nonce = proofs.new_nonce()
+        self.hello_fields = hello_fields(_socket.gethostname(), self.data_port, params.get("advertise"), nonce)
         self.hello = frame.flat_frame(HELLO_CODE, self.hello_fields)
 
     def join(self) -> None:
@@ -352,11 +409,54 @@ class Registered:
                                    p.get("connect_timeout", defaults.CONNECT_TIMEOUT),
                                    on_refused=preload)
             self.control.sendall(self.hello)
+            if self.key is not None:
+                self._answer(p.get("handshake_timeout", defaults.HANDSHAKE_TIMEOUT))
         except Unreachable as e:
             self.failure = e
+        except _socket.timeout:
+            self.answer_timed_out = True   # the normal path says so, as it would have
         except OSError as e:   # the server went away between its accept and our Hello
             self.close_control()
             self.failure = Unreachable(f"registration failed: {e}")   # as the normal path says
+
+    def _answer(self, timeout: float) -> None:
+        """Read the server's Challenge, check its proof and send our Auth, as
+        kadeploy.core.handshake.Asker does. Any other reply, or a proof that does not
+        match, stops here: the normal path reads what is in `reply` and words it."""
+        from kadeploy.control import auth
+        from kadeploy.core import proofs
+        from kadeploy.version import PROTOCOL_VERSION
+        self.control.settimeout(timeout)
+        if not self._read(frame.HEADER_SIZE):
+            return
+        magic, version, code, length = frame.HEADER.unpack(self.reply)
+        if (magic, version, code) != (frame.MAGIC, PROTOCOL_VERSION, CHALLENGE_CODE) or length > CHALLENGE_MAX:
+            return
+        if not self._read(length):
+            return
+        fields = challenge_fields(bytes(self.reply[frame.HEADER_SIZE:]))
+        if fields is None:
+            return
+        server_nonce, server_proof = fields
+        nonce = dict(self.hello_fields)["nonce"]
+        context = auth.hello_context(_HelloView(self.hello_fields))
+        if not proofs.check(proofs.proof(self.key, proofs.CONTROL_ANSWERER, nonce, server_nonce, context),
+                            server_proof):
+            return                     # never prove ourselves to a server that did not
+        ours = proofs.proof(self.key, proofs.CONTROL_ASKER, nonce, server_nonce, context)
+        answer = frame.flat_frame(AUTH_CODE, (("proof", ours),))
+        self.control.sendall(answer)
+        self.auth = answer
+
+    def _read(self, n: int) -> bool:
+        """Append n more bytes of the server's to `reply`; False at its end of stream."""
+        want = len(self.reply) + n
+        while len(self.reply) < want:
+            chunk = self.control.recv(want - len(self.reply))
+            if not chunk:
+                return False
+            self.reply += chunk
+        return True
 
     def close_control(self) -> None:
         if self.control is not None:

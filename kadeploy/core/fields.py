@@ -15,6 +15,7 @@ import re
 from typing import Callable, Dict, Optional
 
 from kadeploy.core.encryption import ALGORITHMS as ENCRYPTIONS
+from kadeploy.core.proofs import NONCE_BYTES, PROOF_DIGITS
 
 MAX_INT = (1 << 63) - 1          # byte counts and offsets fit the relay's u64 counters
 MAX_NODES = 1 << 20
@@ -108,8 +109,8 @@ def _chunk_size(v) -> Optional[str]:
 PORT = _range(1, 65535)
 COUNT = _range(0, MAX_INT)
 NODE_ID = _range(1, MAX_INT)
-NONCE = _hex(32)
-PROOF = _hex(64)
+NONCE = _hex(2 * NONCE_BYTES)
+PROOF = _hex(PROOF_DIGITS)
 DIGEST = _hex(64)
 SOFTWARE = _text(100, empty=False)
 REASON = _text(MAX_TEXT)

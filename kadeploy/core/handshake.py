@@ -18,16 +18,13 @@ that follow (kadeploy.core.protocol.FrameAuth).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from kadeploy.core import protocol as P
+from kadeploy.core.proofs import (CONTROL_ANSWERER, CONTROL_ASKER, NONCE_BYTES, check,  # noqa: F401
+                                  new_nonce, proof, well_formed_nonce)
 
-NONCE_BYTES = 16
-_DOMAIN = b"kadeploy-auth-1"
 _SESSION_INFO = b"kadeploy-session-1"
 MAC_KEY_BYTES = 32
 
@@ -39,31 +36,6 @@ class HandshakeFailed(Exception):
     def __init__(self, reason: str, refuse: Optional[str] = None) -> None:
         super().__init__(reason)
         self.reason, self.refuse = reason, refuse
-
-
-def new_nonce() -> str:
-    return secrets.token_hex(NONCE_BYTES)
-
-
-def well_formed_nonce(nonce: object) -> bool:
-    if not isinstance(nonce, str) or len(nonce) != 2 * NONCE_BYTES:
-        return False
-    try:
-        bytes.fromhex(nonce)
-    except ValueError:
-        return False
-    return True
-
-
-def proof(key: bytes, role: str, asker_nonce: str, answerer_nonce: str, context: str) -> str:
-    """HMAC-SHA256 over the domain, the prover's role, both nonces and the context."""
-    msg = b"|".join([_DOMAIN, role.encode(), asker_nonce.encode(), answerer_nonce.encode(),
-                     context.encode()])
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
-
-
-def check(expected: str, got: str) -> bool:
-    return hmac.compare_digest(expected.encode(), got.encode())
 
 
 @dataclass(frozen=True)
@@ -106,7 +78,7 @@ class Wording:
 
 
 CONTROL = Wording(
-    asker="client", answerer="server",
+    asker=CONTROL_ASKER, answerer=CONTROL_ANSWERER,
     answerer_unproven="the server could not prove it knows the key: a different key, "
                       "or not the server you meant",
     answerer_unproven_refuse="server proof does not match",

@@ -214,8 +214,8 @@ class Receiver(Client):
         self.destination = destination
         self.on_registered = on_registered
 
-    async def _session(self, ch, sent=None):
-        return await super()._session(_WelcomeWatch(ch, self.on_registered), sent)
+    async def _session(self, ch, sent=None, auth_sent=None):
+        return await super()._session(_WelcomeWatch(ch, self.on_registered), sent, auth_sent)
 
     async def _deploy(self, node_id, place, link):
         outcome = await super()._deploy(node_id, place, link)

@@ -1,13 +1,15 @@
-"""What a client process costs before it is registered: CPU from exec to its Hello.
+"""What a client process costs before it is registered: CPU from exec to its Hello
+(with a key: to its Auth, the answer to the server's Challenge).
 
 A one-shot listener stands in for the server. It starts `ka-d-client`, waits for the
-Hello frame and reads the client's utime + stime from /proc/PID/stat at that instant
-(clock ticks: coarse, 10 ms here). Then either it refuses the client, which exits at
-once, and takes its rusage from wait4 (the whole process: what it imports after its
-Hello included); or, with kill_at_hello, it kills the client as soon as the Hello is
-read, and wait4's rusage (microseconds) is the CPU to the Hello, plus what the client
-did in the moment the listener took to wake up: an upper bound of the cost to
-registration.
+Hello frame (with a key, answers it with a Challenge by kadeploy.core.handshake and
+waits for the Auth) and reads the client's utime + stime from /proc/PID/stat at that
+instant (clock ticks: coarse, 10 ms here). Then either it refuses the client, which
+exits at once, and takes its rusage from wait4 (the whole process: what it imports
+after registering included); or, with kill_at_registration, it kills the client as
+soon as it is registered, and wait4's rusage (microseconds) is the CPU to that point,
+plus what the client did in the moment the listener took to wake up: an upper bound
+of the cost to registration.
 
 server_start() measures the other end: a ka-d-server from exec to listening on its
 control port (the moment clients can register), by connecting until it answers.
@@ -20,8 +22,10 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from kadeploy.control import auth
+from kadeploy.core import handshake as H
 from kadeploy.core import protocol as P
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -29,9 +33,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Startup:
-    cpu_at_hello: float      # s, from /proc at the moment the Hello arrived (tick resolution)
+    cpu_at_registration: float   # s, from /proc at the moment it was registered (tick resolution)
     cpu_total: float         # s, rusage of the whole process (exec to its exit, or to the kill)
-    wall_to_hello: float     # s, from spawn to the Hello
+    wall_to_registration: float  # s, from spawn to the registration
     hello: P.Message
     status: int
 
@@ -42,19 +46,19 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime
 
 
-def _read_exactly(conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("the client hung up before its Hello")
-        buf += chunk
-    return buf
+def _next_message(conn: socket.socket, state: P.ControlConnection) -> P.Message:
+    while (msg := state.next_event()) is None:
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError("the client hung up before it was registered")
+        state.receive_data(data)
+    return msg
 
 
 def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
-            kill_at_hello: bool = False) -> Startup:
-    """Run `client` (argv of ka-d-client, without -h/-p) against the stand-in server."""
+            kill_at_registration: bool = False, key: Optional[bytes] = None) -> Startup:
+    """Run `client` (argv of ka-d-client, without -h/-p; with `key`, the client's
+    --key-file holds it) against the stand-in server."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lsock:
         lsock.bind(("127.0.0.1", 0))
         lsock.listen(1)
@@ -68,15 +72,20 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
             conn, _ = lsock.accept()
             with conn:
                 conn.settimeout(timeout)
-                header = _read_exactly(conn, P.HEADER_SIZE)
-                body = _read_exactly(conn, P.parse_header(header)[1])
-                if kill_at_hello:
+                state = P.ControlConnection(P.SERVER)
+                hello = _next_message(conn, state)
+                if key is not None:
+                    answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello))
+                    conn.sendall(state.send(answerer.challenge()))
+                    answer = _next_message(conn, state)
+                if kill_at_registration:
                     os.kill(proc.pid, signal.SIGKILL)
-                at_hello = _proc_cpu(proc.pid)
+                at_registration = _proc_cpu(proc.pid)
                 wall = time.monotonic() - started
-                hello = P.parse_body(P.parse_header(header)[0], body)
-                if not kill_at_hello:
-                    conn.sendall(P.encode(P.Refuse(reason="start-up measured")))
+                if key is not None:
+                    state.authenticate(*answerer.verify(answer).for_side(asker=False))
+                if not kill_at_registration:
+                    conn.sendall(state.send(P.Refuse(reason="start-up measured")))
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
@@ -84,8 +93,8 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
                 proc.kill()
                 proc.wait()
             proc.stderr.close()
-    return Startup(cpu_at_hello=at_hello, cpu_total=usage.ru_utime + usage.ru_stime,
-                   wall_to_hello=wall, hello=hello, status=proc.returncode)
+    return Startup(cpu_at_registration=at_registration, cpu_total=usage.ru_utime + usage.ru_stime,
+                   wall_to_registration=wall, hello=hello, status=proc.returncode)
 
 
 def python_floor(python: str, rounds: int) -> List[float]:
