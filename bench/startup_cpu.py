@@ -12,7 +12,9 @@ includes what the client imports after its Hello. Byte code is cached as in an i
 copy (pip compiles it at install time): the run clears PYTHONDONTWRITEBYTECODE and does
 one warm-up round first. It also clears the variables that choose a key or a relay
 backend: the figures are with defaults. Each round also times a ka-d-server from exec
-to listening (`server_wall_to_listen_ms`).
+to listening (`server_wall_to_listen_ms`), and a client's end after a real 16 MiB
+deployment, the wall time from its last line to its exit: as it ends (`exit_wall_ms`,
+kadeploy.entry) and with the interpreter's full teardown (`exit_wall_teardown_ms`).
 """
 from __future__ import annotations
 
@@ -52,13 +54,15 @@ def main(argv=None) -> int:
     keyed_cmd = cmd + ["--key-file", key_file.name]
     startup.measure(cmd, env=env)                       # warm-up: byte code cached
     startup.measure(keyed_cmd, env=env, key=key)
-    runs, killed, keyed, floor, servers = [], [], [], [], []
+    runs, killed, keyed, floor, servers, ends, teardowns = [], [], [], [], [], [], []
     for _ in range(args.rounds):   # interleaved: the machine's drift hits them all alike
         runs.append(startup.measure(cmd, env=env))
         killed.append(startup.measure(cmd, env=env, kill_at_registration=True))
         keyed.append(startup.measure(keyed_cmd, env=env, kill_at_registration=True, key=key))
         floor += startup.python_floor(sys.executable, 1)
         servers.append(startup.server_start(sys.executable, env=env))
+        ends.append(startup.exit_wall(sys.executable, full_teardown=False, env=env))
+        teardowns.append(startup.exit_wall(sys.executable, full_teardown=True, env=env))
     key_file.close()
     floor.sort()
     server_walls = sorted(wall for wall, _ in servers)
@@ -95,6 +99,10 @@ def main(argv=None) -> int:
                                      "median": 1000 * statistics.median(server_walls),
                                      "max": 1000 * server_walls[-1]},
         "server_cpu_at_listen_ms_median_ticks": 1000 * statistics.median(cpu for _, cpu in servers),
+        "exit_wall_ms": {"min": 1000 * min(ends), "median": 1000 * statistics.median(ends),
+                         "max": 1000 * max(ends)},
+        "exit_wall_teardown_ms": {"min": 1000 * min(teardowns), "median": 1000 * statistics.median(teardowns),
+                                  "max": 1000 * max(teardowns)},
     }
     print(json.dumps(result, indent=2))
     if args.out:

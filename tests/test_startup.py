@@ -60,6 +60,7 @@ def test_startup_bench_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["rounds"] == 1 and data["python_floor_ms"] > 0
     assert data["cpu_to_exit_ms"]["min"] >= data["python_floor_ms"] * 0.5
+    assert data["exit_wall_ms"]["min"] >= 0 and data["exit_wall_teardown_ms"]["min"] >= 0
 
 
 def test_refused_connect_is_retried_without_a_fixed_delay(monkeypatch):

@@ -13,6 +13,7 @@ of the cost to registration.
 
 server_start() measures the other end: a ka-d-server from exec to listening on its
 control port (the moment clients can register), by connecting until it answers.
+exit_wall() measures a client's end: the wall time from its last line to its exit.
 """
 from __future__ import annotations
 
@@ -137,3 +138,36 @@ def server_start(python: str, *, timeout: float = 30.0, env=None) -> Tuple[float
     finally:
         proc.kill()
         proc.wait()
+
+
+def exit_wall(python: str, *, full_teardown: bool, timeout: float = 60.0, env=None) -> float:
+    """Wall seconds from a client's last line (its summary) to its exit, after a real
+    16 MiB --synthetic deployment from a ka-d-server on loopback. With full_teardown
+    the interpreter's own exit ends it (kadeploy.cli's entry point, not kadeploy.entry's,
+    which ends the process without the teardown)."""
+    port, data_port, client_port = _free_port(), _free_port(), _free_port()
+    server = subprocess.Popen([python, "-m", "kadeploy", "server", "-n", "1", "--synthetic", "16M",
+                               "-p", str(port), "-P", str(data_port), "-q"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    entry = "kadeploy.cli" if full_teardown else "kadeploy.entry"
+    code = f"import sys; sys.argv[0] = 'ka-d-client'; from {entry} import client_main; client_main()"
+    client = subprocess.Popen([python, "-c", code, "-h", "127.0.0.1", "-p", str(port), "-P", str(client_port),
+                               "--discard"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        last = None
+        for _ in client.stderr:
+            last = time.monotonic()
+        client.wait(timeout)
+        end = time.monotonic()
+        server.wait(timeout)
+        if client.returncode != 0 or server.returncode != 0 or last is None:
+            raise RuntimeError(f"the deployment failed (client {client.returncode}, server {server.returncode})")
+        return end - last
+    finally:
+        for proc in (client, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        client.stderr.close()
