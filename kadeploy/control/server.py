@@ -51,7 +51,6 @@ from kadeploy.defaults import (
     STALL_TIMEOUT,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
-from kadeploy.install.serve import install_gap, reported_steps
 from kadeploy.netboot.progress import BootStates
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
@@ -331,6 +330,8 @@ class Server:
         return header, rows
 
     def _report(self, seconds: float) -> Report:
+        if self.cfg.install:   # only then: the install modules cost the server's start 9 ms
+            from kadeploy.install.serve import install_gap, reported_steps
         rows = []
         for node in sorted(self.nodes.values(), key=lambda n: (n.position or 1 << 30, n.info.node_id)):
             d = node.done
