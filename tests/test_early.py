@@ -295,7 +295,8 @@ def key_file(tmp_path):
     return path
 
 
-def test_a_keyed_client_answers_the_challenge_before_it_imports_asyncio(tmp_path, stand_in, key_file):
+@pytest.mark.parametrize("given", ["--key-file", defaults.ENV_KEY_FILE, defaults.ENV_KEY])
+def test_a_keyed_client_answers_the_challenge_before_it_imports_asyncio(tmp_path, stand_in, key_file, given):
     """With a key, registering is the whole challenge-response: the Hello with its nonce,
     the server's Challenge, the client's Auth. All three happen with asyncio held at its
     import; then the normal path takes over the authenticated channel."""
@@ -304,7 +305,10 @@ def test_a_keyed_client_answers_the_challenge_before_it_imports_asyncio(tmp_path
     (shadow / "asyncio.py").write_text(GATED_ASYNCIO)
     gate = tmp_path / "gate"
     env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_GATE=str(gate))
-    with _keyed_client(stand_in.port, env, key_file) as proc:
+    extra = ["--key-file", str(key_file)] if given == "--key-file" else []
+    if given != "--key-file":
+        env[given] = str(key_file) if given == defaults.ENV_KEY_FILE else KEY.decode()
+    with _client(stand_in.port, env, *extra) as proc:
         conn, hello = stand_in.hello(timeout=30)
         assert hello.nonce is not None and proofs.well_formed_nonce(hello.nonce)
         server = KeyedServer(conn, hello, KEY)

@@ -17,7 +17,7 @@ def test_500_clients_register_and_all_get_their_place(tmp_path):
     try:
         report = str(tmp_path / "r.json")
         server = dep.server("-n", str(N), "-a", "4", "-e", "head -c 3000000 /dev/zero",
-                            "--report", report, "-q")
+                            "--report", report, "-q", "--stall-timeout", "10")   # not a stall test
         port = int(dep.ports[1])
         results = asyncio.run(run_fakes("127.0.0.1", port, N))
         assert server.wait(120) == 0, server.err
