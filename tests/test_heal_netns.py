@@ -128,6 +128,7 @@ def test_with_a_spool_file_repairs_go_to_the_server(net, tmp_path):
     assert not list(spool.iterdir())            # removed at the end
 
 
+@pytest.mark.timeout(600)   # its subprocess's 300 s must fail first, with its output
 def test_fault_timing_benchmark_at_smoke_size(tmp_path):
     """bench/fault_timing.py (256 MiB at 200 Mbit/s on a quiet machine) still runs: the
     fault-free run and both fault runs, every survivor verified, every orphan repaired."""

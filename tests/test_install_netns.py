@@ -212,6 +212,7 @@ def test_each_failure_is_reported_per_node_and_step(net, golden, disks, tmp_path
     assert server.out.count("FAILED: step ") == 4
 
 
+@pytest.mark.timeout(600)   # its server.wait(300) must fail first, with the server's words
 def test_a_stream_cut_inside_a_file_system(net, golden, disks, tmp_path):
     """Node 2 of a chain dies while the root file system flows (no repair): node 3's
     stream is cut inside it, and it says so for that step; node 1 is installed. The ESP

@@ -21,6 +21,7 @@ def seconds_of_day(t: float) -> float:
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(600)   # its own budgets (setup, wait_all 240 s) are the test's, not pytest's 300
 def test_64_clients_in_64_namespaces_complete_a_deployment(net, tmp_path):
     cluster, dep = net(N + 1, rate="20mbit", prefix="kdp")
     report = str(tmp_path / "report.json")

@@ -56,7 +56,7 @@ def test_keyed_deployment_and_refusals(net, keyfile, tmp_path):
 
 def test_keyed_client_refuses_an_open_server(net, keyfile):
     cluster, dep = net(2)
-    server = dep.server("-n", "1", "-e", "true", "--wait-timeout", "5", where=0)
+    server = dep.server("-n", "1", "-e", "true", "--wait-timeout", "10", where=0)
     c = dep.client("-h", "198.18.0.1", "--key-file", keyfile, "-e", "cat", where=1)
     assert_one_line_error(c, 3, "the server has no key")
     server.wait(30)
@@ -84,7 +84,7 @@ def _handshake(host, nonce=None, replay_auth=None):
 
 def test_replayed_handshake_is_refused(net, keyfile):
     cluster, dep = net(2)
-    server = dep.server("-n", "5", "--key-file", keyfile, "-e", "true", "--wait-timeout", "6", where=0)
+    server = dep.server("-n", "5", "--key-file", keyfile, "-e", "true", "--wait-timeout", "12", where=0)
     host = cluster.node(0).addr
     cluster.call(1, wait_for, lambda: _can_connect(host))
     reply, auth_bytes, nonce = cluster.call(1, _handshake, host)
