@@ -375,13 +375,6 @@ def challenge_fields(body: bytes) -> "tuple[str, str] | None":
 _LOWER_HEX = frozenset("0123456789abcdef")
 
 
-class _HelloView:
-    """The Hello's fields as attributes, for kadeploy.control.auth.hello_context."""
-
-    def __init__(self, fields) -> None:
-        self.__dict__.update(fields)
-
-
 class Registered:
     """A client registered before the normal path: its listener, its control
     connection with the Hello sent (or why it could not be made), and with a key the
@@ -423,6 +416,8 @@ class Registered:
         """Read the server's Challenge, check its proof and send our Auth, as
         kadeploy.core.handshake.Asker does. Any other reply, or a proof that does not
         match, stops here: the normal path reads what is in `reply` and words it."""
+        import types   # loaded by the interpreter's own start-up
+
         from kadeploy.control import auth
         from kadeploy.core import proofs
         from kadeploy.version import PROTOCOL_VERSION
@@ -439,7 +434,7 @@ class Registered:
             return
         server_nonce, server_proof = fields
         nonce = dict(self.hello_fields)["nonce"]
-        context = auth.hello_context(_HelloView(self.hello_fields))
+        context = auth.hello_context(types.SimpleNamespace(**dict(self.hello_fields)))
         if not proofs.check(proofs.proof(self.key, proofs.CONTROL_ANSWERER, nonce, server_nonce, context),
                             server_proof):
             return                     # never prove ourselves to a server that did not
