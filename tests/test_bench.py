@@ -229,3 +229,23 @@ def test_node_threads_diagnostic_at_smoke_size():
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("server: thread ") and "\nclient: thread " in p.stdout
     assert "blake3 keyed" in p.stdout and "GB/s per core" in p.stdout
+
+
+@pytest.mark.netns
+def test_deploy_timeline_diagnostic_at_smoke_size():
+    """bench/deploy_timeline.py still runs a deployment and places its log lines in time."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "deploy_timeline.py"), "--size", "8M",
+                        "--rounds", "1", "--rate", "200mbit"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "round 1: wall " in p.stdout and "registered vm" in p.stdout and "node1   (exit)" in p.stdout
+
+
+@pytest.mark.netns
+def test_dhcp_rack_benchmark_at_smoke_size():
+    """bench/dhcp_rack.py still runs both cases; without the ping check every node leases."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "dhcp_rack.py"), "--nodes", "2"],
+                       capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    assert result["no_ping"]["unknown_leased"] == 2 and result["no_ping"]["known_leased"]
+    assert set(result["ping_check"]) == set(result["no_ping"])

@@ -1,0 +1,90 @@
+"""Where the wall clock of a small deployment goes beyond its stream: a ka-d-server and
+its nodes on a virtual cluster (`tc tbf` links), run as `kadeploy bench` runs them (the
+nodes first, the server once they listen), with --verbose; their log lines placed in
+time against the server's exec.
+
+    .venv/bin/python bench/deploy_timeline.py [--nodes 2] [--rate 1gbit] [--size 512M] [--rounds 3]
+
+--nodes counts the server, as `kadeploy bench --nodes` does. Prints each round's wall
+clock (the server's exec to the last node's exit, the bench's measure), the server's
+report seconds, and the log lines with their milliseconds. Needs root.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from kadeploy import defaults  # noqa: E402
+from kadeploy.lab.benchlib import execute  # noqa: E402
+from kadeploy.lab.benchlib.methods import SERVER_ADDR  # noqa: E402
+from kadeploy.lab.vcluster import VirtualCluster  # noqa: E402
+
+KD = [sys.executable, "-m", "kadeploy"]
+LINE = re.compile(r"(\d\d):(\d\d):(\d\d\.\d+) (.*)")
+
+
+def events(path: str, who: str, t0: float):
+    """(seconds after t0, who, message) of each timestamped log line."""
+    day = datetime.datetime.fromtimestamp(t0).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = LINE.match(line)
+            if m:
+                at = day + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+                out.append((at - t0, who, m[4][:100]))
+    return out
+
+
+def one_round(cluster, n: int, size: str, workdir: str) -> None:
+    env = execute._env()
+    runner = lambda i, argv: cluster.popen(i, execute.RUNNER + [f"{workdir}/n{i}.json", f"{workdir}/n{i}.log",  # noqa: E731
+                                                                "--", *argv], env=env)
+    clients = [runner(i, KD + ["client", "-h", SERVER_ADDR, "--discard", "--verbose"]) for i in range(1, n)]
+    for proc in clients:
+        while not execute._listening(proc.pid, defaults.DATA_PORT):
+            if proc.poll() is not None:
+                raise RuntimeError("a node exited before it listened")
+            time.sleep(0.005)
+    server = runner(0, KD + ["server", "-n", str(n - 1), "--synthetic", size,
+                             "--report", f"{workdir}/r.json", "--verbose"])
+    for proc in [*clients, server]:
+        proc.wait(300)
+    records = [json.load(open(f"{workdir}/n{i}.json")) for i in range(n)]
+    t0 = records[0]["start"]
+    report = json.load(open(f"{workdir}/r.json"))
+    print(f"wall {max(r['end'] for r in records[1:]) - t0:.3f} s, report seconds {report['seconds']:.3f}")
+    lines = events(f"{workdir}/n0.log", "server", t0)
+    for i in range(1, n):
+        lines += events(f"{workdir}/n{i}.log", f"node{i}", t0)
+    lines += [(r["end"] - t0, "server" if i == 0 else f"node{i}", "(exit)") for i, r in enumerate(records)]
+    for at, who, msg in sorted(lines):
+        print(f"  {at * 1000:8.1f} ms  {who:7} {msg}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--rate", default="1gbit")
+    ap.add_argument("--size", default="512M")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    with VirtualCluster(args.nodes, prefix="kdtl", rate=args.rate) as cluster:
+        for r in range(args.rounds):
+            print(f"round {r + 1}:", end=" ")
+            with tempfile.TemporaryDirectory(prefix="kd-timeline-") as workdir:
+                one_round(cluster, args.nodes, args.size, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
