@@ -179,76 +179,104 @@ def record_kinds(wire: bytes):
     return kinds
 
 
-def test_auto_judges_the_compressed_probe_once_enough_wire_went_out():
-    """A stream that compresses well is probed until PROBE_WIRE bytes of wire went out
-    (the buffers up to the first node must fill before the link shows), at most
-    PROBE_MAX records."""
-    for wire_needed, judged_after in ((0, 8), (3 * RECORD, None), (1 << 40, 12)):
-        policy = codec.AutoPolicy()
-        policy.PROBE, policy.PROBE_WIRE, policy.PROBE_MAX = 8, wire_needed, 12
-        seen = []
-        enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: seen.append(enc.sampled) or 10e6)
-        data = compressible(16 * RECORD)
-        wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20))
-        wire += enc.finish()
-        assert policy.decision is True
-        ratio = len(wire) / len(data)
-        expected = judged_after or max(8, -(-wire_needed // int(ratio * RECORD)))
-        assert seen[0] in (expected, expected + 1), (wire_needed, seen, ratio)
-        assert record_kinds(wire) == [codec.KIND_ZSTD] * 16
-        assert decode(wire, 1 << 20) == data
+def test_auto_judges_the_compressed_probe_after_probe_records_measured_from_the_first():
+    """The link is measured from the first compressed record handed on (before it the
+    compressors had nothing to give), and the probe judged after PROBE records."""
+    policy = codec.AutoPolicy()
+    calls = []
+    enc = codec.ZstdEncoder(3, policy=policy, restart_rate=lambda: calls.append(("restart", enc.sampled)),
+                            link_rate=lambda: calls.append(("judged", enc.sampled)) or 10e6)
+    data = compressible((policy.PROBE + 4) * RECORD)
+    wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
+    assert calls == [("restart", 1), ("judged", policy.PROBE)]
+    assert policy.decision is True
+    assert record_kinds(wire) == [codec.KIND_ZSTD] * (policy.PROBE + 4)
+    assert decode(wire, 1 << 20) == data
 
 
 def test_auto_keeps_compressing_when_the_link_is_the_limit_even_compressed():
-    """The link held the encoder back during the compressed probe: no raw probe, no
+    """The link was busy all along during the compressed probe: no raw probe, no
     record sent raw (nothing lost to measuring)."""
     policy = codec.AutoPolicy()
-    policy.PROBE_WIRE = 0
     restarts = []
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
     data = compressible((policy.PROBE + 3) * RECORD)
     wire = enc.update(data) + enc.finish()
     assert policy.decision is True and "limit even compressed" in policy.why
     assert record_kinds(wire) == [codec.KIND_ZSTD] * (policy.PROBE + 3)
-    assert restarts == []
+    assert restarts == [1]            # only the probe's own start
     assert decode(wire, 1 << 20) == data
+
+
+def probed(share: float, wire_rate: float, *, c: float, d: float = 1e9, ratio: float = 0.4):
+    """A policy after a compressed probe that saw these speeds; its decision."""
+    p = codec.AutoPolicy()
+    p.sample(100e6, ratio * 100e6, 100e6 / c, 100e6 / d)
+    return p.decide_compressed(None, (share, wire_rate), workers=1), p.why
+
+
+def test_auto_reads_the_link_from_its_busy_share_while_compressing():
+    """Not the limit while compressing: busy `share` of the time at `wire_rate` puts
+    the link at wire_rate / share or a little more. Far enough either way, that
+    decides; a near call is left to the raw probe."""
+    # 40 MB/s of wire while busy half the time: a link of about 80 MB/s.
+    assert probed(0.5, 40e6, c=300e6)[0] is True           # 300 > 1.25 x 1.1 x 80
+    assert "link at least 80 MB/s (busy 50% of the time): compressing" in probed(0.5, 40e6, c=300e6)[1]
+    assert probed(0.5, 40e6, c=85e6)[0] is False           # compressing is no faster than the link
+    assert probed(0.5, 40e6, c=400e6, d=80e6)[0] is False  # nor decompressing
+    assert probed(0.5, 40e6, c=100e6)[0] is None           # 1.1 x 80 < 100 < 1.25 x 1.1 x 80: measure
+    assert probed(0.5, 40e6, c=300e6, ratio=0.95)[0] is False   # does not compress
+    assert probed(0.0, 0.0, c=300e6)[0] is None            # nothing measured: the raw probe
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
-    """The encoder never waited for the link while compressing: the next PROBE records
-    go raw, measured afresh (restart_rate), and the decision follows the formula."""
+    """The link was not the limit while compressing and its busy share does not
+    decide: the next RAW_PROBE records go raw, measured afresh (restart_rate), and the
+    decision follows the formula."""
     policy = codec.AutoPolicy()
-    policy.PROBE_WIRE = 0
-    rates = iter([None, 10e6])          # compressed probe: never waited; raw probe: a slow link
+    rates = iter([None, 10e6])          # compressed probe: not the limit; raw probe: a slow link
     restarts = []
     enc = codec.ZstdEncoder(3, workers=workers, policy=policy, link_rate=lambda: next(rates),
                             restart_rate=lambda: restarts.append(enc.content))
-    data = compressible((2 * policy.PROBE + 2) * RECORD)
+    data = compressible((policy.PROBE + policy.RAW_PROBE + 4) * RECORD)
     wire = b"".join(enc.update(data[i:i + RECORD // 3]) for i in range(0, len(data), RECORD // 3))
     wire += enc.finish()
     assert policy.decision is True and "link 10 MB/s: compressing" in policy.why
     kinds = record_kinds(wire)
     # The probe is judged as its last record goes out: records already with a worker
-    # then go compressed too (no loss), before the PROBE raw ones.
+    # then go compressed too (no loss), before the RAW_PROBE raw ones.
     m = kinds.index(codec.KIND_RAW)
     assert policy.PROBE <= m <= policy.PROBE + workers, kinds
-    assert kinds == [codec.KIND_ZSTD] * m + [codec.KIND_RAW] * policy.PROBE + \
-        [codec.KIND_ZSTD] * (len(kinds) - m - policy.PROBE)
-    # The rate was restarted once, after the compressed probe and before any raw record.
-    assert restarts == [m * RECORD]
+    assert kinds == [codec.KIND_ZSTD] * m + [codec.KIND_RAW] * policy.RAW_PROBE + \
+        [codec.KIND_ZSTD] * (len(kinds) - m - policy.RAW_PROBE)
+    # Restarted at the probe's first record, then before any raw record.
+    assert len(restarts) == 2 and restarts[1] == m * RECORD
     assert decode(wire, 1 << 20) == data
 
 
 def test_auto_sends_raw_after_the_probes_when_compressing_does_not_pay():
     policy = codec.AutoPolicy()
-    policy.PROBE_WIRE = 0
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)   # the link never waited
-    data = compressible((2 * policy.PROBE + 2) * RECORD)
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)   # the link was never the limit
+    data = compressible((policy.PROBE + policy.RAW_PROBE + 2) * RECORD)
     wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
     assert policy.decision is False and "never the limit" in policy.why
     kinds = record_kinds(wire)      # raw after the decision: each 1 MiB piece a record
-    assert kinds == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * (policy.PROBE + 2 * 4)
+    assert kinds == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * (policy.RAW_PROBE + 2 * 4)
+    assert decode(wire, 1 << 20) == data
+
+
+def test_auto_goes_raw_at_once_when_the_busy_share_shows_a_fast_link():
+    """A link far faster than the compressors, seen while compressing: no raw probe."""
+    policy = codec.AutoPolicy()
+    restarts = []
+    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None, link_busy=lambda: (0.001, 10e6),
+                            restart_rate=lambda: restarts.append(enc.content))
+    data = compressible((policy.PROBE + 3) * RECORD)
+    wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
+    assert policy.decision is False and "link at least 10000 MB/s (busy 0% of the time): raw" in policy.why
+    assert record_kinds(wire) == [codec.KIND_ZSTD] * policy.PROBE + [codec.KIND_RAW] * 3 * 4
+    assert len(restarts) == 2         # the probe's start; the raw epoch's
     assert decode(wire, 1 << 20) == data
 
 
@@ -257,7 +285,7 @@ def test_auto_revisits_its_decision_as_the_stream_changes():
     decision is looked at again (compressing: by the ratio it gets; raw: by a sample
     and the link's rate over the epoch)."""
     policy = codec.AutoPolicy()
-    policy.EPOCH, policy.PROBE_WIRE = 2, 0
+    policy.EPOCH = 2
     restarts = []
     enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
     text, noise = compressible(policy.PROBE * RECORD), os.urandom(4 * RECORD)
@@ -307,41 +335,6 @@ def test_encode_pump_and_node_tap_through_real_pipes(tmp_path):
     assert pump.error is None and tap.error is None and tap.decode_error is None
     whole = ChunkDigester("sha256")   # the digest is of the wire bytes
     assert tap.digests and tap.whole
-
-
-def test_encode_pump_sees_the_link_once_the_buffers_are_full():
-    """The buffers up to the first node take the first megabytes at once, whatever the
-    link; from the first write that waits, the link shows. Here the producer gives
-    20 MB/s, the buffers take 32 MiB, then the link drains 8 MB/s: judged over the
-    whole time, the pump would have waited ~15 % of it and taken the link for idle."""
-    import time
-    src_r, src_w = make_pipe()
-    pump = EncodePump(src_r, codec.Pipeline([]))
-    pump.start()
-    piece = 256 << 10
-
-    def produce():
-        try:
-            while True:
-                os.write(src_w, b"\0" * piece)
-                time.sleep(piece / 20e6)
-        except OSError:            # the test has its figure and closed the pipes
-            pass
-    threading.Thread(target=produce, daemon=True).start()
-    got, rates = 0, []
-    while got < (32 << 20):                    # the buffers: as fast as it comes
-        got += len(os.read(pump.read_fd, piece))
-    busy_from, busy_until, t0 = got, got + (6 << 20), time.monotonic()
-    while got < busy_until:                    # the link: 8 MB/s
-        got += len(os.read(pump.read_fd, piece))
-        time.sleep(piece / 8e6)
-        rates.append(pump.link_rate())
-    link = (got - busy_from) / (time.monotonic() - t0)   # what the sleeps gave (less when loaded)
-    os.close(src_w)
-    os.close(pump.read_fd)
-    pump.join(10)
-    os.close(src_r)
-    assert rates[-1] is not None and 0.5 * link < rates[-1] < 1.5 * link, (link, rates)
 
 
 def test_node_tap_keeps_digesting_when_the_consumer_quits():

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional, Sequence
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 NONE, ZSTD, AUTO = "none", "zstd", "auto"
 DEFAULT_LEVEL = 3          # zstd's own default: ~0.3-0.5 GB/s per core, a good ratio
@@ -121,23 +121,27 @@ class AutoPolicy:
     Compressing pays when the stream is limited by its link: the content then flows at
     min(compression speed, decompression speed, link / ratio), against the link alone
     without it. Auto starts compressing, and measures the ratio and the speeds on the
-    first PROBE records (a copy of each is decompressed). If the link was the limit
-    even for the compressed stream (the encoder waited for the relay), compressing
-    pays and goes on: nothing was lost to the probe. Otherwise the encoder (or the
-    producer) was the slower side: the next PROBE records go raw, so the link's own
-    rate is measured, and `decide` weighs the two; MARGIN keeps a near tie
-    uncompressed (compressing costs every node CPU).
+    first PROBE records (a copy of each is decompressed), and the link over all but
+    the first (kadeploy.data.linkmeter: from the kernel's counts of the first-level
+    connections). If the link was the limit even for the compressed stream (busy
+    nearly all the time), compressing pays and goes on: nothing was lost to the probe.
+    Otherwise the encoder was the slower side, and the share of the time the link was
+    busy tells its rate: at least the wire rate over that share (more only by the
+    time a byte is in flight, small against a record's). When the speeds against
+    that clearly decide (compressing SLACK times faster than MARGIN asks, or not
+    faster at all), that is the choice; in between, the next RAW_PROBE records go raw,
+    so the link's own rate is measured, and `decide` weighs the two. MARGIN keeps a
+    near tie uncompressed (compressing costs every node CPU).
     """
-    PROBE = 8
-    # The compressed probe also waits for this much wire (the buffers between the
-    # server and its first node, ~10 MiB, must fill for the link to show), up to
-    # PROBE_MAX records.
-    PROBE_WIRE = PROBE * RECORD_SIZE
-    PROBE_MAX = 4 * PROBE
+    PROBE = 4
+    RAW_PROBE = 4
     MARGIN = 1.1
+    # How far the link's rate may lie above the wire rate over the busy share (a
+    # byte's time in flight counts as busy): beyond it, no raw probe is needed.
+    SLACK = 1.25
     # A stream changes along the way (a tree's packages, then its text): the decision
     # is revisited every EPOCH records' worth of content. Compressing, on the ratio it
-    # gets (free to know); raw, on one piece compressed as a sample and the link's rate
+    # gets (free to know); raw, on one piece compressed as a copy and the link's rate
     # over the epoch.
     EPOCH = 16
     SAMPLE_EVERY = 8    # raw: one piece in 8 is compressed as a copy (a tree mixes files)
@@ -177,24 +181,43 @@ class AutoPolicy:
         self.compress_seconds += compress_s
         self.decompress_seconds += decompress_s
 
-    def decide_compressed(self, link_rate: Optional[float]) -> Optional[bool]:
-        """After the compressed probe. link_rate: compressed bytes/s the relay took while
-        the encoder waited for it (None: it never waited). True when the link was the
-        limit even so; None: the raw probe is to tell."""
-        if link_rate is not None and self.ratio < 1 / self.MARGIN:
-            self._set(True, f"ratio {self.ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
+    def decide_compressed(self, link_rate: Optional[float],
+                          busy: Optional[Tuple[float, float]] = None, workers: int = 1) -> Optional[bool]:
+        """After the compressed probe. link_rate: compressed bytes/s the link took while
+        it was the limit (None: it was not). busy: (share of the time busy, wire bytes/s)
+        of the link over the probe. True/False when that decides; None: the raw probe
+        is to tell."""
+        ratio = self.ratio
+        if link_rate is not None and ratio < 1 / self.MARGIN:
+            self._set(True, f"ratio {ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
                             "bytes) was the limit even compressed: compressing")
-        else:
-            self.why = (f"ratio {self.ratio:.2f}; the link was not the limit while compressing: "
-                        "the stream ended during the raw probe (sent raw)")
-        return self.decision
+            return True
+        fastest = min(self._speeds(workers))
+        if busy is not None and busy[0] > 0 and busy[1] > 0:
+            link = busy[1] / busy[0]        # the link's rate, at least
+            speeds = (f"ratio {ratio:.2f}, compress and decompress {fastest / 1e6:.0f} MB/s, link at least "
+                      f"{link / 1e6:.0f} MB/s (busy {busy[0]:.0%} of the time)")
+            if ratio >= 1 / self.MARGIN or fastest <= self.MARGIN * link:
+                self._set(False, f"{speeds}: raw")
+                return False
+            if fastest > self.SLACK * self.MARGIN * link:
+                self._set(True, f"{speeds}: compressing")
+                return True
+        self.why = (f"ratio {ratio:.2f}; the link was not the limit while compressing: "
+                    "the stream ended during the raw probe (sent raw)")
+        return None
+
+    def _speeds(self, workers: int) -> Tuple[float, float]:
+        """Content bytes/s the compressors (all of them) and a node's decompressor manage."""
+        c = self.content / self.compress_seconds * workers if self.compress_seconds else float("inf")
+        d = self.content / self.decompress_seconds if self.decompress_seconds else float("inf")
+        return c, d
 
     def decide(self, link_rate: Optional[float], workers: int) -> bool:
         """After the raw probe. link_rate: raw bytes/s the relay took while its input
         was waiting for it (None: it never waited, the producer was the slower side)."""
         ratio = self.ratio
-        c = self.content / self.compress_seconds * workers if self.compress_seconds else float("inf")
-        d = self.content / self.decompress_seconds if self.decompress_seconds else float("inf")
+        c, d = self._speeds(workers)
         if link_rate is None:
             self._set(False, f"the link was never the limit (ratio {ratio:.2f})")
         else:
@@ -212,17 +235,19 @@ def _raw(record: bytes) -> bytes:
 class ZstdEncoder(Stage):
     """Content in, records out; compresses up to `workers` records at once (zstandard
     releases the GIL), in order. With a policy (auto): the compressed probe, maybe the
-    raw probe, then compressed or raw records as the policy decided.
-    restart_rate(): the link's rate is to be measured afresh (the raw probe begins)."""
+    raw probe, then compressed or raw records as the policy decided. The link is
+    measured from outside (kadeploy.data.linkmeter.LinkMeter): restart_rate() starts
+    a measure, link_rate() and link_busy() tell what it saw."""
     name = "zstd"
 
     def __init__(self, level: int = DEFAULT_LEVEL, *, workers: int = 1,
                  policy: Optional[AutoPolicy] = None,
                  link_rate: Callable[[], Optional[float]] = lambda: None,
-                 restart_rate: Callable[[], None] = lambda: None) -> None:
+                 restart_rate: Callable[[], None] = lambda: None,
+                 link_busy: Callable[[], Optional[Tuple[float, float]]] = lambda: None) -> None:
         self.zstd = _zstd()
         self.level, self.workers, self.policy = level, max(1, workers), policy
-        self.link_rate, self.restart_rate = link_rate, restart_rate
+        self.link_rate, self.restart_rate, self.link_busy = link_rate, restart_rate, link_busy
         self._buf = bytearray()
         self._pending: Deque = deque()
         self._pool = None
@@ -306,7 +331,7 @@ class ZstdEncoder(Stage):
                 return
             self.raw_probed += 1
             self._pending.append((len(record), _raw(record)))
-            if self.raw_probed == policy.PROBE:
+            if self.raw_probed == policy.RAW_PROBE:
                 policy.decide(self.link_rate(), self.workers)
                 self._epoch = (self.emitted, self.wire)
                 if not policy.decision:
@@ -321,17 +346,20 @@ class ZstdEncoder(Stage):
         self._epoch_ends()
 
     def _sampled(self, sample) -> None:
-        """A record of the compressed probe was handed on; the probe is judged after
-        PROBE records and PROBE_WIRE bytes of wire, or PROBE_MAX records."""
+        """A record of the compressed probe was handed on. The link is measured from the
+        first one on (before it, the compressors had nothing to give it yet); the probe
+        is judged after PROBE records."""
         policy = self.policy
         policy.sample(*sample)
         self.sampled += 1
-        if self._probe_open and self.sampled >= policy.PROBE and (
-                self.wire >= policy.PROBE_WIRE or self.sampled >= policy.PROBE_MAX):
+        if self.sampled == 1:
+            self.restart_rate()
+        if self._probe_open and self.sampled >= policy.PROBE:
             self._probe_open = False
-            if policy.decide_compressed(self.link_rate()) is None:
+            decision = policy.decide_compressed(self.link_rate(), self.link_busy(), self.workers)
+            if decision is not True:     # the raw probe, or raw: the link is measured afresh
                 self.restart_rate()
-            else:
+            if decision is not None:
                 self._epoch = (self.emitted, self.wire)
                 self.policy.restart()
 
@@ -458,13 +486,14 @@ def default_workers() -> int:
 
 def encoder_stages(spec: Spec, *, workers: int = 1, policy: Optional[AutoPolicy] = None,
                    link_rate: Callable[[], Optional[float]] = lambda: None,
-                   restart_rate: Callable[[], None] = lambda: None) -> List[Stage]:
+                   restart_rate: Callable[[], None] = lambda: None,
+                   link_busy: Callable[[], Optional[Tuple[float, float]]] = lambda: None) -> List[Stage]:
     """The server's stages for --compress `spec` (empty: the stream goes as it is)."""
     if spec.name == NONE:
         return []
     if spec.name == AUTO:
         return [ZstdEncoder(DEFAULT_LEVEL, workers=workers, policy=policy or AutoPolicy(),
-                            link_rate=link_rate, restart_rate=restart_rate)]
+                            link_rate=link_rate, restart_rate=restart_rate, link_busy=link_busy)]
     return [ZstdEncoder(spec.level, workers=workers)]
 
 

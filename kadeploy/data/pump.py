@@ -2,8 +2,8 @@
 
 EncodePump, on the server: reads the producer, encodes once, and writes the encoded
   stream into a pipe that is the relay's source. It counts the content (the length
-  End announces) and how long its writes wait for the relay, which is how `auto`
-  learns the rate the stream really runs at.
+  End announces); how fast the link takes it, `auto` learns from the kernel
+  (kadeploy.data.linkmeter).
 StreamTap, on a node and on the server: reads the one copy of the stream that leaves
   the kernel (a pipe that is a sink of the relay), into the repair window when there
   is one (kadeploy.data.window: the read IS the window's copy), digests it, and, on a
@@ -17,13 +17,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
-import termios
 import threading
-import time
 from typing import Callable, Optional, Tuple
 
-from kadeploy.data.codec import AutoPolicy, CodecError, Pipeline
+from kadeploy.data.codec import CodecError, Pipeline
 
 READ_SIZE = 1 << 20
 # Without a window (a leaf) the tap reads into one buffer again and again: at 128 KiB
@@ -35,10 +32,6 @@ READ_SIZE = 1 << 20
 TAP_BUFFER = 1 << 17
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-# Writes that wait this share of the time or more (once the buffers are full) mean
-# the link, not the producer nor the encoder, sets the pace: the encoder could go
-# MARGIN times faster than the link lets it, the margin auto asks of compressing.
-LINK_BOUND_SHARE = 1 - 1 / AutoPolicy.MARGIN
 
 
 def make_pipe() -> Tuple[int, int]:
@@ -49,11 +42,6 @@ def make_pipe() -> Tuple[int, int]:
     except OSError:
         pass
     return r, w
-
-
-def _pipe_holds(fd: int) -> int:
-    """Bytes in the pipe of `fd` (either end) not read yet."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def _write_all(fd: int, data) -> None:
@@ -73,39 +61,11 @@ class EncodePump(threading.Thread):
         self.content = 0                 # bytes read from the producer
         self.wire = 0                    # bytes written for the relay
         self.error: Optional[BaseException] = None
-        self._written_at: Optional[float] = None   # the first write that found the pipe not drained
-        self._measured = 0
-        self._waited = 0.0
-
-    def restart_rate(self) -> None:
-        """Measure the link afresh from the next write on (the encoder's own thread)."""
-        self._written_at, self._measured, self._waited = None, 0, 0.0
-
-    def link_rate(self) -> Optional[float]:
-        """Wire bytes/s the relay took, when it was what the pump waited for; else None."""
-        if self._written_at is None:
-            return None
-        span = time.monotonic() - self._written_at
-        if span <= 0 or self._waited < LINK_BOUND_SHARE * span:
-            return None
-        return self._measured / span
 
     def _send(self, data) -> None:
-        if not data:
-            return
-        # While the buffers between here and the first node (~10 MiB) fill, writes do
-        # not wait whatever the link: counting that time would hide a link that limits
-        # the stream once they are full. They are full when the relay could not take
-        # all of the last write before this one: the pipe still holds some of it.
-        if self._written_at is None and _pipe_holds(self._write_fd):
-            self._written_at = time.monotonic()
-        t0 = time.monotonic()
-        _write_all(self._write_fd, data)
-        t1 = time.monotonic()
-        self.wire += len(data)
-        if self._written_at is not None:
-            self._waited += t1 - t0
-            self._measured += len(data)
+        if data:
+            _write_all(self._write_fd, data)
+            self.wire += len(data)
 
     def run(self) -> None:
         os.set_blocking(self.src_fd, True)

@@ -27,6 +27,7 @@ from kadeploy.core.integrity import ChunkDigester
 from kadeploy.data import codec, encrypt_stage
 from kadeploy.data.commands import describe_status, kill_group, spawn_producer
 from kadeploy.data.datalink import ChildAcceptor, accept_children
+from kadeploy.data.linkmeter import LinkMeter
 from kadeploy.data.pump import EncodePump
 from kadeploy.data.sinks import DIGEST, SPOOL, Sinks
 from kadeploy.data.pump import StreamTap, make_pipe
@@ -208,9 +209,10 @@ class ServerDataPhase:
 
     def _start_encoding(self, producer_fd: int) -> int:
         """The relay's source: the producer itself, or the encoder's pipe."""
+        meter = LinkMeter(lambda: getattr(self, "_first_level", {}).values())
         stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
-                                      link_rate=lambda: self.pump.link_rate(),
-                                      restart_rate=lambda: self.pump.restart_rate())
+                                      link_rate=meter.link_rate, restart_rate=meter.restart,
+                                      link_busy=meter.busiest)
         stages += encrypt_stage.encoders(self.stream_key)   # compress, then encrypt
         if not stages:
             return producer_fd
