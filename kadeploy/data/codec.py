@@ -126,8 +126,9 @@ class AutoPolicy:
     connections). If the link was the limit even for the compressed stream (busy
     nearly all the time), compressing pays and goes on: nothing was lost to the probe.
     Otherwise the encoder was the slower side, and the share of the time the link was
-    busy tells its rate: at least the wire rate over that share (more only by the
-    time a byte is in flight, small against a record's). When the speeds against
+    busy tells its rate: about the wire rate over that share (more by the time a byte
+    is in flight, small against a record's; less by the kernel counting busy time in
+    jiffies, bench/RESULTS.md). When the speeds against
     that clearly decide (compressing SLACK times faster than MARGIN asks, or not
     faster at all), that is the choice; in between, the next RAW_PROBE records go raw,
     so the link's own rate is measured, and `decide` weighs the two. MARGIN keeps a
@@ -214,8 +215,8 @@ class AutoPolicy:
         return c, d
 
     def decide(self, link_rate: Optional[float], workers: int) -> bool:
-        """After the raw probe. link_rate: raw bytes/s the relay took while its input
-        was waiting for it (None: it never waited, the producer was the slower side)."""
+        """After the raw probe. link_rate: raw bytes/s the link took while it was the
+        limit (None: it never was, the producer was the slower side)."""
         ratio = self.ratio
         c, d = self._speeds(workers)
         if link_rate is None:
