@@ -185,7 +185,7 @@ def test_auto_judges_the_compressed_probe_after_probe_records_measured_from_the_
     policy = codec.AutoPolicy()
     calls = []
     enc = codec.ZstdEncoder(3, policy=policy, restart_rate=lambda: calls.append(("restart", enc.sampled)),
-                            link_rate=lambda: calls.append(("judged", enc.sampled)) or 10e6)
+                            link_busy=lambda: calls.append(("judged", enc.sampled)) or (1.0, 10e6))
     data = compressible((policy.PROBE + 4) * RECORD)
     wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
     assert calls == [("restart", 1), ("judged", policy.PROBE)]
@@ -199,7 +199,7 @@ def test_auto_keeps_compressing_when_the_link_is_the_limit_even_compressed():
     record sent raw (nothing lost to measuring)."""
     policy = codec.AutoPolicy()
     restarts = []
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
+    enc = codec.ZstdEncoder(3, policy=policy, link_busy=lambda: (1.0, 10e6), restart_rate=lambda: restarts.append(1))
     data = compressible((policy.PROBE + 3) * RECORD)
     wire = enc.update(data) + enc.finish()
     assert policy.decision is True and "limit even compressed" in policy.why
@@ -212,7 +212,7 @@ def probed(share: float, wire_rate: float, *, c: float, d: float = 1e9, ratio: f
     """A policy after a compressed probe that saw these speeds; its decision."""
     p = codec.AutoPolicy()
     p.sample(100e6, ratio * 100e6, 100e6 / c, 100e6 / d)
-    return p.decide_compressed(None, (share, wire_rate), workers=1), p.why
+    return p.decide_compressed((share, wire_rate), workers=1), p.why
 
 
 def test_auto_reads_the_link_from_its_busy_share_while_compressing():
@@ -235,9 +235,9 @@ def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
     decide: the next RAW_PROBE records go raw, measured afresh (restart_rate), and the
     decision follows the formula."""
     policy = codec.AutoPolicy()
-    rates = iter([None, 10e6])          # compressed probe: not the limit; raw probe: a slow link
+    rates = iter([None, (1.0, 10e6)])   # compressed probe: not measured; raw probe: a slow link
     restarts = []
-    enc = codec.ZstdEncoder(3, workers=workers, policy=policy, link_rate=lambda: next(rates),
+    enc = codec.ZstdEncoder(3, workers=workers, policy=policy, link_busy=lambda: next(rates),
                             restart_rate=lambda: restarts.append(enc.content))
     data = compressible((policy.PROBE + policy.RAW_PROBE + 4) * RECORD)
     wire = b"".join(enc.update(data[i:i + RECORD // 3]) for i in range(0, len(data), RECORD // 3))
@@ -257,7 +257,7 @@ def test_auto_probes_the_link_raw_when_the_encoder_was_the_limit(workers):
 
 def test_auto_sends_raw_after_the_probes_when_compressing_does_not_pay():
     policy = codec.AutoPolicy()
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)   # the link was never the limit
+    enc = codec.ZstdEncoder(3, policy=policy)   # the link was never measured the limit
     data = compressible((policy.PROBE + policy.RAW_PROBE + 2) * RECORD)
     wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
     assert policy.decision is False and "never the limit" in policy.why
@@ -270,7 +270,7 @@ def test_auto_goes_raw_at_once_when_the_busy_share_shows_a_fast_link():
     """A link far faster than the compressors, seen while compressing: no raw probe."""
     policy = codec.AutoPolicy()
     restarts = []
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None, link_busy=lambda: (0.001, 10e6),
+    enc = codec.ZstdEncoder(3, policy=policy, link_busy=lambda: (0.001, 10e6),
                             restart_rate=lambda: restarts.append(enc.content))
     data = compressible((policy.PROBE + 3) * RECORD)
     wire = b"".join(enc.update(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)) + enc.finish()
@@ -287,7 +287,7 @@ def test_auto_revisits_its_decision_as_the_stream_changes():
     policy = codec.AutoPolicy()
     policy.EPOCH = 2
     restarts = []
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: 10e6, restart_rate=lambda: restarts.append(1))
+    enc = codec.ZstdEncoder(3, policy=policy, link_busy=lambda: (1.0, 10e6), restart_rate=lambda: restarts.append(1))
     text, noise = compressible(policy.PROBE * RECORD), os.urandom(4 * RECORD)
     more_text = compressible(6 * RECORD, seed=2)
     data = text + noise + more_text
@@ -303,7 +303,7 @@ def test_auto_revisits_its_decision_as_the_stream_changes():
 
 def test_auto_on_a_short_stream_says_where_it_ended():
     policy = codec.AutoPolicy()
-    enc = codec.ZstdEncoder(3, policy=policy, link_rate=lambda: None)
+    enc = codec.ZstdEncoder(3, policy=policy)
     wire = enc.update(compressible(3 * RECORD)) + enc.finish()
     assert policy.decision is None and "during the compressed probe" in policy.why
     assert record_kinds(wire) == [codec.KIND_ZSTD] * 3

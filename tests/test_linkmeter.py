@@ -6,7 +6,10 @@ import socket
 import threading
 import time
 
-from kadeploy.data.linkmeter import LINK_BOUND_SHARE, LinkMeter, counts
+from kadeploy.data.codec import AutoPolicy
+from kadeploy.data.linkmeter import LinkMeter, counts
+
+LINK_BOUND_SHARE = 1 / AutoPolicy.MARGIN
 
 
 def connected_pair():
@@ -49,7 +52,7 @@ def test_a_connection_held_back_by_its_receiver_is_the_limit_at_the_receivers_pa
     got0, t0 = got[0], time.monotonic()
     time.sleep(0.6)
     share, rate = meter.busiest()
-    link = meter.link_rate()
+    link = AutoPolicy.limit_rate((share, rate))
     read_rate = (got[0] - got0) / (time.monotonic() - t0)
     stop.set()
     sender.shutdown(socket.SHUT_WR)
@@ -69,7 +72,7 @@ def test_a_connection_that_mostly_waits_for_data_is_not_the_limit():
         sender.sendall(b"\0" * (64 << 10))
         time.sleep(0.025)
     share, rate = meter.busiest()
-    assert meter.link_rate() is None and share < LINK_BOUND_SHARE, share
+    assert AutoPolicy.limit_rate((share, rate)) is None and share < LINK_BOUND_SHARE, share
     assert 0 < rate < 20 * (64 << 10) / 0.4          # what was sent, over at least the sleeps
     sender.close()
     reading.join(10)
@@ -84,6 +87,6 @@ def test_closed_and_unmeasured_connections_are_left_out():
     late.append(socket.socket())          # not measured at restart(), and not connected
     sender.close()
     assert counts(sender) is None
-    assert meter.busiest() is None and meter.link_rate() is None
+    assert meter.busiest() is None and AutoPolicy.limit_rate(meter.busiest()) is None
     receiver.close()
     late[0].close()

@@ -182,20 +182,26 @@ class AutoPolicy:
         self.compress_seconds += compress_s
         self.decompress_seconds += decompress_s
 
-    def decide_compressed(self, link_rate: Optional[float],
-                          busy: Optional[Tuple[float, float]] = None, workers: int = 1) -> Optional[bool]:
-        """After the compressed probe. link_rate: compressed bytes/s the link took while
-        it was the limit (None: it was not). busy: (share of the time busy, wire bytes/s)
-        of the link over the probe. True/False when that decides; None: the raw probe
-        is to tell."""
+    @classmethod
+    def limit_rate(cls, busy: Optional[Tuple[float, float]]) -> Optional[float]:
+        """The wire bytes/s of a link busy busy[0] of the time at busy[1] bytes/s, when
+        that made it the limit (busy 1 / MARGIN of the time or more: the encoder could
+        have gone at most MARGIN times faster than it let it); None otherwise."""
+        return busy[1] if busy is not None and busy[0] >= 1 / cls.MARGIN else None
+
+    def decide_compressed(self, busy: Optional[Tuple[float, float]], workers: int = 1) -> Optional[bool]:
+        """After the compressed probe. busy: (share of the time busy, wire bytes/s) of
+        the link over the probe (kadeploy.data.linkmeter), None when not measured.
+        True/False when that decides; None: the raw probe is to tell."""
         ratio = self.ratio
+        link_rate = self.limit_rate(busy)
         if link_rate is not None and ratio < 1 / self.MARGIN:
             self._set(True, f"ratio {ratio:.2f}; the link ({link_rate / 1e6:.0f} MB/s of compressed "
                             "bytes) was the limit even compressed: compressing")
             return True
         fastest = min(self._speeds(workers))
         if busy is not None and busy[0] > 0 and busy[1] > 0:
-            link = busy[1] / busy[0]        # the link's rate, at least
+            link = busy[1] / busy[0]        # about the link's rate (see the class docstring)
             speeds = (f"ratio {ratio:.2f}, compress and decompress {fastest / 1e6:.0f} MB/s, link at least "
                       f"{link / 1e6:.0f} MB/s (busy {busy[0]:.0%} of the time)")
             if ratio >= 1 / self.MARGIN or fastest <= self.MARGIN * link:
@@ -238,17 +244,16 @@ class ZstdEncoder(Stage):
     releases the GIL), in order. With a policy (auto): the compressed probe, maybe the
     raw probe, then compressed or raw records as the policy decided. The link is
     measured from outside (kadeploy.data.linkmeter.LinkMeter): restart_rate() starts
-    a measure, link_rate() and link_busy() tell what it saw."""
+    a measure, link_busy() tells what it saw (AutoPolicy.decide_compressed)."""
     name = "zstd"
 
     def __init__(self, level: int = DEFAULT_LEVEL, *, workers: int = 1,
                  policy: Optional[AutoPolicy] = None,
-                 link_rate: Callable[[], Optional[float]] = lambda: None,
                  restart_rate: Callable[[], None] = lambda: None,
                  link_busy: Callable[[], Optional[Tuple[float, float]]] = lambda: None) -> None:
         self.zstd = _zstd()
         self.level, self.workers, self.policy = level, max(1, workers), policy
-        self.link_rate, self.restart_rate, self.link_busy = link_rate, restart_rate, link_busy
+        self.restart_rate, self.link_busy = restart_rate, link_busy
         self._buf = bytearray()
         self._pending: Deque = deque()
         self._pool = None
@@ -306,7 +311,7 @@ class ZstdEncoder(Stage):
             if not policy.recheck_compressing((self.wire - wire0) / (self.emitted - emitted0)):
                 self.restart_rate()
         elif policy.content:
-            policy.decide(self.link_rate(), self.workers)
+            policy.decide(policy.limit_rate(self.link_busy()), self.workers)
             if not policy.decision:
                 self.restart_rate()
         policy.restart()
@@ -333,7 +338,7 @@ class ZstdEncoder(Stage):
             self.raw_probed += 1
             self._pending.append((len(record), _raw(record)))
             if self.raw_probed == policy.RAW_PROBE:
-                policy.decide(self.link_rate(), self.workers)
+                policy.decide(policy.limit_rate(self.link_busy()), self.workers)
                 self._epoch = (self.emitted, self.wire)
                 if not policy.decision:
                     self.restart_rate()
@@ -357,7 +362,7 @@ class ZstdEncoder(Stage):
             self.restart_rate()
         if self._probe_open and self.sampled >= policy.PROBE:
             self._probe_open = False
-            decision = policy.decide_compressed(self.link_rate(), self.link_busy(), self.workers)
+            decision = policy.decide_compressed(self.link_busy(), self.workers)
             if decision is not True:     # the raw probe, or raw: the link is measured afresh
                 self.restart_rate()
             if decision is not None:
@@ -486,7 +491,6 @@ def default_workers() -> int:
 
 
 def encoder_stages(spec: Spec, *, workers: int = 1, policy: Optional[AutoPolicy] = None,
-                   link_rate: Callable[[], Optional[float]] = lambda: None,
                    restart_rate: Callable[[], None] = lambda: None,
                    link_busy: Callable[[], Optional[Tuple[float, float]]] = lambda: None) -> List[Stage]:
     """The server's stages for --compress `spec` (empty: the stream goes as it is)."""
@@ -494,7 +498,7 @@ def encoder_stages(spec: Spec, *, workers: int = 1, policy: Optional[AutoPolicy]
         return []
     if spec.name == AUTO:
         return [ZstdEncoder(DEFAULT_LEVEL, workers=workers, policy=policy or AutoPolicy(),
-                            link_rate=link_rate, restart_rate=restart_rate, link_busy=link_busy)]
+                            restart_rate=restart_rate, link_busy=link_busy)]
     return [ZstdEncoder(spec.level, workers=workers)]
 
 

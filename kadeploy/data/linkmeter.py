@@ -2,9 +2,9 @@
 kernel's own counts (TCP_INFO): the bytes each one had acknowledged, and how long it
 had data waiting to go or in flight (tcpi_busy_time).
 
-`--compress auto` asks two things of it (kadeploy.data.codec.AutoPolicy): was the
-link the limit (a connection busy nearly all the time), and at what rate did it take
-the stream then. Counting at the socket sees the link from the first byte: what the
+`--compress auto` learns two things from it (kadeploy.data.codec.AutoPolicy, which
+reads them): was the link the limit (a connection busy nearly all the time), and at
+what rate did it take the stream. Counting at the socket sees the link from the first byte: what the
 encoder's writes waited for could not, while the ~10 MiB of pipes and socket buffers
 up to the first node filled at memory speed whatever the link.
 
@@ -18,15 +18,10 @@ import struct
 import time
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from kadeploy.data.codec import AutoPolicy
-
 # struct tcp_info (linux/tcp.h): __u64 tcpi_bytes_acked at 120 (Linux 4.1),
 # __u64 tcpi_busy_time (microseconds) at 168 (Linux 4.10).
 _U64 = struct.Struct("=Q")
 _ACKED_AT, _BUSY_AT, _INFO_LEN = 120, 168, 176
-# Busy this share of the time or more: the link (or what lies behind it) set the pace,
-# and the encoder could have gone MARGIN times faster than it let it.
-LINK_BOUND_SHARE = 1 / AutoPolicy.MARGIN
 
 
 def counts(sock: socket.socket) -> Optional[Tuple[int, float]]:
@@ -42,8 +37,8 @@ def counts(sock: socket.socket) -> Optional[Tuple[int, float]]:
 
 
 class LinkMeter:
-    """The rate of the busiest of `sockets()` since restart(), when it was busy enough
-    to be the limit (see the module's docstring)."""
+    """How busy the busiest of `sockets()` was since restart(), and at what rate (see
+    the module's docstring)."""
 
     def __init__(self, sockets: Callable[[], Iterable[socket.socket]],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -74,10 +69,3 @@ class LinkMeter:
             if best is None or share > best[0]:
                 best = (share, rate)
         return best
-
-    def link_rate(self) -> Optional[float]:
-        """Wire bytes/s the link took while it was the limit; None when it was not."""
-        best = self.busiest()
-        if best is None or best[0] < LINK_BOUND_SHARE:
-            return None
-        return best[1]

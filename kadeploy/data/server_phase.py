@@ -211,8 +211,7 @@ class ServerDataPhase:
         """The relay's source: the producer itself, or the encoder's pipe."""
         meter = LinkMeter(lambda: getattr(self, "_first_level", {}).values())
         stages = codec.encoder_stages(self.compress, workers=codec.default_workers(),
-                                      link_rate=meter.link_rate, restart_rate=meter.restart,
-                                      link_busy=meter.busiest)
+                                      restart_rate=meter.restart, link_busy=meter.busiest)
         stages += encrypt_stage.encoders(self.stream_key)   # compress, then encrypt
         if not stages:
             return producer_fd
