@@ -4,9 +4,11 @@ nodes first, the server once they listen), with --verbose; their log lines place
 time against the server's exec.
 
     .venv/bin/python bench/deploy_timeline.py [--nodes 2] [--rate 1gbit] [--size 512M] [--rounds 3]
+                                              [--start receivers-first|sender-first]
 
 --nodes counts the server, as `kadeploy bench --nodes` does. Prints each round's wall
-clock (the server's exec to the last node's exit, the bench's measure), the server's
+clock (the server's exec to the last node's exit, the bench's measure; with --start
+sender-first the server starts first and the clock runs from the nodes' start), the server's
 report seconds, and the log lines with their milliseconds. Needs root.
 """
 from __future__ import annotations
@@ -43,22 +45,34 @@ def events(path: str, who: str, t0: float):
     return out
 
 
-def one_round(cluster, n: int, size: str, workdir: str) -> None:
+def _wait_listening(proc, port: int) -> None:
+    while not execute._listening(proc.pid, port):
+        if proc.poll() is not None:
+            raise RuntimeError("a process exited before it listened")
+        time.sleep(0.005)
+
+
+def one_round(cluster, n: int, size: str, workdir: str, sender_first: bool) -> None:
     env = execute._env()
     runner = lambda i, argv: cluster.popen(i, execute.RUNNER + [f"{workdir}/n{i}.json", f"{workdir}/n{i}.log",  # noqa: E731
                                                                 "--", *argv], env=env)
-    clients = [runner(i, KD + ["client", "-h", SERVER_ADDR, "--discard", "--verbose"]) for i in range(1, n)]
-    for proc in clients:
-        while not execute._listening(proc.pid, defaults.DATA_PORT):
-            if proc.poll() is not None:
-                raise RuntimeError("a node exited before it listened")
-            time.sleep(0.005)
-    server = runner(0, KD + ["server", "-n", str(n - 1), "--synthetic", size,
-                             "--report", f"{workdir}/r.json", "--verbose"])
+    start_clients = lambda: [runner(i, KD + ["client", "-h", SERVER_ADDR, "--discard", "--verbose"])  # noqa: E731
+                             for i in range(1, n)]
+    start_server = lambda: runner(0, KD + ["server", "-n", str(n - 1), "--synthetic", size,  # noqa: E731
+                                           "--report", f"{workdir}/r.json", "--verbose"])
+    if sender_first:
+        server = start_server()
+        _wait_listening(server, defaults.CONTROL_PORT)
+        clients = start_clients()
+    else:
+        clients = start_clients()
+        for proc in clients:
+            _wait_listening(proc, defaults.DATA_PORT)
+        server = start_server()
     for proc in [*clients, server]:
         proc.wait(300)
     records = [json.load(open(f"{workdir}/n{i}.json")) for i in range(n)]
-    t0 = records[0]["start"]
+    t0 = min(r["start"] for r in records[1:]) if sender_first else records[0]["start"]
     report = json.load(open(f"{workdir}/r.json"))
     print(f"wall {max(r['end'] for r in records[1:]) - t0:.3f} s, report seconds {report['seconds']:.3f}")
     lines = events(f"{workdir}/n0.log", "server", t0)
@@ -75,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", default="1gbit")
     ap.add_argument("--size", default="512M")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--start", choices=("receivers-first", "sender-first"), default="receivers-first",
+                    help="as kadeploy bench --start: the clock runs from the start of the side started last")
     args = ap.parse_args(argv)
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
@@ -82,7 +98,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             print(f"round {r + 1}:", end=" ")
             with tempfile.TemporaryDirectory(prefix="kd-timeline-") as workdir:
-                one_round(cluster, args.nodes, args.size, workdir)
+                one_round(cluster, args.nodes, args.size, workdir, args.start == "sender-first")
     return 0
 
 

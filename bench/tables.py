@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 from kadeploy.lab.benchlib.output import aggregate, ratios
 
 CONFIG = [("rate_mbit", "Mbit/s"), ("method", "method"), ("n", "N"), ("arity", "arity"), ("buffer_size", "buffer"),
-          ("backend", "backend"), ("integrity", "integrity"), ("compress", "compress")]
+          ("backend", "backend"), ("integrity", "integrity"), ("compress", "compress"), ("start", "first")]
 
 
 def _value(field: str, text: str):
@@ -33,7 +33,7 @@ def _value(field: str, text: str):
         return None
     if field in ("ok", "integrity"):
         return text == "True"
-    if field in ("method", "backend", "backend_used", "error", "compress", "compression"):
+    if field in ("method", "backend", "backend_used", "error", "compress", "compression", "start"):
         return text
     number = float(text)
     return int(number) if field in ("n", "arity", "buffer_size", "size", "repeat") else number
@@ -43,7 +43,8 @@ def read_runs(path: str) -> List[Dict]:
     with open(path, newline="") as f:
         rows = [{k: _value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
     for row in rows:
-        row.setdefault("integrity", None)   # older sweeps had no such column
+        row.setdefault("integrity", None)   # older sweeps had no such columns
+        row.setdefault("start", None)
     return rows
 
 
@@ -68,6 +69,9 @@ def _config(field: str, v) -> str:
         return f"{v >> 20}M" if v >= 1 << 20 else f"{v >> 10}K"
     if field == "integrity":
         return "on" if v else "off (--no-verify --no-repair)"
+    if field == "start":
+        return {"sender-first": "sender (clock from the receivers' start)",
+                "receivers-first": "receivers (clock from the sender's start)"}[v]
     return str(v)
 
 
@@ -77,7 +81,7 @@ def markdown(summary: List[Dict]) -> str:
         "runs ok", "wall s", "stream s", "% of link (wall)", "% of link (stream)",
         "CPU s/GB per receiver", "CPU s/GB sender"]
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join("---" if f in ("method", "backend", "integrity", "compress") else "---:"
+             "|" + "|".join("---" if f in ("method", "backend", "integrity", "compress", "start") else "---:"
                             for f, _ in shown) + "|---:" * 7 + "|"]
     for s in summary:
         cells = [_config(f, s.get(f)) for f, _ in shown] + [
@@ -93,10 +97,14 @@ def ratio_markdown(summary: List[Dict]) -> str:
     """kadeploy (arity 1, 1 MiB buffer, backend auto: the bench's reference) against
     each baseline at the same N, by the wall clock and by CPU per receiver."""
     reference = {"arity": 1, "buffer_size": 1 << 20, "backend": "auto"}
-    lines = ["| N | baseline | time kadeploy / baseline (wall) | CPU per receiver kadeploy / baseline |",
-             "|---:|---|---:|---:|"]
-    for r in ratios(summary, reference):
-        lines.append(f"| {r['n']} | {r['baseline']} | {_num(r['time_ratio'], '.2f')} | "
+    rows = ratios(summary, reference)
+    starts = len({r["start"] for r in rows}) > 1
+    lines = ["| N | " + ("first | " if starts else "") + "baseline | time kadeploy / baseline (wall) | "
+             "CPU per receiver kadeploy / baseline |",
+             "|---:|" + ("---|" if starts else "") + "---|---:|---:|"]
+    for r in rows:
+        first = f"{_config('start', r['start']).split(' ')[0]} | " if starts else ""
+        lines.append(f"| {r['n']} | {first}{r['baseline']} | {_num(r['time_ratio'], '.2f')} | "
                      f"{_num(r['cpu_client_ratio'], '.2f')} |")
     return "\n".join(lines)
 

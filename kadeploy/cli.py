@@ -7,7 +7,7 @@ documented exit status (kadeploy.errors), never a traceback.
 """
 from __future__ import annotations
 
-import asyncio
+from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
 import logging
 import os
 import sys
@@ -194,12 +194,12 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
-    from kadeploy.control.discovery import check_session_name
     from kadeploy.control.server import ServerConfig, exit_status, serve
     from kadeploy.data.commands import DEFAULT_PRODUCER
 
     setup_logging("ka-d-server", quiet, verbose)
     if session is not None:
+        from kadeploy.control.discovery import check_session_name
         check_session_name(session)
     check_backend(relay_backend)
     producer = synthetic.server_producer(producer)

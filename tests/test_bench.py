@@ -77,6 +77,9 @@ def test_missing_baseline_tool_names_the_package(monkeypatch, capsys):
     (["--methods", "kadeploy,carrier-pigeon"], "carrier-pigeon"),
     (["--rate", "fast"], "bad rate"),
     (["--size", "lots"], "is not a size"),
+    (["--start", "whenever"], "whenever"),
+    (["--start", "sender-first", "--methods", "kadeploy,star"],
+     "--start sender-first: only diy and kadeploy can start their sender first (leave star out"),
 ])
 def test_bad_lists_are_usage_errors(args, fragment, capsys):
     status, err = run_kadeploy(["bench", *args], capsys)
@@ -128,6 +131,18 @@ def test_aggregate_and_ratios():
     assert ratios[0]["cpu_client_ratio"] == pytest.approx(0.5)
 
 
+def test_ratios_pair_each_start_with_its_own():
+    """A sweep of both starts compares kadeploy with the baseline started the same way."""
+    rows = []
+    for start, kd_wall in (("receivers-first", 2.0), ("sender-first", 3.0)):
+        for r in fake_rows():
+            if r["n"] == 2:
+                rows.append(dict(r, start=start, wall_s=kd_wall if r["method"] == "kadeploy" else 4.0))
+    ratios = output.ratios(output.aggregate(rows), {"arity": 1, "buffer_size": 1 << 20, "backend": "auto"})
+    assert sorted((r["start"], r["time_ratio"]) for r in ratios) == [
+        ("receivers-first", 0.5), ("sender-first", 0.75)]
+
+
 def test_plots_are_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     summary = output.aggregate(fake_rows())
@@ -165,6 +180,30 @@ def test_tiny_sweep_writes_csv_json_png(tmp_path):
     for name in ("time_vs_n.png", "cpu_per_gb.png"):      # matplotlib is in the bench extra
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert not [n for n in vc._netns_list() if n.startswith("kdbench-")]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("method", ["kadeploy", "diy"])
+def test_each_start_order_starts_its_side_first_and_clocks_the_other(vcluster, tmp_path, method):
+    """receivers-first: the sender starts once the receivers listen, timed from its
+    start; sender-first: the receivers start once the sender listens (a DIY sender
+    retries), timed from the first receiver's start. Read off the runners' records."""
+    from kadeploy.lab.benchlib import execute
+    cluster = vcluster(3, prefix="kdbst", rate="1gbit", ipv6=False)
+    for start in methods.STARTS:
+        work = tmp_path / start
+        row = execute.run(cluster, methods.Experiment(method, 3, 4 << 20, backend="copy", start=start),
+                          10 ** 9, str(work))
+        assert row["ok"], row["error"]
+        assert row["start"] == start
+        sender, *receivers = [json.loads((work / f"node{i}.json").read_text()) for i in range(3)]
+        last_end = max(r["end"] for r in receivers)
+        if start == "sender-first":
+            assert sender["start"] < min(r["start"] for r in receivers)
+            assert row["wall_s"] == pytest.approx(last_end - min(r["start"] for r in receivers))
+        else:
+            assert sender["start"] > max(r["start"] for r in receivers)
+            assert row["wall_s"] == pytest.approx(last_end - sender["start"])
 
 
 @pytest.mark.netns
@@ -232,10 +271,12 @@ def test_node_threads_diagnostic_at_smoke_size():
 
 
 @pytest.mark.netns
-def test_deploy_timeline_diagnostic_at_smoke_size():
+@pytest.mark.parametrize("start", methods.STARTS)
+def test_deploy_timeline_diagnostic_at_smoke_size(start):
     """bench/deploy_timeline.py still runs a deployment and places its log lines in time."""
     p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "deploy_timeline.py"), "--size", "8M",
-                        "--rounds", "1", "--rate", "200mbit"], capture_output=True, text=True, timeout=300, env=ENV)
+                        "--rounds", "1", "--rate", "200mbit", "--start", start],
+                       capture_output=True, text=True, timeout=300, env=ENV)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "round 1: wall " in p.stdout and "registered vm" in p.stdout and "node1   (exit)" in p.stdout
 

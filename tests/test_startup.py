@@ -40,6 +40,54 @@ def test_client_registration_path_imports_no_data_plane():
     assert not loaded & set(DATA_PLANE), sorted(loaded & set(DATA_PLANE))
 
 
+# Loaded by neither command until a deployment asks for them: TLS (asyncio's, which
+# kadeploy never uses), the report (built once the nodes are released), the netboot
+# kit's boot states, discovery, an install's job.
+NOT_AT_START = ("ssl", "_ssl", "kadeploy.view.report", "kadeploy.netboot.progress",
+                "kadeploy.control.discovery", "kadeploy.install.job")
+
+
+@pytest.mark.parametrize("command", ["kadeploy.control.server", "kadeploy.control.client"])
+def test_start_up_loads_no_tls_and_nothing_a_deployment_did_not_ask_for(command):
+    code = f"import sys, kadeploy.cli, {command}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert "asyncio" in loaded
+    assert not loaded & set(NOT_AT_START), sorted(loaded & set(NOT_AT_START))
+
+
+def test_asyncio_without_tls_still_runs_and_ssl_still_imports():
+    """asyncio, imported with ssl hidden, serves a real connection; `import ssl` then
+    works as ever (only asyncio's own TLS is off)."""
+    code = """
+import sys
+from kadeploy.asyncio_without_tls import asyncio
+assert "ssl" not in sys.modules
+async def main():
+    async def echo(r, w):
+        w.write(await r.readexactly(5)); await w.drain(); w.close()
+    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+    w.write(b"hello"); await w.drain()
+    got = await r.readexactly(5)
+    w.close(); srv.close()
+    return got
+assert asyncio.run(main()) == b"hello"
+import ssl
+assert ssl.create_default_context().check_hostname
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_asyncio_already_loaded_is_left_as_it_is():
+    code = ("import asyncio, sys; from kadeploy.asyncio_without_tls import asyncio as a; "
+            "assert a is asyncio and 'ssl' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("keyed", [False, True])
 def test_startup_measurement_sees_the_registration_and_the_refusal(tmp_path, keyed):
     key = b"k" * 32 if keyed else None

@@ -33,7 +33,6 @@ from kadeploy.defaults import (
     LATE_CHILD_GRACE,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KadeployError, NotJoined
-from kadeploy.install.job import InstallJob
 from kadeploy.version import SOFTWARE
 
 # The data plane (relay, digests, consumer, progress bar) is imported once the node is
@@ -232,7 +231,10 @@ class Client:
         link = ServerLink(ch, place.stall_timeout, verifier)
         link.bar = ClientBar(_Received(lambda: link.received()),
                              f"node {place.position}/{place.n_nodes}", enabled=cfg.progress_bar)
-        job = InstallJob(place.install, cfg.disk, cfg.force) if cfg.install else None
+        job = None
+        if cfg.install:   # only then: the install modules cost a node's start 4-6 ms
+            from kadeploy.install.job import InstallJob
+            job = InstallJob(place.install, cfg.disk, cfg.force)
         if job is not None:
             self.cfg = replace(cfg, consumer=job.consumer())
         link.start()

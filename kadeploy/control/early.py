@@ -4,8 +4,8 @@ A node is registered once the server has its Hello (with a key, once it has our
 answer to its Challenge too), and all that needs is known from a few options. So for
 a command line made only of the options in OPTIONS, the client checks them, binds its
 data listener, connects and sends its Hello with blocking sockets and next to no
-imports; with a key it then checks the server's proof and sends its own (hashlib, hmac
-and secrets: kadeploy.core.proofs). click, asyncio and the protocol module are loaded
+imports; with a key it then checks the server's proof and sends its own (hashlib and
+hmac: kadeploy.core.proofs). click, asyncio and the protocol module are loaded
 afterwards, while the server waits for the other nodes, and the normal command
 (kadeploy.cli, kadeploy.control.client) takes over both sockets through take(); it
 holds what was sent to what the protocol and the handshake would have sent.

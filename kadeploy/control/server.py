@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from kadeploy import relay as relay_mod
 from kadeploy.control import auth
@@ -51,7 +51,6 @@ from kadeploy.defaults import (
     STALL_TIMEOUT,
 )
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
-from kadeploy.netboot.progress import BootStates
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
     NodeView,
@@ -60,7 +59,9 @@ from kadeploy.view.progress import (
     human_bytes,
     human_rate,
 )
-from kadeploy.view.report import NodeReport, Report
+
+if TYPE_CHECKING:
+    from kadeploy.view.report import Report
 
 log = logging.getLogger("kadeploy.server")
 
@@ -119,7 +120,10 @@ class Server:
         self.healer = Healer(config, self.nodes)
         self.phase: Optional[ServerDataPhase] = None
         self.algorithm = default_algorithm(config.key is not None) if config.verify else None
-        self.boot_states = BootStates(config.boot_states, log) if config.boot_states else None
+        self.boot_states = None
+        if config.boot_states:   # only then: the netboot kit's module
+            from kadeploy.netboot.progress import BootStates
+            self.boot_states = BootStates(config.boot_states, log)
 
     # ------------------------------------------------------------------- run
 
@@ -330,6 +334,9 @@ class Server:
         return header, rows
 
     def _report(self, seconds: float) -> Report:
+        # Imported once the nodes are released (_finish), off every deployment's wall
+        # clock: the report and its file writing cost the server's start 10-20 ms.
+        from kadeploy.view.report import NodeReport, Report
         if self.cfg.install:   # only then: the install modules cost the server's start 9 ms
             from kadeploy.install.serve import install_gap, reported_steps
         rows = []

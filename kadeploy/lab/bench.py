@@ -32,7 +32,7 @@ import click
 from kadeploy import defaults
 from kadeploy.errors import EXIT_USAGE, KadeployError
 from kadeploy.lab.benchlib import execute, output
-from kadeploy.lab.benchlib.methods import METHODS, NEEDS, Experiment
+from kadeploy.lab.benchlib.methods import METHODS, NEEDS, SENDER_FIRST, STARTS, Experiment
 from kadeploy.lab.benchlib.progress import Progress
 from kadeploy.options import (
     CONTEXT,
@@ -146,19 +146,21 @@ def check_prerequisites(methods: List[str], delay, loss) -> None:
 
 
 def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
-               integrity=(True,), compress=("none",), source=None) -> List[Experiment]:
+               integrity=(True,), compress=("none",), source=None,
+               starts=("receivers-first",)) -> List[Experiment]:
     """Every repeat runs every configuration once, N by N, methods interleaved, so
     that background noise spreads over all of them."""
     out = []
     for r in range(1, repeat + 1):
         for n in nodes:
-            for m in methods:
-                if m == "kadeploy":
-                    out += [Experiment("kadeploy", n, size, a, b, be, r, i, c, source)
-                            for a in arities for b in buffers for be in backends
-                            for i in integrity for c in compress]
-                else:
-                    out.append(Experiment(m, n, size, repeat=r, source=source))
+            for st in starts:
+                for m in methods:
+                    if m == "kadeploy":
+                        out += [Experiment("kadeploy", n, size, a, b, be, r, i, c, source, st)
+                                for a in arities for b in buffers for be in backends
+                                for i in integrity for c in compress]
+                    else:
+                        out.append(Experiment(m, n, size, repeat=r, source=source, start=st))
     return out
 
 
@@ -180,6 +182,12 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="kadeploy --compress values to sweep (none, zstd, zstd:LEVEL, auto).")
 @click.option("--source", type=click.Path(file_okay=False, exists=True), default=None,
               help="Stream a tar of this directory (every method alike) instead of --size zero bytes.")
+@click.option("--start", "starts", default=STARTS[0], show_default=True,
+              callback=choice_list(list(STARTS)),
+              help="Which side starts first, the clock running from the other's start: "
+                   "receivers-first (the sender once they listen) or sender-first (the "
+                   "receivers once it listens, as a server waits for its nodes); kadeploy "
+                   "and diy only for sender-first.")
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               callback=choice_list(list(METHODS)),
               help="Methods to run: kadeploy and the baselines diy, star, udpcast.")
@@ -198,11 +206,16 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="Directory for results.csv, results.json and the plots. [default: ./bench-DATE-TIME]")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the PNG plots.")
-def bench_command(nodes, arities, buffers, backends, integrity, compress, source, methods, rates,
-                  delay, loss, size, repeat, timeout, outdir, plain, no_plots):
+def bench_command(nodes, arities, buffers, backends, integrity, compress, source, starts, methods,
+                  rates, delay, loss, size, repeat, timeout, outdir, plain, no_plots):
     """Measure deployments on a virtual cluster of network namespaces: time vs N,
     throughput vs link rate, CPU per GB per node, for kadeploy (per arity, buffer
     size and relay backend) and for a DIY socat chain, a star and udpcast. Needs root."""
+    if "sender-first" in starts and set(methods) - SENDER_FIRST:
+        raise KadeployError("--start sender-first: only " + " and ".join(sorted(SENDER_FIRST))
+                            + " can start their sender first (leave "
+                            + ", ".join(sorted(set(methods) - SENDER_FIRST)) + " out of --methods)",
+                            exit_code=EXIT_USAGE)
     check_prerequisites(methods, delay, loss)
     if "kadeploy" in methods:
         for b in backends:
@@ -213,7 +226,7 @@ def bench_command(nodes, arities, buffers, backends, integrity, compress, source
     outdir = outdir or f"bench-{started:%Y%m%d-%H%M%S}"
     os.makedirs(outdir, exist_ok=True)
     experiments = plan_sweep(nodes, arities, buffers, backends, methods, size, repeat, integrity,
-                             compress, source)
+                             compress, source, starts)
     reference = {"arity": arities[0], "buffer_size": buffers[0], "backend": backends[0],
                  "integrity": integrity[0], "compress": compress[0]}
     rows = run_sweep(experiments, rates, delay, loss, timeout, plain, outdir)

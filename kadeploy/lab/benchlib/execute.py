@@ -1,10 +1,13 @@
 """One experiment on a virtual cluster, measured.
 
-The receivers start first; once each listens (its TCP port shows in its own
-namespace's /proc/PID/net/tcp6 or tcp), node 0's sender starts. Wall time runs from
-the sender's start to the last receiver's exit, the same for every method. For
-kadeploy the server's report also gives the deployment proper (placement to the last
-verdict), without interpreter start-up and registration.
+Receivers first (the default): once each receiver listens (its TCP port shows in its
+own namespace's /proc/PID/net/tcp6 or tcp), node 0's sender starts, and the wall time
+runs from the sender's start to the last receiver's exit. Sender first, as a
+deployment runs: node 0 starts, once it listens (a DIY sender retries instead) the
+receivers start, and the wall time runs from the first receiver's start to the last
+one's exit. Either way the clock starts with the side started last, the same for
+every method. For kadeploy the server's report also gives the deployment proper
+(placement to the last verdict), without interpreter start-up and registration.
 """
 from __future__ import annotations
 
@@ -57,6 +60,22 @@ def _wait_listening(procs, ports: Dict[int, int], deadline: float) -> Optional[s
     return None
 
 
+def _wait_started(proc, deadline: float) -> Optional[str]:
+    """Wait until the runner ``proc`` has started its command (it has a child)."""
+    while True:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                if f.read().split():
+                    return None
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            return "node 0 exited before it started"
+        if time.monotonic() > deadline:
+            return "node 0 did not start in time"
+        time.sleep(0.002)
+
+
 def _read_json(path: str) -> Optional[dict]:
     try:
         with open(path) as f:
@@ -81,11 +100,19 @@ def run(cluster, e: Experiment, rate_bits: Optional[int], workdir: str,
         procs[i] = cluster.popen(i, argv, env=env)
 
     try:
-        for i in range(e.n - 1, 0, -1):
+        first, then = ([0], range(e.n - 1, 0, -1)) if e.start == "sender-first" else \
+            (range(e.n - 1, 0, -1), [0])
+        for i in first:
             start(i)
-        error = _wait_listening(procs, p.listen_ports, time.monotonic() + 60)
+        if e.start != "sender-first":
+            error = _wait_listening(procs, p.listen_ports, time.monotonic() + 60)
+        elif p.sender_port:
+            error = _wait_listening(procs, {0: p.sender_port}, time.monotonic() + 60)
+        else:   # a sender that retries its connections (DIY): once it runs
+            error = _wait_started(procs[0], time.monotonic() + 60)
         if error is None:
-            start(0)
+            for i in then:
+                start(i)
             for i in sorted(procs):
                 left = deadline - time.monotonic()
                 try:
@@ -118,7 +145,7 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
            "backend": e.backend if e.method == "kadeploy" else None,
            "integrity": e.integrity if e.method == "kadeploy" else None,
            "compress": e.compress if e.method == "kadeploy" else None,
-           "size": e.size, "repeat": e.repeat}
+           "start": e.start, "size": e.size, "repeat": e.repeat}
     if error is None and any(n is None for n in nodes):
         error = "a node left no record"
     if error is None:
@@ -142,7 +169,8 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
             row["compression"] = rep.get("compression")
     wall_s = None
     if all(n is not None for n in nodes):
-        wall_s = max(n["end"] for n in nodes[1:]) - nodes[0]["start"]
+        clock = min(n["start"] for n in nodes[1:]) if e.start == "sender-first" else nodes[0]["start"]
+        wall_s = max(n["end"] for n in nodes[1:]) - clock
     cpu = [None if n is None else n["utime"] + n["stime"] for n in nodes]
     clients = [c for c in cpu[1:] if c is not None]
     gb = e.size / GB

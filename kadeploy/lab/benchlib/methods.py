@@ -24,6 +24,12 @@ from kadeploy import defaults
 from kadeploy.data.synthetic import synthetic_producer
 
 METHODS = ("kadeploy", "diy", "star", "udpcast")
+# Which side starts first (the clock runs from the start of the other side):
+# receivers-first, the receivers once listening, then the sender, timed from the
+# sender's start; sender-first, as a deployment runs (a server waits, then its nodes
+# boot), the sender once listening, then the receivers, timed from their start.
+STARTS = ("receivers-first", "sender-first")
+SENDER_FIRST = {"kadeploy", "diy"}   # the star and udpcast senders need their receivers up
 # Debian packages each baseline needs, and the command that proves it is there.
 NEEDS = {"diy": ("socat", "socat"), "star": ("socat", "socat"),
          "udpcast": ("udp-sender", "udpcast")}
@@ -46,6 +52,7 @@ class Experiment:
     integrity: bool = True         # kadeploy's digests and repair window (off: --no-verify --no-repair)
     compress: str = "none"         # kadeploy's --compress
     source: Optional[str] = None   # a directory streamed as tar (None: `size` synthetic zero bytes)
+    start: str = "receivers-first"   # one of STARTS
 
     @property
     def receivers(self) -> int:
@@ -55,15 +62,20 @@ class Experiment:
         if self.method == "kadeploy":
             return (f"kadeploy N={self.n} a={self.arity} buf={self.buffer_size >> 10}K "
                     f"{self.backend}{'' if self.integrity else ' no-verify'}"
-                    f"{'' if self.compress == 'none' else ' ' + self.compress} #{self.repeat}")
-        return f"{self.method} N={self.n} #{self.repeat}"
+                    f"{'' if self.compress == 'none' else ' ' + self.compress}{self._start()} #{self.repeat}")
+        return f"{self.method} N={self.n}{self._start()} #{self.repeat}"
+
+    def _start(self) -> str:
+        return "" if self.start == "receivers-first" else " " + self.start
 
 
 @dataclass
 class Plan:
-    """Shell commands per node; node 0's is started last, once the others listen."""
+    """Shell commands per node; node 0's starts last, once the others listen, or first
+    (Experiment.start)."""
     commands: Dict[int, str]
     listen_ports: Dict[int, int] = field(default_factory=dict)
+    sender_port: Optional[int] = None       # node 0 listens there when it starts first
     report_file: Optional[str] = None       # kadeploy's JSON report
     check_bytes: bool = False               # the receivers' logs end with dd's count
 
@@ -91,7 +103,8 @@ def kadeploy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan
                                 *([] if e.integrity else ["--no-verify", "--no-repair"])])}
     for i in range(1, e.n):
         cmds[i] = shlex.join(kd + ["client", "-h", SERVER_ADDR, "--discard", *common])
-    return Plan(cmds, {i: defaults.DATA_PORT for i in range(1, e.n)}, report_file=report)
+    return Plan(cmds, {i: defaults.DATA_PORT for i in range(1, e.n)}, report_file=report,
+                sender_port=defaults.CONTROL_PORT)
 
 
 def _socat_listen(port: int) -> str:
@@ -99,7 +112,7 @@ def _socat_listen(port: int) -> str:
 
 
 def _socat_send(i: int, port: int) -> str:
-    return f"socat -u -b {SOCAT_BUFFER} STDIN TCP:{addr(i)}:{port},retry=600,interval=0.05"
+    return f"socat -u -b {SOCAT_BUFFER} STDIN TCP:{addr(i)}:{port},retry=12000,interval=0.005"
 
 
 def diy_plan(e: Experiment, workdir: str, rate_bits: Optional[int]) -> Plan:

@@ -6,7 +6,7 @@ import json
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity", "compress")
+KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity", "compress", "start")
 CSV_FIELDS = [*KEY, "size", "repeat", "ok", "wall_s", "stream_s", "throughput_mbit",
               "stream_mbit", "link_fraction", "stream_link_fraction", "cpu_server_s",
               "cpu_client_mean_s", "cpu_client_max_s", "cpu_total_s", "cpu_per_gb_server",
@@ -39,17 +39,17 @@ def aggregate(rows: Sequence[dict]) -> List[dict]:
 
 
 def ratios(summary: Sequence[dict], reference: dict) -> List[dict]:
-    """kadeploy (the reference configuration) against each baseline, same rate and N:
-    time ratio (< 1: kadeploy faster) and client CPU per GB ratio (< 1: cheaper)."""
-    ref = {(s["rate_mbit"], s["n"]): s for s in summary if s["method"] == "kadeploy"
+    """kadeploy (the reference configuration) against each baseline, same rate, N and
+    start: time ratio (< 1: kadeploy faster) and client CPU per GB ratio (< 1: cheaper)."""
+    ref = {(s["rate_mbit"], s["n"], s.get("start")): s for s in summary if s["method"] == "kadeploy"
            and all(s[k] == v for k, v in reference.items())}
     out = []
     for s in summary:
-        k = (s["rate_mbit"], s["n"])
+        k = (s["rate_mbit"], s["n"], s.get("start"))
         if s["method"] == "kadeploy" or k not in ref:
             continue
         kd = ref[k]
-        out.append({"rate_mbit": k[0], "n": k[1], "baseline": s["method"],
+        out.append({"rate_mbit": k[0], "n": k[1], "start": k[2], "baseline": s["method"],
                     "time_ratio": _div(kd["wall_s"], s["wall_s"]),
                     "cpu_client_ratio": _div(kd["cpu_per_gb_client"], s["cpu_per_gb_client"]),
                     "cpu_server_ratio": _div(kd["cpu_per_gb_server"], s["cpu_per_gb_server"])})
@@ -79,12 +79,13 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(summary: Sequence[dict]) -> str:
-    head = ("rate", "method", "N", "a", "buf", "backend", "verify", "ok", "wall s", "stream s",
-            "link %", "CPU s/GB client", "CPU s/GB server")
+    head = ("rate", "method", "N", "first", "a", "buf", "backend", "verify", "ok", "wall s",
+            "stream s", "link %", "CPU s/GB client", "CPU s/GB server")
     lines = [head]
     for s in summary:
         lines.append((
-            _fmt(s["rate_mbit"], ".0f"), s["method"], str(s["n"]), _fmt(s["arity"], "d"),
+            _fmt(s["rate_mbit"], ".0f"), s["method"], str(s["n"]),
+            {"sender-first": "sender"}.get(s.get("start"), "receivers"), _fmt(s["arity"], "d"),
             "-" if s["buffer_size"] is None else f"{s['buffer_size'] >> 10}K",
             s["backend"] or "-", {True: "on", False: "off", None: "-"}[s.get("integrity")],
             f"{s['ok_runs']}/{s['runs']}",
@@ -130,14 +131,14 @@ def _time_vs_n(ax, summary, reference) -> bool:
     series: Dict[Tuple, List[dict]] = {}
     for s in summary:
         if _is_ref(s, reference) and s["wall_s"] is not None:
-            series.setdefault((s["method"], s["rate_mbit"]), []).append(s)
+            series.setdefault((s["method"], s["rate_mbit"], s.get("start") or ""), []).append(s)
     if not series or max(len(v) for v in series.values()) < 2:
         return False
-    for (method, rate), pts in sorted(series.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
+    for (method, rate, start), pts in sorted(series.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0, kv[0][2])):
         pts.sort(key=lambda s: s["n"])
         ax.plot([p["n"] for p in pts], [p["wall_s"] for p in pts], marker="o",
-                label=f"{method}, {_rate_label(rate)}")
-        if method == "kadeploy" and all(p["stream_s"] for p in pts):
+                label=f"{method}, {_rate_label(rate)}" + (", sender first" if start == "sender-first" else ""))
+        if method == "kadeploy" and start != "sender-first" and all(p["stream_s"] for p in pts):
             ax.plot([p["n"] for p in pts], [p["stream_s"] for p in pts], marker=".",
                     linestyle="--", label=f"kadeploy (report), {_rate_label(rate)}")
     return _label(ax, "nodes N (server included)", "wall time, s",
