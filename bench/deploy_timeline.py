@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kadeploy import defaults  # noqa: E402
 from kadeploy.lab.benchlib import execute  # noqa: E402
-from kadeploy.lab.benchlib.methods import SERVER_ADDR  # noqa: E402
+from kadeploy.lab.benchlib.methods import SERVER_ADDR, STARTS  # noqa: E402
 from kadeploy.lab.vcluster import VirtualCluster  # noqa: E402
 
 KD = [sys.executable, "-m", "kadeploy"]
@@ -45,11 +45,10 @@ def events(path: str, who: str, t0: float):
     return out
 
 
-def _wait_listening(proc, port: int) -> None:
-    while not execute._listening(proc.pid, port):
-        if proc.poll() is not None:
-            raise RuntimeError("a process exited before it listened")
-        time.sleep(0.005)
+def _wait_listening(procs: dict, port: int) -> None:
+    error = execute._wait_listening(procs, {i: port for i in procs}, time.monotonic() + 60)
+    if error is not None:
+        raise RuntimeError(error)
 
 
 def one_round(cluster, n: int, size: str, workdir: str, sender_first: bool) -> None:
@@ -62,12 +61,11 @@ def one_round(cluster, n: int, size: str, workdir: str, sender_first: bool) -> N
                                            "--report", f"{workdir}/r.json", "--verbose"])
     if sender_first:
         server = start_server()
-        _wait_listening(server, defaults.CONTROL_PORT)
+        _wait_listening({0: server}, defaults.CONTROL_PORT)
         clients = start_clients()
     else:
         clients = start_clients()
-        for proc in clients:
-            _wait_listening(proc, defaults.DATA_PORT)
+        _wait_listening(dict(enumerate(clients, 1)), defaults.DATA_PORT)
         server = start_server()
     for proc in [*clients, server]:
         proc.wait(300)
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", default="1gbit")
     ap.add_argument("--size", default="512M")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--start", choices=("receivers-first", "sender-first"), default="receivers-first",
+    ap.add_argument("--start", choices=STARTS, default=STARTS[0],
                     help="as kadeploy bench --start: the clock runs from the start of the side started last")
     args = ap.parse_args(argv)
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "

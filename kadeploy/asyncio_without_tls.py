@@ -2,7 +2,8 @@
 
 asyncio imports ssl only to offer TLS, which kadeploy never asks of it (its links are
 authenticated by HMAC and encrypted with cryptography's AES-GCM). Loading OpenSSL and
-building ssl's enums costs 13-24 ms of a process's start-up (bench/RESULTS.md), on the
+building ssl's enums costs 13-24 ms of a process's start-up (`python -X importtime`,
+bench/RESULTS.md), on the
 wall clock of every deployment: the server's start comes before its first byte.
 Imported here with ssl hidden, asyncio takes TLS as absent; an `import ssl` later works
 as ever. The command line imports this first; where asyncio or ssl is already loaded,

@@ -18,7 +18,7 @@ CONTROL_ASKER, CONTROL_ANSWERER = "client", "server"
 
 def new_nonce() -> str:
     # os.urandom is what secrets.token_hex reads; secrets itself would load base64 and
-    # re, 8-14 ms of a keyed client's start-up before its registration.
+    # re, about 14 ms of a keyed client's start-up before its registration.
     return os.urandom(NONCE_BYTES).hex()
 
 

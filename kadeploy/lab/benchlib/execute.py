@@ -100,18 +100,19 @@ def run(cluster, e: Experiment, rate_bits: Optional[int], workdir: str,
         procs[i] = cluster.popen(i, argv, env=env)
 
     try:
-        first, then = ([0], range(e.n - 1, 0, -1)) if e.start == "sender-first" else \
-            (range(e.n - 1, 0, -1), [0])
-        for i in first:
-            start(i)
-        if e.start != "sender-first":
+        receivers = range(e.n - 1, 0, -1)
+        if e.sender_first:
+            start(0)
+            error = (_wait_listening(procs, {0: p.sender_port}, time.monotonic() + 60) if p.sender_port
+                     else _wait_started(procs[0], time.monotonic() + 60))   # DIY's sender retries
+            later = receivers
+        else:
+            for i in receivers:
+                start(i)
             error = _wait_listening(procs, p.listen_ports, time.monotonic() + 60)
-        elif p.sender_port:
-            error = _wait_listening(procs, {0: p.sender_port}, time.monotonic() + 60)
-        else:   # a sender that retries its connections (DIY): once it runs
-            error = _wait_started(procs[0], time.monotonic() + 60)
+            later = [0]
         if error is None:
-            for i in then:
+            for i in later:
                 start(i)
             for i in sorted(procs):
                 left = deadline - time.monotonic()
@@ -169,7 +170,7 @@ def _row(e: Experiment, rate_bits: Optional[int], workdir: str, p: Plan,
             row["compression"] = rep.get("compression")
     wall_s = None
     if all(n is not None for n in nodes):
-        clock = min(n["start"] for n in nodes[1:]) if e.start == "sender-first" else nodes[0]["start"]
+        clock = min(n["start"] for n in nodes[1:]) if e.sender_first else nodes[0]["start"]
         wall_s = max(n["end"] for n in nodes[1:]) - clock
     cpu = [None if n is None else n["utime"] + n["stime"] for n in nodes]
     clients = [c for c in cpu[1:] if c is not None]

@@ -65,8 +65,12 @@ class Experiment:
                     f"{'' if self.compress == 'none' else ' ' + self.compress}{self._start()} #{self.repeat}")
         return f"{self.method} N={self.n}{self._start()} #{self.repeat}"
 
+    @property
+    def sender_first(self) -> bool:
+        return self.start == "sender-first"
+
     def _start(self) -> str:
-        return "" if self.start == "receivers-first" else " " + self.start
+        return " " + self.start if self.sender_first else ""
 
 
 @dataclass
