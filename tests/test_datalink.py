@@ -39,7 +39,7 @@ def _listener() -> socket.socket:
 async def _hello(port: int, node_id: int):
     """A child's handshake up to its proof: (socket, what sends the proof and reads the welcome)."""
     sock = await connect("127.0.0.1", port, 5, "parent")
-    asker = Asker(KEY, DATA)
+    asker = Asker(KEY, DATA, auth.new_nonce())
     await send_frame(sock, P.DataHello(node_id=node_id, nonce=asker.nonce, offset=0))
     challenge = P.expect(await recv_frame(sock), P.Challenge)
 

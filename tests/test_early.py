@@ -119,12 +119,12 @@ def test_the_hello_and_the_handshake_are_the_protocols():
     assert [f.name for f in dataclasses.fields(P.Hello)] == [name for name, _ in fields]
     assert [f.name for f in dataclasses.fields(P.Auth)] == ["proof"]
     assert (H.CONTROL.asker, H.CONTROL.answerer) == (proofs.CONTROL_ASKER, proofs.CONTROL_ANSWERER)
-    challenge = H.Answerer(KEY, H.CONTROL, H.new_nonce(), "ctx").challenge()
+    challenge = H.Answerer(KEY, H.CONTROL, auth.new_nonce(), "ctx", auth.new_nonce()).challenge()
     assert len(P.encode(challenge)) - P.HEADER_SIZE <= early.CHALLENGE_MAX
 
 
 @given(st.text(max_size=40), st.integers(1, 65535), st.one_of(st.none(), st.text(min_size=1, max_size=40)),
-       st.one_of(st.none(), st.just(proofs.new_nonce())))
+       st.one_of(st.none(), st.just(auth.new_nonce())))
 def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise, nonce):
     fields = early.hello_fields(hostname, port, advertise, nonce)
     try:
@@ -134,7 +134,7 @@ def test_a_flat_frame_is_what_protocol_encode_writes(hostname, port, advertise, 
     assert frame.flat_frame(early.HELLO_CODE, fields) == expected
 
 
-@given(st.one_of(st.just(proofs.new_nonce()), st.text(max_size=40)),
+@given(st.one_of(st.just(auth.new_nonce()), st.text(max_size=40)),
        st.one_of(st.just(proofs.proof(KEY, "server", "a", "b", "c")), st.text(max_size=80)))
 def test_the_early_path_reads_a_challenge_as_the_protocol_does_or_not_at_all(nonce, proof):
     try:
@@ -260,7 +260,7 @@ class KeyedServer:
         self.state = P.ControlConnection(P.SERVER)
         self.state.receive_data(P.encode(hello))
         assert self.state.next_event() == hello
-        self.answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello))
+        self.answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello), auth.new_nonce())
 
     def challenge(self) -> None:
         self.conn.sendall(self.state.send(self.answerer.challenge()))

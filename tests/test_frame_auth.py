@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kadeploy.control.auth import new_nonce
 from kadeploy.core import handshake as H
 from kadeploy.core import protocol as P
 
@@ -13,11 +14,11 @@ KEY = b"k" * 32
 def keyed_pair():
     """A client and a server ControlConnection just past a real keyed handshake."""
     client, server = P.ControlConnection(P.CLIENT), P.ControlConnection(P.SERVER)
-    asker = H.Asker(KEY, H.CONTROL)
+    asker = H.Asker(KEY, H.CONTROL, new_nonce())
     hello = P.Hello(software="s", hostname="h", data_port=1, nonce=asker.nonce)
     server.receive_data(client.send(hello))
     server.next_event()
-    answerer = H.Answerer(KEY, H.CONTROL, hello.nonce, "ctx")
+    answerer = H.Answerer(KEY, H.CONTROL, hello.nonce, "ctx", new_nonce())
     client.receive_data(server.send(answerer.challenge()))
     auth = asker.react(client.next_event(), "ctx")
     server.receive_data(client.send(auth))

@@ -66,7 +66,7 @@ def test_keyed_client_refuses_an_open_server(net, keyfile):
 def _handshake(host, nonce=None, replay_auth=None):
     """A hand-made keyed registration; returns (reply, the Auth bytes we sent)."""
     with socket.create_connection((host, CONTROL_PORT), timeout=10) as s:
-        hello = P.Hello(software="test", hostname="h", data_port=40000, nonce=nonce or H.new_nonce())
+        hello = P.Hello(software="test", hostname="h", data_port=40000, nonce=nonce or auth.new_nonce())
         s.sendall(P.encode(hello))
         r = P.FrameReader()
 
@@ -113,7 +113,7 @@ def test_stranger_on_a_data_port_is_refused(net, keyfile, tmp_path):
             sock.setblocking(False)
             await loop.sock_connect(sock, ("198.18.0.2", DATA_PORT))
             with sock:
-                await send_frame(sock, P.DataHello(node_id=2, nonce=H.new_nonce()))
+                await send_frame(sock, P.DataHello(node_id=2, nonce=auth.new_nonce()))
                 ch = await asyncio.wait_for(recv_frame(sock), 30)
                 await send_frame(sock, P.Auth(proof="00" * 32))
                 result["reply"] = await asyncio.wait_for(recv_frame(sock), 30)

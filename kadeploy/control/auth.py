@@ -13,6 +13,7 @@ import hmac
 import os
 import stat
 
+from kadeploy.core.proofs import NONCE_BYTES
 from kadeploy.defaults import ENV_KEY, ENV_KEY_FILE
 from kadeploy.errors import UsageError
 
@@ -46,6 +47,14 @@ def load_key(path: "str | None", warn=None, environ=os.environ) -> "bytes | None
         raise UsageError(f"{source} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES} "
                          "(e.g. head -c 32 /dev/urandom | base64 > key)")
     return key
+
+
+def new_nonce() -> str:
+    """A fresh nonce for one handshake (kadeploy.core.proofs.NONCE_BYTES of the kernel's
+    randomness, in hex)."""
+    # os.urandom is what secrets.token_hex reads; secrets itself would load base64 and
+    # re, about 14 ms of a keyed client's start-up before its registration.
+    return os.urandom(NONCE_BYTES).hex()
 
 
 def data_key(key: "bytes | None", token: str) -> bytes:

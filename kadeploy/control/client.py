@@ -90,7 +90,7 @@ async def go_now(cfg: ClientConfig) -> str:
     host, port = await asyncio.get_running_loop().run_in_executor(None, find_server, cfg)
     ch = await _open_control(host, port, cfg)
     try:
-        asker = Asker(cfg.key, CONTROL)
+        asker = Asker(cfg.key, CONTROL, auth.new_nonce())
         go = P.Go(software=SOFTWARE, session=cfg.session, nonce=asker.nonce)
         msg = await request(ch, go, asker, cfg, auth.go_context(go), "go-now")
         if not msg.started:
@@ -202,7 +202,7 @@ class Client:
         """From the Hello (`sent`: already on the wire, and our Auth too when
         `auth_sent`) to the node's outcome."""
         cfg = self.cfg
-        asker = Asker(cfg.key, CONTROL, nonce=sent.nonce if sent else None)
+        asker = Asker(cfg.key, CONTROL, sent.nonce if sent else auth.new_nonce())
         hello = sent or P.Hello(software=SOFTWARE, hostname=socket.gethostname(), data_port=self.data_port,
                                 session=cfg.session, advertise=cfg.advertise, nonce=asker.nonce)
         node_id = (await request(ch, hello, asker, cfg, auth.hello_context(hello),

@@ -21,7 +21,8 @@ import struct
 import time
 from typing import List, Optional, Tuple
 
-from kadeploy.core.handshake import check, new_nonce, proof, well_formed_nonce
+from kadeploy.control import auth
+from kadeploy.core.handshake import check, proof, well_formed_nonce
 from kadeploy.defaults import DISCOVERY_INTERVAL, DISCOVERY_PORT, DISCOVERY_TRIES
 from kadeploy.errors import NotJoined, UsageError
 from kadeploy.version import __version__
@@ -145,7 +146,7 @@ async def start_responder(session: str, control_port: int, port: int = DISCOVERY
 def discover(session: str, *, tries: int = DISCOVERY_TRIES, interval: float = DISCOVERY_INTERVAL,
              port: int = DISCOVERY_PORT, key: Optional[bytes] = None) -> Tuple[str, int]:
     """(server address, control port) for a session, or NotJoined after `tries` seconds."""
-    nonce = new_nonce() if key is not None else None
+    nonce = auth.new_nonce() if key is not None else None
     req = request(session, nonce)
     unproven = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

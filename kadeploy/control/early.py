@@ -390,8 +390,8 @@ class Registered:
         self.answer_timed_out = False
         nonce = None
         if key is not None:
-            from kadeploy.core import proofs
-            nonce = proofs.new_nonce()
+            from kadeploy.control import auth
+            nonce = auth.new_nonce()
         self.hello_fields = hello_fields(_socket.gethostname(), self.data_port, params.get("advertise"), nonce)
         self.hello = frame.flat_frame(HELLO_CODE, self.hello_fields)
 

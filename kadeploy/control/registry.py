@@ -147,7 +147,7 @@ class Registry:
     async def _authenticate(self, ch: ControlChannel, client_nonce: Optional[str], context: str) -> None:
         """With a key, the mutual challenge-response (kadeploy.core.handshake); Rejection if it fails."""
         try:
-            answerer = Answerer(self.cfg.key, CONTROL, client_nonce, context)
+            answerer = Answerer(self.cfg.key, CONTROL, client_nonce, context, auth.new_nonce())
             challenge = answerer.challenge()
             if challenge is None:
                 return

@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 from kadeploy.core import protocol as P
 from kadeploy.core.proofs import (CONTROL_ANSWERER, CONTROL_ASKER, NONCE_BYTES, check,  # noqa: F401
-                                  new_nonce, proof, well_formed_nonce)
+                                  proof, well_formed_nonce)
 
 _SESSION_INFO = b"kadeploy-session-1"
 MAC_KEY_BYTES = 32
@@ -95,13 +95,21 @@ DATA = Wording(
     asker_unproven="not a member of this deployment: proof does not match")
 
 
-class Asker:
-    """The side that asks (a client, a child). Its nonce goes in the request (None
-    without a key); `react` takes the first reply and says what to send next."""
+def _ours(nonce: Optional[str]) -> str:
+    # Our own nonce comes from our code, never from a peer: a bad one is a bug here.
+    if not well_formed_nonce(nonce):
+        raise ValueError(f"not a nonce of {NONCE_BYTES} bytes in hex: {nonce!r}")
+    return nonce
 
-    def __init__(self, key: Optional[bytes], wording: Wording, nonce: Optional[str] = None) -> None:
+
+class Asker:
+    """The side that asks (a client, a child). Its nonce (fresh for each handshake,
+    from kadeploy.control.auth.new_nonce) goes in the request; None without a key.
+    `react` takes the first reply and says what to send next."""
+
+    def __init__(self, key: Optional[bytes], wording: Wording, nonce: Optional[str]) -> None:
         self.key, self.wording = key, wording
-        self.nonce = (nonce or new_nonce()) if key is not None else None
+        self.nonce = _ours(nonce) if key is not None else None
         self.session: Optional[SessionKeys] = None
 
     def react(self, reply: P.Message, context: str) -> Optional[P.Auth]:
@@ -130,13 +138,13 @@ class Asker:
 class Answerer:
     """The side that is asked (the server, a parent). With a key it proves first
     with its Challenge, then checks the asker's Auth; without one (a keyless
-    server) there is nothing to do."""
+    server) there is nothing to do. `nonce` is ours, fresh for this handshake."""
 
     def __init__(self, key: Optional[bytes], wording: Wording, asker_nonce: Optional[str],
-                 context: str) -> None:
+                 context: str, nonce: str) -> None:
         self.key, self.wording, self.context = key, wording, context
         self.asker_nonce = asker_nonce
-        self.nonce = new_nonce()
+        self.nonce = _ours(nonce)
         self.session: Optional[SessionKeys] = None
         if key is not None and asker_nonce is None:
             raise HandshakeFailed(wording.asker_keyless, refuse=wording.asker_keyless)

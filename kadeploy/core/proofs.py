@@ -1,12 +1,12 @@
 """The nonces and proofs of the challenge-response (kadeploy.core.handshake has the
 exchange), in a module that imports only hashlib and hmac: a keyed client's early
 registration (kadeploy.control.early) answers the server's Challenge with these
-before the protocol module is loaded."""
+before the protocol module is loaded. Nonces are drawn outside the pure core
+(kadeploy.control.auth.new_nonce): randomness is read from the kernel."""
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
 NONCE_BYTES = 16
 PROOF_DIGITS = 2 * hashlib.sha256().digest_size   # a proof in hex
@@ -14,12 +14,6 @@ _DOMAIN = b"kadeploy-auth-1"
 # The roles named inside the proofs of a control connection (the data links' are
 # kadeploy.core.handshake.DATA's).
 CONTROL_ASKER, CONTROL_ANSWERER = "client", "server"
-
-
-def new_nonce() -> str:
-    # os.urandom is what secrets.token_hex reads; secrets itself would load base64 and
-    # re, about 14 ms of a keyed client's start-up before its registration.
-    return os.urandom(NONCE_BYTES).hex()
 
 
 def well_formed_nonce(nonce: object) -> bool:

@@ -31,7 +31,7 @@ async def connect_parent(host: str, port: int, node_id: int, key: bytes, *,
     sock = await connect(host, port, timeout, "parent")
     try:
         set_sockbuf(sock, sockbuf)
-        asker = Asker(key, DATA)
+        asker = Asker(key, DATA, auth.new_nonce())
         await send_frame(sock, P.DataHello(node_id=node_id, nonce=asker.nonce, offset=offset))
         challenge = _refused_or(await asyncio.wait_for(recv_frame(sock), timeout), P.Challenge)
         try:
@@ -108,7 +108,8 @@ class ChildAcceptor:
             fut = self.expected.get(hello.node_id)
             if fut is None or not well_formed_nonce(hello.nonce):
                 raise P.RemoteProtocolError("not a child of this node in this deployment")
-            answerer = Answerer(self.key, DATA, hello.nonce, auth.data_context(hello.node_id, hello.offset))
+            answerer = Answerer(self.key, DATA, hello.nonce, auth.data_context(hello.node_id, hello.offset),
+                                auth.new_nonce())
             await send_frame(conn, answerer.challenge())
             reply = P.expect(await asyncio.wait_for(recv_frame(conn), timeout), P.Auth)
             try:

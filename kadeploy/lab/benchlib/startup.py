@@ -76,7 +76,7 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
                 state = P.ControlConnection(P.SERVER)
                 hello = _next_message(conn, state)
                 if key is not None:
-                    answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello))
+                    answerer = H.Answerer(key, H.CONTROL, hello.nonce, auth.hello_context(hello), auth.new_nonce())
                     conn.sendall(state.send(answerer.challenge()))
                     answer = _next_message(conn, state)
                 if kill_at_registration:
