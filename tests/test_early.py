@@ -308,8 +308,8 @@ def test_a_keyed_client_answers_the_challenge_before_it_imports_asyncio(tmp_path
         server.challenge()
         answer = server.reply()
         assert isinstance(answer, P.Auth)
-        session = server.answerer.verify(answer)  # the client proved it holds the key
-        server.state.authenticate(*session.for_side(asker=False))
+        server.answerer.verify(answer)            # the client proved it holds the key
+        server.state.authenticate(*server.answerer.session.for_side(asker=False))
         assert proc.poll() is None
         gate.touch()
         server.refuse(proc)                       # a tagged frame: the normal path has the keys

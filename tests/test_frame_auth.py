@@ -22,9 +22,9 @@ def keyed_pair():
     client.receive_data(server.send(answerer.challenge()))
     auth = asker.react(client.next_event(), "ctx")
     server.receive_data(client.send(auth))
-    session = answerer.verify(server.next_event())
+    answerer.verify(server.next_event())
     client.authenticate(*asker.session.for_side(asker=True))
-    server.authenticate(*session.for_side(asker=False))
+    server.authenticate(*answerer.session.for_side(asker=False))
     return client, server
 
 

@@ -42,9 +42,10 @@ def test_client_registration_path_imports_no_data_plane():
 
 # Loaded by neither command until a deployment asks for them: TLS (asyncio's, which
 # kadeploy never uses), the report (built once the nodes are released), the netboot
-# kit's boot states, discovery, an install's job.
+# kit's boot states, discovery, an install's job; nor secrets (random, base64): tokens and
+# nonces are read from os.urandom.
 NOT_AT_START = ("ssl", "_ssl", "kadeploy.view.report", "kadeploy.netboot.progress",
-                "kadeploy.control.discovery", "kadeploy.install.job")
+                "kadeploy.control.discovery", "kadeploy.install.job", "secrets", "random")
 
 
 @pytest.mark.parametrize("command", ["kadeploy.control.server", "kadeploy.control.client"])
@@ -150,3 +151,31 @@ def test_refused_connect_is_retried_without_a_fixed_delay(monkeypatch):
     assert len(pauses) > 3                                # it was refused, and tried again
     assert max(p for _, p in pauses) <= CONNECT_RETRY_CAP
     assert not [t for t, _ in pauses if t > opened_at]    # the first try after the opening joined
+
+
+def test_a_data_link_handshake_loads_no_cryptography():
+    """A data link is keyed (by the deployment's token when there is no key) but no
+    frame follows its handshake, so its session keys are never derived: the HKDF's
+    library stays unloaded on the way to a stream's first byte. The link itself works."""
+    code = """
+import asyncio, socket, sys
+from kadeploy.control import auth
+from kadeploy.data.datalink import ChildAcceptor, connect_parent
+key = auth.data_key(None, "token")
+async def main():
+    listener = socket.create_server(("127.0.0.1", 0)); listener.setblocking(False)
+    acceptor = ChildAcceptor(listener, key, handshake_timeout=5, sockbuf=None,
+                             on_refused=lambda addr, why: print("refused", why))
+    accepted = acceptor.expect(3)
+    child = await connect_parent("127.0.0.1", listener.getsockname()[1], 3, key, timeout=5, sockbuf=None)
+    parent, offset = await accepted
+    await asyncio.get_running_loop().sock_sendall(parent, b"stream")
+    got = await asyncio.get_running_loop().sock_recv(child, 6)
+    acceptor.close()
+    return got, offset
+assert asyncio.run(main()) == (b"stream", 0)
+print(" ".join(sorted(m for m in sys.modules if m.startswith("cryptography"))) or "none")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == "none", out.stdout

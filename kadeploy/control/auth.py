@@ -57,6 +57,12 @@ def new_nonce() -> str:
     return os.urandom(NONCE_BYTES).hex()
 
 
+def new_token() -> str:
+    """A deployment's secret token, fresh for each server: 16 bytes of the kernel's
+    randomness in hex (read as new_nonce reads it, without secrets' imports)."""
+    return os.urandom(16).hex()
+
+
 def data_key(key: "bytes | None", token: str) -> bytes:
     """The key of the data links of one deployment."""
     if key is None:

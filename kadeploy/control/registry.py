@@ -152,8 +152,8 @@ class Registry:
             if challenge is None:
                 return
             await ch.send(challenge)
-            session = answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
-            ch.authenticate(session, asker=False)
+            answerer.verify(await asyncio.wait_for(ch.recv(), self.cfg.handshake_timeout))
+            ch.authenticate(answerer.session, asker=False)
         except HandshakeFailed as e:
             raise Rejection("auth", e.reason)
 

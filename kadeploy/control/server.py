@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
@@ -106,7 +105,7 @@ class Server:
         self.registry = Registry(config, on_lost=lambda node, why: self.healer.node_lost(node, why))
         self.nodes = self.registry.nodes
         self.rejected = self.registry.rejected
-        self.token = secrets.token_hex(16)
+        self.token = auth.new_token()
         self.tree: Optional[Tree] = None
         self.data_key = auth.data_key(config.key, self.token)
         self.stream_bytes = 0

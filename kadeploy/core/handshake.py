@@ -12,9 +12,11 @@ recorded proof is useless later because the other side's nonce is new every time
 (no replay), and a side without the key can neither join nor impersonate the
 answerer (the answerer proves first, so an asker never proves itself to a stranger).
 
-After a successful handshake both sides hold the same session keys, derived by HKDF
-from the key, both nonces and the context: one MAC key per direction for the frames
-that follow (kadeploy.core.protocol.FrameAuth).
+After a successful handshake both sides can have the same session keys, derived by
+HKDF from the key, both nonces and the context: one MAC key per direction for the
+frames that follow (kadeploy.core.protocol.FrameAuth). They are derived when first
+asked for: a data link never asks (raw bytes follow it), so its handshake, on the
+path to a stream's first byte, does not load cryptography.
 """
 from __future__ import annotations
 
@@ -102,7 +104,24 @@ def _ours(nonce: Optional[str]) -> str:
     return nonce
 
 
-class Asker:
+class _Proven:
+    """The session keys of a handshake once it succeeded, derived on first use."""
+
+    _derivation: Optional[Tuple[bytes, str, str, str]] = None
+    _session: Optional[SessionKeys] = None
+
+    def _proved(self, key: bytes, asker_nonce: str, answerer_nonce: str, context: str) -> None:
+        self._derivation = (key, asker_nonce, answerer_nonce, context)
+
+    @property
+    def session(self) -> Optional[SessionKeys]:
+        """None until the handshake succeeded."""
+        if self._session is None and self._derivation is not None:
+            self._session = derive_session(*self._derivation)
+        return self._session
+
+
+class Asker(_Proven):
     """The side that asks (a client, a child). Its nonce (fresh for each handshake,
     from kadeploy.control.auth.new_nonce) goes in the request; None without a key.
     `react` takes the first reply and says what to send next."""
@@ -110,7 +129,6 @@ class Asker:
     def __init__(self, key: Optional[bytes], wording: Wording, nonce: Optional[str]) -> None:
         self.key, self.wording = key, wording
         self.nonce = _ours(nonce) if key is not None else None
-        self.session: Optional[SessionKeys] = None
 
     def react(self, reply: P.Message, context: str) -> Optional[P.Auth]:
         """An Auth to send when `reply` is the answerer's valid Challenge; None when
@@ -131,11 +149,11 @@ class Asker:
         if not well_formed_nonce(challenge.nonce) or not check(
                 proof(self.key, w.answerer, self.nonce, challenge.nonce, context), challenge.proof):
             raise HandshakeFailed(w.answerer_unproven, refuse=w.answerer_unproven_refuse)
-        self.session = derive_session(self.key, self.nonce, challenge.nonce, context)
+        self._proved(self.key, self.nonce, challenge.nonce, context)
         return P.Auth(proof=proof(self.key, w.asker, self.nonce, challenge.nonce, context))
 
 
-class Answerer:
+class Answerer(_Proven):
     """The side that is asked (the server, a parent). With a key it proves first
     with its Challenge, then checks the asker's Auth; without one (a keyless
     server) there is nothing to do. `nonce` is ours, fresh for this handshake."""
@@ -145,7 +163,6 @@ class Answerer:
         self.key, self.wording, self.context = key, wording, context
         self.asker_nonce = asker_nonce
         self.nonce = _ours(nonce)
-        self.session: Optional[SessionKeys] = None
         if key is not None and asker_nonce is None:
             raise HandshakeFailed(wording.asker_keyless, refuse=wording.asker_keyless)
         if key is not None and not well_formed_nonce(asker_nonce):
@@ -158,8 +175,9 @@ class Answerer:
         return P.Challenge(nonce=self.nonce, proof=proof(
             self.key, self.wording.answerer, self.asker_nonce, self.nonce, self.context))
 
-    def verify(self, reply: P.Message) -> SessionKeys:
-        """The session keys when `reply` is a valid Auth; HandshakeFailed otherwise."""
+    def verify(self, reply: P.Message) -> None:
+        """Nothing when `reply` is a valid Auth (`session` then has the keys);
+        HandshakeFailed otherwise."""
         w = self.wording
         if isinstance(reply, P.Refuse):
             raise HandshakeFailed(f"the {w.asker} refused our proof: {reply.reason}")
@@ -168,5 +186,4 @@ class Answerer:
                                   refuse=f"expected Auth, got {type(reply).__name__}")
         if not check(proof(self.key, w.asker, self.asker_nonce, self.nonce, self.context), reply.proof):
             raise HandshakeFailed(w.asker_unproven, refuse=w.asker_unproven)
-        self.session = derive_session(self.key, self.asker_nonce, self.nonce, self.context)
-        return self.session
+        self._proved(self.key, self.asker_nonce, self.nonce, self.context)

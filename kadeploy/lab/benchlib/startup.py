@@ -84,7 +84,8 @@ def measure(client: Sequence[str], *, timeout: float = 30.0, env=None,
                 at_registration = _proc_cpu(proc.pid)
                 wall = time.monotonic() - started
                 if key is not None:
-                    state.authenticate(*answerer.verify(answer).for_side(asker=False))
+                    answerer.verify(answer)
+                    state.authenticate(*answerer.session.for_side(asker=False))
                 if not kill_at_registration:
                     conn.sendall(state.send(P.Refuse(reason="start-up measured")))
             _, status, usage = os.wait4(proc.pid, 0)
