@@ -50,6 +50,34 @@ def test_missed_message_names_the_option_and_the_gap():
     assert f"fell {(2 << 20) - 100} bytes further behind" in msg and "byte 100 of the stream" in msg
 
 
+def _window_mapping(pid: int, address: int) -> "str | None":
+    """The line of /proc/PID/maps that holds `address`, if any."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return line
+    return None
+
+
+def test_window_memory_is_private_and_not_inherited_by_a_fork():
+    """Private pages are freed at exit in a third of a shared mapping's time, and a
+    command the node starts (a fork) copies none of the window's page tables."""
+    import ctypes
+    w = Window(1 << 20)
+    w.reserve(4096)[:4] = b"abcd"
+    w.commit(4)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(w.buf))
+    mine = _window_mapping(os.getpid(), address)
+    assert mine is not None and mine.split()[1][3] == "p", mine   # rw-p, not rw-s
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _window_mapping(os.getpid(), address) is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the window was inherited by a fork"
+    assert w.read(0, 4) == b"abcd"
+
+
 def test_feeder_follows_a_growing_window_to_the_end():
     data = os.urandom(3 << 20)
     w = Window(8 << 20)
