@@ -11,7 +11,6 @@ from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's
 import logging
 import os
 import sys
-import time
 from typing import Callable, List, Optional
 
 import click
@@ -26,7 +25,7 @@ from kadeploy.control.policy import (
     server_verifies,
 )
 from kadeploy.data import synthetic
-from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError, interrupt_on_sigterm
+from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError, failure_status, interrupt_on_sigterm
 from kadeploy.install import cli as install_cli
 from kadeploy.netboot import options as netboot_options
 from kadeploy.options import (
@@ -39,6 +38,7 @@ from kadeploy.options import (
     network_options,
 )
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
+from kadeploy.view.logs import setup_logging
 
 # ------------------------------------------------------------------ helpers
 
@@ -66,24 +66,6 @@ def version_option(f):
                         callback=_print_version, help="Print the version, protocol and relay backend, and exit.")(f)
 
 
-def setup_logging(prog: str, quiet: bool, verbose: bool, log_file: Optional[str] = None) -> None:
-    """The log on stderr; with `log_file`, there instead, and only warnings and errors on
-    stderr too (another process draws on that terminal)."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    from kadeploy.view.progress import StderrHandler
-    form = logging.Formatter(f"%(asctime)s.%(msecs)03d {prog}: %(message)s", "%H:%M:%S")
-    handlers: List[logging.Handler] = [StderrHandler()]
-    if log_file:
-        handlers[0].setLevel(logging.WARNING)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(form)
-    root = logging.getLogger("kadeploy")
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    root.propagate = False
-
-
 def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) -> None:
     """Run a click command with the project's exit statuses and one-line errors."""
     import signal
@@ -99,21 +81,8 @@ def run_main(cmd: click.Command, prog: str, args: Optional[List[str]] = None) ->
     except click.Abort:
         click.echo(f"{prog}: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except KadeployError as e:
-        click.echo(f"{prog}: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo(f"{prog}: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except OSError as e:
-        click.echo(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
-        sys.exit(1)
-    except Exception as e:  # a bug: one line, and the traceback on request
-        if os.environ.get("KADEPLOY_DEBUG"):
-            raise
-        click.echo(f"{prog}: internal error: {type(e).__name__}: {e} "
-                   "(run with KADEPLOY_DEBUG=1 for the traceback, and report it)", err=True)
-        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as e:
+        sys.exit(failure_status(prog, e))
     sys.exit(rv or 0)
 
 
@@ -265,7 +234,7 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
                    handshake_timeout, discovery_port, key_file, quiet, verbose, insecure_no_verify):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
-    from kadeploy.control.client import Client, ClientConfig, exit_status, go_now
+    from kadeploy.control.client import config_from, go_now, run_node
     from kadeploy.control.discovery import check_session_name
 
     setup_logging("ka-d-client", quiet, verbose)
@@ -277,34 +246,13 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
         check_backend(relay_backend)   # else `auto`, which always loads: checked when used
     consumer = synthetic.client_consumer(consumer)
     install_cli.check_client(install, disk, force, consumer, target)
-    cfg = ClientConfig(
-        host=host, session=session, consumer=consumer, target=target, wait_finish=wait_finish,
-        control_port=control_port, data_port=data_port, bind=bind, advertise=advertise,
-        relay_backend=relay_backend, buffer_size=buffer_size, sockbuf=sockbuf,
-        connect_timeout=connect_timeout, discovery_port=discovery_port,
-        progress_bar=False if quiet else None, handshake_timeout=handshake_timeout,
-        install=install, disk=disk, force=force,
-        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning),
-        insecure_no_verify=insecure_no_verify)
+    params = click.get_current_context().params
+    cfg = config_from(params, consumer, load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     if go:
         logging.getLogger("kadeploy.client").info(asyncio.run(go_now(cfg)))
         return 0
     from kadeploy.control import early
-    registered = early.take(click.get_current_context().params, synthetic.discard_asked(), cfg.key)
-    started = time.monotonic()
-    outcome = asyncio.run(Client(cfg, registered).run())
-    elapsed = time.monotonic() - started
-    print_client_summary(outcome, elapsed)
-    return exit_status(outcome)
-
-
-def print_client_summary(outcome, elapsed: float) -> None:
-    """The original's closing lines, which users' scripts grep for."""
-    megs = outcome.bytes / (1 << 20)
-    rate = megs / outcome.seconds if outcome.seconds > 0 else 0.0
-    click.echo(f"Total data received = {megs:.2f} Megs ({rate:.2f} Mbytes/sec)", err=True)
-    overall = megs / elapsed if elapsed > 0 else 0.0
-    click.echo(f"Elapsed time = {elapsed:.2f} s, throughput = {overall:.2f} Mbytes/second", err=True)
+    return run_node(cfg, early.take(params, synthetic.discard_asked(), cfg.key))
 
 
 # --------------------------------------------------------------- kadeploy

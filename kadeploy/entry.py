@@ -10,6 +10,7 @@ import sys
 def client_main() -> None:
     def client() -> None:
         _register_early("ka-d-client", sys.argv[1:])
+        _run_registered("ka-d-client")
         from kadeploy.cli import client_main as main
         main()
     _run(client)
@@ -26,6 +27,7 @@ def kadeploy_main() -> None:
     def kadeploy() -> None:
         if sys.argv[1:2] == ["client"]:
             _register_early("kadeploy", sys.argv[2:])
+            _run_registered("kadeploy")
         from kadeploy.cli import kadeploy_main as main
         main()
     _run(kadeploy)
@@ -79,3 +81,11 @@ def _register_early(prog: str, argv) -> None:
         early.abandon()
         if os.environ.get("KADEPLOY_DEBUG"):
             raise
+
+
+def _run_registered(prog: str) -> None:
+    """A node registered early runs on without click, to its exit status."""
+    from kadeploy.control import early
+    if early.registration() is not None:
+        from kadeploy.control import early_client
+        sys.exit(early_client.run(prog))

@@ -33,3 +33,25 @@ def interrupt_on_sigterm(signum, frame):
     """SIGTERM's handler in the commands: unwind like Ctrl-C (EXIT_INTERRUPTED), so that
     producers, consumers and namespaces are cleaned up."""
     raise KeyboardInterrupt
+
+
+def failure_status(prog: str, e: BaseException) -> int:
+    """The one line on stderr for a failure that ends a command, and its exit status;
+    an unexpected exception (a bug) is raised again when KADEPLOY_DEBUG asks for its
+    traceback."""
+    import os
+    import sys
+    if isinstance(e, KadeployError):
+        line, status = f"error: {e}", e.exit_code
+    elif isinstance(e, KeyboardInterrupt):
+        line, status = "interrupted", EXIT_INTERRUPTED
+    elif isinstance(e, OSError):
+        line, status = f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), EXIT_FAILED
+    else:
+        if os.environ.get("KADEPLOY_DEBUG"):
+            raise e
+        line, status = (f"internal error: {type(e).__name__}: {e} "
+                        "(run with KADEPLOY_DEBUG=1 for the traceback, and report it)"), EXIT_FAILED
+    sys.stderr.write(f"{prog}: {line}\n")
+    sys.stderr.flush()
+    return status

@@ -94,14 +94,20 @@ def test_the_scan_reads_a_command_line_as_click_does_or_not_at_all(places, argv)
     theirs = _parse(argv)
     assert theirs is not None, f"click refuses {argv}, the early path took it as {mine}"
     params, discard = theirs
-    click_defaults, _ = _parse(["-h", "x"])
     mine = dict(mine)
     assert mine.pop("discard", False) == discard
     for name, value in mine.items():
         assert params[name] == value and type(params[name]) is type(value), (argv, name)
-    for name, default in click_defaults.items():  # what the scan did not name is click's default
-        if name not in mine and name != "host":
-            assert params[name] == default, (argv, name)
+    # Every parameter, as the node runs without click (kadeploy.control.early_client):
+    # what the scan did not name is click's default.
+    assert {**early.ABSENT, **mine} == params, argv
+
+
+def test_absent_holds_every_parameter_of_the_client_and_clicks_default():
+    params, _ = _parse(["-h", "x"])
+    assert {**early.ABSENT, "host": "x"} == params
+    for name, value in params.items():
+        assert type(early.ABSENT[name]) is type(value) or name == "host", name
 
 
 @pytest.mark.parametrize("argv", [
@@ -348,6 +354,41 @@ def test_a_keyed_client_registers_early_with_a_real_server_and_deploys(tmp_path,
                 proc.kill()
                 proc.wait()
         client.stderr.close()
+
+
+def _click_loaded(importtime_log: str) -> bool:
+    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] == "click"
+               for line in importtime_log.splitlines() if line.startswith("import time:"))
+
+
+@pytest.mark.parametrize("early_path", [True, False])
+def test_a_node_registered_early_deploys_without_loading_click(tmp_path, early_path):
+    """A real server and a real node: registered early, the node runs its deployment
+    without importing click (its command line is known), ends verified and prints the
+    original's closing lines; an option the early path leaves to click takes the normal
+    path, which loads it (so the check sees click when it is there)."""
+    port, data_port = _closed_port(), _closed_port()
+    got = tmp_path / "got"
+    server = subprocess.Popen([sys.executable, "-m", "kadeploy", "server", "-n", "1", "-p", str(port),
+                               "-P", str(data_port), "-q", "-e", "seq 1 20000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    extra = [] if early_path else ["--discovery-port", "4957"]
+    argv = ["-h", "127.0.0.1", "-p", str(port), "-e", f"cat > {got}", *extra]
+    assert (early.scan(argv) is not None) is early_path
+    try:
+        client = subprocess.run([sys.executable, "-X", "importtime", "-m", "kadeploy", "client", *argv],
+                                capture_output=True, text=True, timeout=120)
+        _, server_err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert client.returncode == 0 and server.returncode == 0, client.stderr[-2000:] + server_err
+    assert got.read_text() == "".join(f"{i}\n" for i in range(1, 20001))
+    log = [line for line in client.stderr.splitlines() if not line.startswith("import time:")]
+    assert any(line.startswith("Total data received = ") for line in log), log
+    assert any("every chunk verified" in line for line in log), log
+    assert _click_loaded(client.stderr) is not early_path
 
 
 @pytest.mark.parametrize("case", ["other key", "keyless server", "silent server"])

@@ -348,5 +348,37 @@ def _log_refused(addr: str, why: str) -> None:
     log.warning("rejected data connection from %s: %s", addr, why)
 
 
+def config_from(params: dict, consumer: Optional[str], key: Optional[bytes]) -> ClientConfig:
+    """The node's configuration from ka-d-client's parameters, by click's names (from
+    click, or from kadeploy.control.early for a command line it registered), with the
+    consumer to run and the key loaded."""
+    return ClientConfig(
+        host=params["host"], session=params["session"], consumer=consumer, target=params["target"],
+        wait_finish=params["wait_finish"], control_port=params["control_port"],
+        data_port=params["data_port"], bind=params["bind"], advertise=params["advertise"],
+        relay_backend=params["relay_backend"], buffer_size=params["buffer_size"],
+        sockbuf=params["sockbuf"], connect_timeout=params["connect_timeout"],
+        discovery_port=params["discovery_port"], progress_bar=False if params["quiet"] else None,
+        handshake_timeout=params["handshake_timeout"], install=params["install"],
+        disk=params["disk"], force=params["force"], key=key,
+        insecure_no_verify=params["insecure_no_verify"])
+
+
+def run_node(cfg: ClientConfig, registered: Optional[Registered]) -> int:
+    """The node's whole run (from its early registration, if any), the original's
+    closing lines, which users' scripts grep for, and the exit status."""
+    import sys
+    import time
+    started = time.monotonic()
+    outcome = asyncio.run(Client(cfg, registered).run())
+    elapsed = time.monotonic() - started
+    megs = outcome.bytes / (1 << 20)
+    rate = megs / outcome.seconds if outcome.seconds > 0 else 0.0
+    overall = megs / elapsed if elapsed > 0 else 0.0
+    sys.stderr.write(f"Total data received = {megs:.2f} Megs ({rate:.2f} Mbytes/sec)\n"
+                     f"Elapsed time = {elapsed:.2f} s, throughput = {overall:.2f} Mbytes/second\n")
+    return exit_status(outcome)
+
+
 def exit_status(outcome: Outcome) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED

@@ -5,10 +5,12 @@ answer to its Challenge too), and all that needs is known from a few options. So
 a command line made only of the options in OPTIONS, the client checks them, binds its
 data listener, connects and sends its Hello with blocking sockets and next to no
 imports; with a key it then checks the server's proof and sends its own (hashlib and
-hmac: kadeploy.core.proofs). click, asyncio and the protocol module are loaded
-afterwards, while the server waits for the other nodes, and the normal command
-(kadeploy.cli, kadeploy.control.client) takes over both sockets through take(); it
-holds what was sent to what the protocol and the handshake would have sent.
+hmac: kadeploy.core.proofs). asyncio and the protocol module are loaded afterwards,
+while the server waits for the other nodes, and the client (kadeploy.control.client)
+takes over both sockets through take(), which holds what was sent to what the
+protocol and the handshake would have sent. Such a command line is known to the
+last parameter (OPTIONS, and ABSENT for the rest), so the node runs on without click
+(kadeploy.control.early_client).
 
 Any other command line, a value this module is not sure of (say a port of "+1"), a
 key that does not load, or a check that fails, takes the normal path from the start,
@@ -47,6 +49,19 @@ OPTIONS = {
     ("-w", "--wait"): ("wait_finish", "flag"),
     ("-q", "--quiet"): ("quiet", "flag"),
     ("--verbose",): ("verbose", "flag"),
+}
+# What click gives each parameter of ka-d-client that is not on the command line: with
+# OPTIONS, every parameter of a command line registered here is known, and the node
+# runs on without click (kadeploy.control.early_client). tests/test_early.py holds it
+# to click's declaration.
+ABSENT = {
+    "host": None, "session": None, "consumer": None, "target": None, "wait_finish": False,
+    "go": False, "advertise": None, "install": False, "disk": None, "force": False,
+    "insecure_no_verify": False, "control_port": defaults.CONTROL_PORT,
+    "data_port": defaults.DATA_PORT, "bind": None, "relay_backend": None,
+    "buffer_size": defaults.BUFFER_SIZE, "sockbuf": None,
+    "connect_timeout": defaults.CONNECT_TIMEOUT, "handshake_timeout": defaults.HANDSHAKE_TIMEOUT,
+    "discovery_port": defaults.DISCOVERY_PORT, "key_file": None, "quiet": False, "verbose": False,
 }
 _SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
 _SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
@@ -149,6 +164,11 @@ def abandon() -> None:
     early, _registered = _registered, None
     if early is not None:
         early.close()
+
+
+def registration() -> "Registered | None":
+    """What start() did, if anything (take() then hands it over)."""
+    return _registered
 
 
 def take(click_params: dict, discard: bool, key: "bytes | None" = None) -> "Registered | None":
@@ -322,9 +342,10 @@ def _connect_once(host: str, port: int, timeout: float, what: str):
 
 # ------------------------------------------------------------ the registration
 
-# What the normal command imports: loaded beside the connection's retries when the
-# server is not up yet (a node booted before it), so that it is ready by the Hello.
-PRELOAD = ("kadeploy.cli", "kadeploy.control.client")
+# What the node imports next (kadeploy.control.early_client, then its data path once
+# placed): loaded beside the connection's retries when the server is not up yet (a
+# node booted before it), so that it is ready by the Hello.
+PRELOAD = ("kadeploy.control.early_client", "kadeploy.data.node", "kadeploy.data.datalink")
 _preloading = None
 
 

@@ -9,26 +9,29 @@ from __future__ import annotations
 
 from typing import Optional
 
-import click
-
 from kadeploy.core import protocol as P
 from kadeploy.errors import UsageError
 
 
-_INSECURE = click.option(
-    "--insecure-no-verify", is_flag=True,
-    help="With a key, accept an unverified stream: on the server beside --no-verify, "
-         "on a client to accept a server that sends no digests.")
+# click is imported where the commands are declared, only: a node run from its early
+# registration (kadeploy.control.early_client) needs the rules below, not click.
+def _insecure_option():
+    import click
+    return click.option(
+        "--insecure-no-verify", is_flag=True,
+        help="With a key, accept an unverified stream: on the server beside --no-verify, "
+             "on a client to accept a server that sends no digests.")
 
 
 def security_options(f):
     """The client's options of this module."""
-    return _INSECURE(f)
+    return _insecure_option()(f)
 
 
 def server_security_options(f):
     """The server's options of this module."""
-    f = _INSECURE(f)
+    import click
+    f = _insecure_option()(f)
     return click.option(
         "--encrypt", is_flag=True,
         help="Encrypt the stream once (AES-256-GCM, keyed from --key-file and this deployment); "

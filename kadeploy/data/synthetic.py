@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-import click
+# click is imported by the functions that need it: ka-d-client run from its early
+# registration (kadeploy.control.early_client) takes DISCARD_CONSUMER without click.
 
 # Zeros cost nothing to make (head reads /dev/zero at several GB/s here) and TCP does
 # not compress, so the link sees the same load as with real data.
@@ -39,6 +40,7 @@ def remember(ctx, param, value):
 
 def server_producer(producer: Optional[str]) -> Optional[str]:
     """The producer command to run: -e, or the synthetic stream of --synthetic."""
+    import click
     size = click.get_current_context().meta.get(_SYNTHETIC)
     if size is None:
         return producer
@@ -49,11 +51,13 @@ def server_producer(producer: Optional[str]) -> Optional[str]:
 
 def discard_asked() -> bool:
     """Whether the command line has --discard (click callback `remember` saw it)."""
+    import click
     return bool(click.get_current_context().meta.get(_DISCARD))
 
 
 def client_consumer(consumer: Optional[str]) -> Optional[str]:
     """The consumer command to run: -e, or the discarding one of --discard."""
+    import click
     if not discard_asked():
         return consumer
     if consumer is not None:
