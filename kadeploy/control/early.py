@@ -171,18 +171,18 @@ def registration() -> "Registered | None":
     return _registered
 
 
-def take(click_params: dict, discard: bool, key: "bytes | None" = None) -> "Registered | None":
-    """The early registration, for the normal command to go on with, if there is one and
-    click read the command line as it did, and the normal path loaded the same key; one
-    that disagrees is withdrawn (a bug, or a key file changed in between: the node then
-    registers again on the normal path)."""
+def take(params: dict, discard: bool, key: "bytes | None" = None) -> "Registered | None":
+    """The early registration, for the client to go on with, if there is one and the
+    command line's parameters (click's reading, or early_client's) agree with it, and
+    the client loaded the same key; one that disagrees is withdrawn (a bug, or a key
+    file changed in between: the node then registers again on the normal path)."""
     global _registered
     early, _registered = _registered, None
     if early is None:
         return None
     mine = dict(early.params)
     if (mine.pop("discard", False) != discard or early.key != key
-            or any(click_params.get(k) != v for k, v in mine.items())):
+            or any(params.get(k) != v for k, v in mine.items())):
         early.close()
         return None
     return early

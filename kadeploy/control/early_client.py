@@ -3,8 +3,8 @@
 Such a command line is made only of the options early knows, each checked as click
 would check it, so every parameter is known: early's, and click's defaults for the
 rest (early.ABSENT, held to click's declaration by tests/test_early.py). The node goes
-on to its deployment without loading click or declaring the commands, which costs
-~25 ms of CPU here on the way to its first byte (bench/RESULTS.md). What it does is
+on to its deployment without loading click or declaring the commands, which cost
+~20 ms of CPU here on the way to its first byte (bench/RESULTS.md). What it does is
 the client command's own: kadeploy.control.client builds the configuration and runs
 the node for both."""
 from __future__ import annotations
