@@ -1,4 +1,6 @@
 """Errors that end a command with one clear line and a documented exit status."""
+import os
+import sys
 
 # Exit statuses, the same for both commands (see the man pages' EXIT STATUS).
 EXIT_OK = 0
@@ -39,8 +41,6 @@ def failure_status(prog: str, e: BaseException) -> int:
     """The one line on stderr for a failure that ends a command, and its exit status;
     an unexpected exception (a bug) is raised again when KADEPLOY_DEBUG asks for its
     traceback."""
-    import os
-    import sys
     if isinstance(e, KadeployError):
         line, status = f"error: {e}", e.exit_code
     elif isinstance(e, KeyboardInterrupt):

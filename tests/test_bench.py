@@ -261,6 +261,23 @@ def test_loopback_ceiling_benchmark_at_smoke_size(tmp_path):
     assert "| × iperf3 |" in p.stdout
 
 
+def test_window_memory_benchmark_at_smoke_size():
+    """bench/window_memory.py (256 MiB on a quiet machine) still runs every kind: each
+    child mapped, filled and exited, and the ratios are of this run's figures."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "window_memory.py"), "--size-mib", "4",
+                        "--rounds", "1", "--huge"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    for kind in ("window", "shared", "none", "huge"):
+        assert result[f"{kind}_exit_ms"]["median"] > 0, kind
+    assert result["window_fill_ms"]["median"] > 0 and result["shared_fill_ms"]["median"] > 0
+    assert result["window_to_shared_exit_median"] == (result["window_exit_ms"]["median"]
+                                                      / result["shared_exit_ms"]["median"])
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "bench", "window_memory.py"), "--rounds", "0"],
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert bad.returncode != 0 and "--rounds must be at least 1" in bad.stderr
+
+
 def test_node_threads_diagnostic_at_smoke_size():
     """bench/node_threads.py (RESULTS' per-thread split) still runs a real deployment."""
     p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "node_threads.py"), "8"],

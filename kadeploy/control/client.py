@@ -11,6 +11,8 @@ import asyncio
 import logging
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -367,8 +369,6 @@ def config_from(params: dict, consumer: Optional[str], key: Optional[bytes]) -> 
 def run_node(cfg: ClientConfig, registered: Optional[Registered]) -> int:
     """The node's whole run (from its early registration, if any), the original's
     closing lines, which users' scripts grep for, and the exit status."""
-    import sys
-    import time
     started = time.monotonic()
     outcome = asyncio.run(Client(cfg, registered).run())
     elapsed = time.monotonic() - started

@@ -47,8 +47,8 @@ class Window:
         # Anonymous memory: pages are given on first write, so a large window costs
         # nothing at start-up (a bytearray would be zeroed, 256 MiB at once). Private,
         # not shared: its pages fault in faster and are freed at the process's exit in
-        # about a third of the time (256 MiB: 17 against 48 ms here, on the wall clock
-        # of the server and of every node with a window; bench/RESULTS.md). Not
+        # about a third of the time (256 MiB: 21 against 56 ms here, on the wall clock
+        # of the server and of every node with a window; bench/window_memory.py). Not
         # inherited by the commands this process starts: a fork copies no page table.
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.buf.madvise(mmap.MADV_DONTFORK)
