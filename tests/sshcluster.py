@@ -98,13 +98,7 @@ def start(cluster, workdir: Path, *, names: List[str],
         hosts.append(f"Host {name}\n  HostName {cluster.node(i).addr}\n")
     for name in unreachable:
         hosts.append(f"Host {name}\n  HostName {UNREACHABLE}\n")
-    # The head resolves the node names as a real cluster's DNS would: ka-d-server's
-    # --hosts matches a name by what it resolves to, never by the name a node claims.
-    etc = f"/etc/netns/{cluster.node(0).ns}"
-    os.makedirs(etc, exist_ok=True)
-    weakref.finalize(sc, shutil.rmtree, etc, True)
-    with open(f"{etc}/hosts", "w") as f:
-        f.write("127.0.0.1 localhost\n" + "".join(f"{n.address} {n.name}\n" for n in sc.nodes))
+    head_resolves(cluster, sc, {n.name: n.address for n in sc.nodes})
     sc.ssh_config.write_text("".join(hosts) + (
         "Host *\n  User root\n"
         f"  IdentityFile {workdir / 'user_key'}\n  IdentitiesOnly yes\n"
@@ -133,6 +127,17 @@ def start(cluster, workdir: Path, *, names: List[str],
     for node in sc.nodes:
         _wait_listening(cluster, node)
     return sc
+
+
+def head_resolves(cluster, owner, addresses: Dict[str, str]) -> None:
+    """The head (node 0) resolves the node names as a real cluster's DNS would:
+    ka-d-server's --hosts matches a name by what it resolves to, never by the name a
+    node claims. `ip netns exec` reads /etc/netns/NS/hosts; removed with `owner`."""
+    etc = f"/etc/netns/{cluster.node(0).ns}"
+    os.makedirs(etc, exist_ok=True)
+    weakref.finalize(owner, shutil.rmtree, etc, True)
+    with open(f"{etc}/hosts", "w") as f:
+        f.write("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in addresses.items()))
 
 
 def _wait_listening(cluster, node: SshNode, timeout: float = 15.0) -> None:

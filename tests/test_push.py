@@ -114,6 +114,24 @@ def test_srun_needs_an_allocation(monkeypatch):
     assert srun[:5] == ["srun", "-N3", "--ntasks-per-node=1", "--nodelist=n[1-3]", "--kill-on-bad-exit=0"]
 
 
+
+def test_srun_errors_name_each_failed_node_once_with_its_tasks_own_word():
+    """Lines as srun --label writes them: a task's words may come before or after
+    srun's that it failed; the node is named at its first failure line only."""
+    errors = launchers.SrunErrors()
+    lines = ["0: kadeploy receive: registered",
+             " 2: kadeploy receive: cannot write to /data: Read-only file system",
+             "srun: error: n3: task 2: Exited with exit code 1",
+             "srun: error: n2: task 1: Exited with exit code 13",
+             " 1: slurmstepd-n2: error: execve(): kadeploy: No such file or directory",
+             "srun: error: n2: task 1: Exited with exit code 13",
+             "srun: error: n4: task 3: Killed",
+             "srun: error: n5: tasks 4-5: Exited with exit code 2"]
+    assert [errors.feed(line + "\n") for line in lines] == [None, None, "n3", "n2", None, None, "n4", "n5"]
+    assert errors.failed == {"n3": "kadeploy receive: cannot write to /data: Read-only file system",
+                             "n2": "execve(): kadeploy: No such file or directory",
+                             "n4": "Killed", "n5": "Exited with exit code 2"}
+
 def test_auto_is_clush_when_clustershell_imports():
     assert launchers.make_launcher("auto").name == "clush"
 

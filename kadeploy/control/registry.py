@@ -85,6 +85,7 @@ class Registry:
         self.nodes: Dict[int, Node] = {}
         self.registration_open = True
         self.start_now = asyncio.Event()
+        self._not_coming = 0
         self.rejected: Counter = Counter()
         self.open_connections = 0
         self.hostlist: Optional[ResolvedHosts] = None
@@ -180,9 +181,18 @@ class Registry:
         self.nodes[node_id] = node
         await ch.send(P.Welcome(node_id=node_id, software=SOFTWARE))
         log.info("registered %s (%d of %d)", node.name, len(self.nodes), self.cfg.n_clients)
-        if len(self.nodes) >= self.cfg.n_clients:
-            self.start_now.set()
+        self._start_once_all_in()
         return node
+
+    def not_coming(self, count: int) -> None:
+        """`count` of the clients waited for will never register (their launcher said
+        they failed to start): the start waits only for the others."""
+        self._not_coming = count
+        self._start_once_all_in()
+
+    def _start_once_all_in(self) -> None:
+        if len(self.nodes) >= self.cfg.n_clients - self._not_coming:
+            self.start_now.set()
 
     def _check_hello(self, ch: ControlChannel, msg: P.Hello) -> None:
         if not self.registration_open:

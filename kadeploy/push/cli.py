@@ -76,7 +76,7 @@ class OrderType(click.ParamType):
 @click.option("--ssh-option", "ssh_options", metavar="OPT", multiple=True,
               help="An argument for ssh (ssh, clush and pdsh launchers), e.g. -F FILE or -oPort=2222; may be repeated.")
 @click.option("--wait-timeout", type=SECONDS, default=DEFAULT_WAIT_TIMEOUT, show_default=True,
-              help="srun and none: seconds to wait for the nodes to register before starting with those that did.")
+              help="srun and none: seconds to wait for the nodes to register before starting with those that did (srun: not for those whose task failed).")
 @click.option("--stall-timeout", type=SECONDS, default=DEFAULT_STALL_TIMEOUT, show_default=True,
               help="Seconds of silence after which a node is given up.")
 @click.option("--key-file", type=click.Path(dir_okay=False), envvar="KADEPLOY_KEY_FILE",

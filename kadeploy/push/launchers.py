@@ -7,8 +7,10 @@ it has registered with the server and goes on in the background, so a bounded fa
 (ssh's, clush's, pdsh's) never holds a session open for the whole transfer; srun keeps
 its tasks attached, since Slurm ends a step's stray processes.
 
-`run(nodes, argv)` blocks and returns {node: None when the remote command exited 0,
-else the launcher's own error text}; nodes it says nothing about are not in the map.
+`run(nodes, argv, on_failed)` blocks and returns {node: None when the remote command
+exited 0, else the launcher's own error text}; nodes it says nothing about are not in
+the map. A launcher that stays attached (srun) also calls on_failed(node, why) from its
+thread as soon as it knows a node failed, so that the transfer need not wait for it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import shlex
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from kadeploy.errors import UsageError
 from kadeploy.push.nodes import fold
@@ -58,7 +60,8 @@ class Launcher:
         """What it runs, for --dry-run and --launcher none."""
         raise NotImplementedError
 
-    def run(self, nodes: Sequence[str], argv: Sequence[str]) -> Dict[str, Optional[str]]:
+    def run(self, nodes: Sequence[str], argv: Sequence[str],
+            on_failed: Callable[[str, str], None] = lambda node, why: None) -> Dict[str, Optional[str]]:
         raise NotImplementedError
 
 
@@ -88,7 +91,7 @@ class SshLauncher(Launcher):
                            errors="replace")
         return None if p.returncode == 0 else describe_failure(p.returncode, p.stderr)
 
-    def run(self, nodes, argv):
+    def run(self, nodes, argv, on_failed=lambda node, why: None):
         with ThreadPoolExecutor(max_workers=max(1, min(self.fanout or DEFAULT_FANOUT, len(nodes)))) as pool:
             return dict(zip(nodes, pool.map(lambda n: self._one(n, argv), nodes)))
 
@@ -108,7 +111,7 @@ class ClushLauncher(Launcher):
         return [shlex.join(["clush", "-w", fold(nodes), *(["-f", str(self.fanout)] if self.fanout else []),
                             shlex.join(argv)])]
 
-    def run(self, nodes, argv):
+    def run(self, nodes, argv, on_failed=lambda node, why: None):
         from ClusterShell.NodeSet import NodeSet
         from ClusterShell.Task import task_self
 
@@ -156,7 +159,7 @@ class PdshLauncher(Launcher):
         env = self.environment()["PDSH_SSH_ARGS_APPEND"]
         return [f"PDSH_SSH_ARGS_APPEND={shlex.quote(env)} " + shlex.join(self.pdsh_argv(nodes, argv))]
 
-    def run(self, nodes, argv):
+    def run(self, nodes, argv, on_failed=lambda node, why: None):
         p = subprocess.run(self.pdsh_argv(nodes, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, errors="replace", env=self.environment())
         return parse_pdsh(nodes, p.stdout + "\n" + p.stderr)
@@ -177,7 +180,40 @@ def parse_pdsh(nodes: Sequence[str], output: str) -> Dict[str, Optional[str]]:
             for n in nodes}
 
 
-_SRUN_TASK = re.compile(r"^srun: error: (?P<node>[^:\s]+): tasks? [\d,-]+: (?P<text>.*)$")
+_SRUN_TASK = re.compile(r"^srun: error: (?P<node>[^:\s]+): (?:task (?P<task>\d+)|tasks [\d,-]+): (?P<text>.*)$")
+_SRUN_LABEL = re.compile(r"^\s*(?P<task>\d+): (?:slurmstepd-[^:\s]+: error: )?(?P<text>.*)$")
+
+
+class SrunErrors:
+    """srun's standard error, read line by line as it comes. With --label, a task's
+    lines start with its number, and so do slurmstepd's errors about it (an execve()
+    that failed); they may come before or after srun's word that the task failed.
+    Pure: no I/O."""
+
+    def __init__(self) -> None:
+        self.failed: Dict[str, str] = {}    # node -> why, the best known so far
+        self._said: Dict[str, str] = {}     # task -> its last line (or slurmstepd's)
+        self._node_of: Dict[str, str] = {}  # task -> node, of the tasks that failed
+
+    def feed(self, line: str) -> Optional[str]:
+        """The node this line first says failed, if it does. Its reason, in `failed`,
+        is the task's own last word (or slurmstepd's), else srun's ("Exited with exit
+        code 2")."""
+        line = line.rstrip("\n")
+        m = _SRUN_TASK.match(line)
+        if m:
+            node, task = m.group("node"), m.group("task") or ""
+            first = node not in self.failed
+            self._node_of[task] = node
+            self.failed[node] = self._said.get(task) or m.group("text")
+            return node if first else None
+        m = _SRUN_LABEL.match(line)
+        if m and m.group("text").strip():
+            task = m.group("task")
+            self._said[task] = m.group("text").strip()
+            if task in self._node_of:        # said after srun's word: a better reason
+                self.failed[self._node_of[task]] = self._said[task]
+        return None
 
 
 class SrunLauncher(Launcher):
@@ -195,22 +231,25 @@ class SrunLauncher(Launcher):
 
     def srun_argv(self, nodes, argv) -> List[str]:
         return ["srun", f"-N{len(nodes)}", "--ntasks-per-node=1", f"--nodelist={fold(nodes)}",
-                "--kill-on-bad-exit=0", *argv]
+                "--kill-on-bad-exit=0", "--label", *argv]
 
     def command_lines(self, nodes, argv):
         return [shlex.join(self.srun_argv(nodes, argv))]
 
-    def run(self, nodes, argv):
-        p = subprocess.run(self.srun_argv(nodes, argv), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
-        results: Dict[str, Optional[str]] = {}
-        for line in p.stderr.splitlines():
-            m = _SRUN_TASK.match(line)
-            if m:
-                results[m.group("node")] = m.group("text")
-        if p.returncode != 0 and not results:   # the step itself failed: every node
-            return {n: describe_failure(p.returncode, p.stderr) for n in nodes}
-        return results
+    def run(self, nodes, argv, on_failed=lambda node, why: None):
+        errors = SrunErrors()
+        last = ""
+        with subprocess.Popen(self.srun_argv(nodes, argv), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              errors="replace") as p:
+            for line in p.stderr:   # as it comes: a node that failed is known at once
+                last = line if line.strip() else last
+                node = errors.feed(line)
+                if node is not None:
+                    on_failed(node, errors.failed[node])
+        if p.returncode != 0 and not errors.failed:   # the step itself failed: every node
+            return {n: describe_failure(p.returncode, last) for n in nodes}
+        return dict(errors.failed)
 
 
 class PrintLauncher(Launcher):
@@ -221,7 +260,7 @@ class PrintLauncher(Launcher):
     def command_lines(self, nodes, argv):
         return [shlex.join(argv)]
 
-    def run(self, nodes, argv):
+    def run(self, nodes, argv, on_failed=lambda node, why: None):
         return {}
 
 

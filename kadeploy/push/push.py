@@ -214,7 +214,26 @@ async def run_push(cfg: PushConfig, names: List[str], order: List[str],
         serving.result()
     listening()
     loop = asyncio.get_running_loop()
-    launching = loop.run_in_executor(None, launcher.run, names, argv)
+    index = NameIndex(names)
+    failed_at_once: Dict[str, str] = {}
+
+    def failed_now(node: str, why: str) -> None:
+        """A node the launcher says failed while it runs (srun): the transfer waits
+        no longer for it, unless it had registered (then it is lost as any node is)."""
+        if node in failed_at_once:
+            return
+        failed_at_once[node] = why
+        log.warning("%s could not be started: %s", node, why)
+        registered = {index.find(n.info.hostname, n.info.address) for n in server.registry.nodes.values()}
+        server.registry.not_coming(sum(1 for n in failed_at_once if n not in registered))
+
+    def on_failed(node: str, why: str) -> None:   # in the launcher's thread
+        try:
+            loop.call_soon_threadsafe(failed_now, node, why)
+        except RuntimeError:
+            pass    # the loop has ended: the launcher's result says it all
+
+    launching = loop.run_in_executor(None, launcher.run, names, argv, on_failed)
     launched: Dict[str, Optional[str]] = {}
 
     async def follow_launcher() -> None:

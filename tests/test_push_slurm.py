@@ -1,0 +1,89 @@
+"""kadeploy push through Slurm's srun, on a real Slurm cluster: munged, slurmctld on a
+head namespace and a slurmd in each node's (tests/slurmcluster.py), the push run
+inside an allocation (salloc) as an admin runs it, every node's copy checked."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import slurmcluster
+from kadeploy.lab.treedigest import diff_manifests, tree_manifest
+from test_push_netns import assert_result, leftovers, make_source
+
+pytestmark = pytest.mark.netns
+KADEPLOY = str(Path(sys.executable).parent / "kadeploy")
+
+
+@pytest.fixture(autouse=True)
+def _need_slurm():
+    reason = slurmcluster.slurm_available()
+    if reason is not None:
+        pytest.skip(f"needs Slurm: {reason}")
+
+
+@pytest.fixture
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="kdp-slurm-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_nodes(workdir, vcluster):
+    """`slurm_nodes(names, **faults)` -> SlurmCluster, stopped at the test's end."""
+    made = []
+
+    def make(names, **kw):
+        cluster = vcluster(len(names) + 1, prefix="kds")
+        sc = slurmcluster.start(cluster, workdir / "slurm", names=names, **kw)
+        made.append(sc)
+        return sc
+    yield make
+    for sc in made:
+        sc.close()
+
+
+def push(sc, *args):
+    # The nodes reach the head at its address: this machine's name resolves elsewhere.
+    return sc.allocated_run([KADEPLOY, "push", *args, "--launcher", "srun",
+                             "--server-address", sc.cluster.node(0).addr], timeout=120)
+
+
+def test_push_through_srun_inside_an_allocation(slurm_nodes, workdir):
+    sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3"])
+    src = make_source(workdir)
+    proc = push(sc, str(src), "-w", "kds-n[1-3]", "--dest", sc.dest, "--preserve")
+    assert_result(proc, 0, "kds-n[1-3] (3 node(s))", "- (0 node(s))")
+    want = tree_manifest(src)
+    for node in sc.nodes:
+        assert not diff_manifests(want, tree_manifest(node.path(sc.dest) / "data")), node.name
+        assert leftovers(node, sc.dest) == [], node.name
+    assert not any(Path(sc.dest).iterdir())   # every copy is the node's own
+
+
+def test_a_node_srun_cannot_start_the_receiver_on_fails_alone_at_once_with_sruns_error(slurm_nodes, workdir):
+    """srun says at once that a node's task failed: the others get the data without
+    waiting out --wait-timeout (600 s here, over the run's own budget) for it, and
+    the node's line gives slurmstepd's reason, not only an exit status."""
+    sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3"], no_kadeploy=["kds-n2"])
+    src = make_source(workdir)
+    report = workdir / "push.json"
+    proc = push(sc, str(src), "-w", "kds-n[1-3]", "--dest", sc.dest, "--report", str(report),
+                "--wait-timeout", "600")
+    assert_result(proc, 2, "kds-n[1,3] (2 node(s))", "kds-n2 (1 node(s))")
+    assert "wait timeout" not in proc.stderr, proc.stderr
+    rep = json.loads(report.read_text())
+    assert rep["failed"]["kds-n2"].startswith("execve(): kadeploy: "), rep["failed"]
+    assert "kds-n2 could not be started: " in proc.stderr, proc.stderr
+    nodes = sc.by_name()
+    want = tree_manifest(src, mtime=False, owner=False)
+    for name in ("kds-n1", "kds-n3"):
+        assert not diff_manifests(want, tree_manifest(nodes[name].path(sc.dest) / "data", mtime=False, owner=False))
+    assert list(nodes["kds-n2"].path(sc.dest).iterdir()) == []
