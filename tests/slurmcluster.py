@@ -94,10 +94,11 @@ class SlurmCluster:
         self.daemons.clear()
 
 
-def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=()) -> SlurmCluster:
+def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=(), read_only=()) -> SlurmCluster:
     """munged, slurmctld on the head and a slurmd on cluster nodes 1..len(names); the
     nodes in `no_kadeploy` do not have kadeploy (the virtualenv's bin directory is
-    hidden in their mount namespace). Returns once every node is idle."""
+    hidden in their mount namespace), those in `read_only` a read-only destination.
+    Returns once every node is idle."""
     workdir.mkdir(parents=True, exist_ok=True)
     dest = str(workdir / "dest")
     os.makedirs(dest, exist_ok=True)
@@ -115,7 +116,8 @@ def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=()) -> SlurmC
         for node in sc.nodes:
             (workdir / f"spool-{node.name}").mkdir()
             hide = f"mount -t tmpfs -o size=1m kdp-nothing {VENV_BIN}; " if node.name in no_kadeploy else ""
-            script = (f"set -e; hostname {node.name}; mount -t tmpfs -o size=256m kdp-dest {dest}; "
+            ro = ",ro" if node.name in read_only else ""
+            script = (f"set -e; hostname {node.name}; mount -t tmpfs -o size=256m{ro} kdp-dest {dest}; "
                       f"{hide}exec {_tool('slurmd')} -D -f {sc.conf}")
             node.slurmd = subprocess.Popen(
                 [_tool("nsenter"), f"--net=/run/netns/{cluster.node(node.index).ns}",

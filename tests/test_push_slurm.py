@@ -71,19 +71,22 @@ def test_push_through_srun_inside_an_allocation(slurm_nodes, workdir):
 def test_a_node_srun_cannot_start_the_receiver_on_fails_alone_at_once_with_sruns_error(slurm_nodes, workdir):
     """srun says at once that a node's task failed: the others get the data without
     waiting out --wait-timeout (600 s here, over the run's own budget) for it, and
-    the node's line gives slurmstepd's reason, not only an exit status."""
-    sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3"], no_kadeploy=["kds-n2"])
+    each failed node's line gives the reason (slurmstepd's, or the receiver's own
+    words), not only an exit status."""
+    sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3", "kds-n4"], no_kadeploy=["kds-n2"], read_only=["kds-n4"])
     src = make_source(workdir)
     report = workdir / "push.json"
-    proc = push(sc, str(src), "-w", "kds-n[1-3]", "--dest", sc.dest, "--report", str(report),
+    proc = push(sc, str(src), "-w", "kds-n[1-4]", "--dest", sc.dest, "--report", str(report),
                 "--wait-timeout", "600")
-    assert_result(proc, 2, "kds-n[1,3] (2 node(s))", "kds-n2 (1 node(s))")
+    assert_result(proc, 2, "kds-n[1,3] (2 node(s))", "kds-n[2,4] (2 node(s))")
     assert "wait timeout" not in proc.stderr, proc.stderr
     rep = json.loads(report.read_text())
     assert rep["failed"]["kds-n2"].startswith("execve(): kadeploy: "), rep["failed"]
+    assert "Read-only file system" in rep["failed"]["kds-n4"], rep["failed"]
     assert "kds-n2 could not be started: " in proc.stderr, proc.stderr
     nodes = sc.by_name()
     want = tree_manifest(src, mtime=False, owner=False)
     for name in ("kds-n1", "kds-n3"):
         assert not diff_manifests(want, tree_manifest(nodes[name].path(sc.dest) / "data", mtime=False, owner=False))
-    assert list(nodes["kds-n2"].path(sc.dest).iterdir()) == []
+    for name in ("kds-n2", "kds-n4"):
+        assert list(nodes[name].path(sc.dest).iterdir()) == [], name
