@@ -1,22 +1,26 @@
-"""kadeploy push through Slurm's srun, on a real Slurm cluster: munged, slurmctld on a
-head namespace and a slurmd in each node's (tests/slurmcluster.py), the push run
-inside an allocation (salloc) as an admin runs it, every node's copy checked."""
+"""kadeploy push through Slurm's srun, and ka-d-client started by srun, on a real
+Slurm cluster: munged, slurmctld on a head namespace and a slurmd in each node's
+(tests/slurmcluster.py), run inside an allocation (salloc) as an admin runs them,
+every node's copy checked."""
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+import deploy
 import slurmcluster
 from kadeploy.lab.treedigest import diff_manifests, tree_manifest
 from test_push_netns import assert_result, leftovers, make_source
 
 pytestmark = pytest.mark.netns
-KADEPLOY = str(Path(sys.executable).parent / "kadeploy")
+BIN = Path(sys.executable).parent
+KADEPLOY, KA_D_SERVER, KA_D_CLIENT = (str(BIN / name) for name in ("kadeploy", "ka-d-server", "ka-d-client"))
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +94,30 @@ def test_a_node_srun_cannot_start_the_receiver_on_fails_alone_at_once_with_sruns
         assert not diff_manifests(want, tree_manifest(nodes[name].path(sc.dest) / "data", mtime=False, owner=False))
     for name in ("kds-n2", "kds-n4"):
         assert list(nodes[name].path(sc.dest).iterdir()) == [], name
+
+
+def test_clients_started_by_srun_deploy_a_tree_onto_every_node(slurm_nodes, workdir):
+    """The manual's way to start the clients on a Slurm cluster:
+    `srun -N n --ntasks-per-node=1 ka-d-client -h server -t DIR`, here on a tar of a
+    small tree; every node extracts its own copy."""
+    sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3"])
+    src = make_source(workdir)
+    head = sc.cluster.node(0).addr
+    report = workdir / "report.json"
+    server = sc.cluster.popen(0, [KA_D_SERVER, "-n", "3", "-e", deploy.tar_producer(str(src)),
+                                  "--report", str(report), "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = sc.allocated_run(["srun", "-N3", "--ntasks-per-node=1", KA_D_CLIENT, "-h", head,
+                                 "-t", sc.dest, "-q"], timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert server.wait(60) == 0, server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    rep = json.loads(report.read_text())
+    assert rep["totals"] == {"nodes": 3, "ok": 3, "failed": 0}, rep["totals"]
+    want = tree_manifest(src, mtime=False)
+    for node in sc.nodes:
+        assert not diff_manifests(want, tree_manifest(node.path(sc.dest), mtime=False)), node.name
