@@ -48,3 +48,5 @@ ENV_BACKEND = "KADEPLOY_RELAY"           # the relay backend (--relay; kadeploy.
 # Set when a run must use the compiled core (CI): a missing backend is then an error
 # instead of a silent fallback.
 ENV_REQUIRE = "KADEPLOY_REQUIRE_BACKEND"
+# The suffixes of a size (--window 256M): binary multiples, K, M and G in either case.
+SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}

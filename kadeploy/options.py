@@ -23,7 +23,7 @@ CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 # ------------------------------------------------------------------ value types
 
-_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30}
+_SIZE_SHIFT = {"": 0, **defaults.SIZE_SHIFTS}
 
 
 def parse_size(text: str) -> int:

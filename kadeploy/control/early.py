@@ -63,7 +63,6 @@ ABSENT = {
     "connect_timeout": defaults.CONNECT_TIMEOUT, "handshake_timeout": defaults.HANDSHAKE_TIMEOUT,
     "discovery_port": defaults.DISCOVERY_PORT, "key_file": None, "quiet": False, "verbose": False,
 }
-_SIZE_SHIFTS = {"k": 10, "m": 20, "g": 30}
 _SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
 # The codes of Hello, Challenge and Auth; the Hello's fields, in protocol order, are
 # hello_fields(). The client (kadeploy.control.client) checks them once the protocol
@@ -125,7 +124,7 @@ def _convert(kind: str, value: str):
         from kadeploy import relay
         return value if value in ("auto", *relay.BACKENDS) else None
     if kind == "size":   # digits and an optional K, M or G: a part of what options.Size reads
-        shift = _SIZE_SHIFTS.get(value[-1:].lower(), 0)
+        shift = defaults.SIZE_SHIFTS.get(value[-1:].lower(), 0)
         digits = value[:-1] if shift else value
         n = int(digits) << shift if digits.isascii() and digits.isdigit() else 0
         return n if n > 0 else None
