@@ -67,12 +67,13 @@ class SlurmCluster:
         return dict(os.environ, SLURM_CONF=str(self.conf),
                     PATH=f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin")
 
-    def allocated_run(self, argv: List[str], timeout: float = 180) -> subprocess.CompletedProcess:
-        """`argv` on the head inside an allocation of every node (salloc), as an admin
-        runs it; output captured."""
-        names = ",".join(n.name for n in self.nodes)
-        return self.cluster.run(0, [_tool("salloc"), "--quiet", f"-N{len(self.nodes)}",
-                                    f"--nodelist={names}", "--", *argv],
+    def allocated_run(self, argv: List[str], timeout: float = 180,
+                      nodes: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+        """`argv` on the head inside an allocation (salloc) of `nodes` (default: every
+        node), as an admin runs it; output captured."""
+        nodes = nodes or [n.name for n in self.nodes]
+        return self.cluster.run(0, [_tool("salloc"), "--quiet", f"-N{len(nodes)}",
+                                    f"--nodelist={','.join(nodes)}", "--", *argv],
                                 capture_output=True, text=True, timeout=timeout, env=self.env())
 
     def by_name(self) -> Dict[str, SlurmNode]:

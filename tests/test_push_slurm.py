@@ -54,10 +54,10 @@ def slurm_nodes(workdir, vcluster):
         sc.close()
 
 
-def push(sc, *args):
+def push(sc, *args, allocated=None):
     # The nodes reach the head at its address: this machine's name resolves elsewhere.
     return sc.allocated_run([KADEPLOY, "push", *args, "--launcher", "srun",
-                             "--server-address", sc.cluster.node(0).addr], timeout=120)
+                             "--server-address", sc.cluster.node(0).addr], timeout=120, nodes=allocated)
 
 
 def test_push_through_srun_inside_an_allocation(slurm_nodes, workdir):
@@ -94,6 +94,19 @@ def test_a_node_srun_cannot_start_the_receiver_on_fails_alone_at_once_with_sruns
         assert not diff_manifests(want, tree_manifest(nodes[name].path(sc.dest) / "data", mtime=False, owner=False))
     for name in ("kds-n2", "kds-n4"):
         assert list(nodes[name].path(sc.dest).iterdir()) == [], name
+
+
+def test_nodes_outside_the_allocation_fail_with_sruns_own_error(slurm_nodes, workdir):
+    """srun refuses the whole step: every node fails with srun's words, at once."""
+    sc = slurm_nodes(["kds-n1", "kds-n2"])
+    src = make_source(workdir)
+    proc = push(sc, str(src), "-w", "kds-n[1-2]", "--dest", sc.dest, "--wait-timeout", "600",
+                allocated=["kds-n1"])
+    assert_result(proc, 1, "- (0 node(s))", "kds-n[1-2] (2 node(s))")
+    lines = {line.split(": ", 1)[0]: line for line in proc.stdout.splitlines()}
+    for name in ("kds-n1", "kds-n2"):
+        assert lines[name].startswith(f"{name}: srun: error: "), proc.stdout
+        assert list(sc.by_name()[name].path(sc.dest).iterdir()) == [], name
 
 
 def test_clients_started_by_srun_deploy_a_tree_onto_every_node(slurm_nodes, workdir):
