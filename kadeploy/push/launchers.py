@@ -40,6 +40,10 @@ def describe_failure(status: int, stderr: str) -> str:
     return last_line(stderr) or f"remote command exited {status}"
 
 
+def _not_told(node: str, why: str) -> None:
+    """run()'s on_failed when nobody asks to know at once."""
+
+
 class Launcher:
     name = ""
     detach = True              # receivers return once registered
@@ -61,7 +65,7 @@ class Launcher:
         raise NotImplementedError
 
     def run(self, nodes: Sequence[str], argv: Sequence[str],
-            on_failed: Callable[[str, str], None] = lambda node, why: None) -> Dict[str, Optional[str]]:
+            on_failed: Callable[[str, str], None] = _not_told) -> Dict[str, Optional[str]]:
         raise NotImplementedError
 
 
@@ -91,7 +95,7 @@ class SshLauncher(Launcher):
                            errors="replace")
         return None if p.returncode == 0 else describe_failure(p.returncode, p.stderr)
 
-    def run(self, nodes, argv, on_failed=lambda node, why: None):
+    def run(self, nodes, argv, on_failed=_not_told):
         with ThreadPoolExecutor(max_workers=max(1, min(self.fanout or DEFAULT_FANOUT, len(nodes)))) as pool:
             return dict(zip(nodes, pool.map(lambda n: self._one(n, argv), nodes)))
 
@@ -111,7 +115,7 @@ class ClushLauncher(Launcher):
         return [shlex.join(["clush", "-w", fold(nodes), *(["-f", str(self.fanout)] if self.fanout else []),
                             shlex.join(argv)])]
 
-    def run(self, nodes, argv, on_failed=lambda node, why: None):
+    def run(self, nodes, argv, on_failed=_not_told):
         from ClusterShell.NodeSet import NodeSet
         from ClusterShell.Task import task_self
 
@@ -159,7 +163,7 @@ class PdshLauncher(Launcher):
         env = self.environment()["PDSH_SSH_ARGS_APPEND"]
         return [f"PDSH_SSH_ARGS_APPEND={shlex.quote(env)} " + shlex.join(self.pdsh_argv(nodes, argv))]
 
-    def run(self, nodes, argv, on_failed=lambda node, why: None):
+    def run(self, nodes, argv, on_failed=_not_told):
         p = subprocess.run(self.pdsh_argv(nodes, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, errors="replace", env=self.environment())
         return parse_pdsh(nodes, p.stdout + "\n" + p.stderr)
@@ -236,7 +240,7 @@ class SrunLauncher(Launcher):
     def command_lines(self, nodes, argv):
         return [shlex.join(self.srun_argv(nodes, argv))]
 
-    def run(self, nodes, argv, on_failed=lambda node, why: None):
+    def run(self, nodes, argv, on_failed=_not_told):
         errors = SrunErrors()
         last = ""
         with subprocess.Popen(self.srun_argv(nodes, argv), stdin=subprocess.DEVNULL,
@@ -260,7 +264,7 @@ class PrintLauncher(Launcher):
     def command_lines(self, nodes, argv):
         return [shlex.join(argv)]
 
-    def run(self, nodes, argv, on_failed=lambda node, why: None):
+    def run(self, nodes, argv, on_failed=_not_told):
         return {}
 
 
