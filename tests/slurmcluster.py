@@ -41,24 +41,12 @@ def _tool(name: str) -> str:
 
 
 @dataclass
-class SlurmNode:
-    name: str
-    address: str
-    index: int                      # in the VirtualCluster
-    slurmd: Optional[subprocess.Popen] = None
-
-    def path(self, dest: str) -> Path:
-        """`dest` as this node's job steps see it (slurmd's mount namespace)."""
-        return Path(f"/proc/{self.slurmd.pid}/root") / dest.lstrip("/")
-
-
-@dataclass
 class SlurmCluster:
     cluster: object
     workdir: Path
     dest: str
     conf: Path
-    nodes: List[SlurmNode] = field(default_factory=list)
+    nodes: List[sshcluster.ServedNode] = field(default_factory=list)
     daemons: List[subprocess.Popen] = field(default_factory=list)
 
     def env(self) -> Dict[str, str]:
@@ -76,14 +64,14 @@ class SlurmCluster:
                                     f"--nodelist={','.join(nodes)}", "--", *argv],
                                 capture_output=True, text=True, timeout=timeout, env=self.env())
 
-    def by_name(self) -> Dict[str, SlurmNode]:
+    def by_name(self) -> Dict[str, sshcluster.ServedNode]:
         return {n.name: n for n in self.nodes}
 
     def close(self) -> None:
         for node in self.nodes:
-            if node.slurmd is not None:
-                self.daemons.append(node.slurmd)
-                node.slurmd = None
+            if node.daemon is not None:
+                self.daemons.append(node.daemon)
+                node.daemon = None
         for p in reversed(self.daemons):   # the nodes, then slurmctld, then munged
             if p.poll() is None:
                 p.terminate()
@@ -104,7 +92,7 @@ def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=(), read_only
     dest = str(workdir / "dest")
     os.makedirs(dest, exist_ok=True)
     sc = SlurmCluster(cluster=cluster, workdir=workdir, dest=dest, conf=workdir / "slurm.conf")
-    sc.nodes = [SlurmNode(name=name, address=cluster.node(i).addr, index=i)
+    sc.nodes = [sshcluster.ServedNode(name=name, address=cluster.node(i).addr, index=i)
                 for i, name in enumerate(names, start=1)]
     sshcluster.head_resolves(cluster, sc, {n.name: n.address for n in sc.nodes})
     try:
@@ -120,7 +108,7 @@ def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=(), read_only
             ro = ",ro" if node.name in read_only else ""
             script = (f"set -e; hostname {node.name}; mount -t tmpfs -o size=256m{ro} kdp-dest {dest}; "
                       f"{hide}exec {_tool('slurmd')} -D -f {sc.conf}")
-            node.slurmd = subprocess.Popen(
+            node.daemon = subprocess.Popen(
                 [_tool("nsenter"), f"--net=/run/netns/{cluster.node(node.index).ns}",
                  _tool("unshare"), "--uts", "--mount", "--propagation", "private", "sh", "-c", script],
                 env=sc.env(), start_new_session=True, stdout=subprocess.DEVNULL,
@@ -176,7 +164,7 @@ def _wait_idle(sc: SlurmCluster, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     states = ""
     while time.monotonic() < deadline:
-        for p in sc.daemons + [n.slurmd for n in sc.nodes]:
+        for p in sc.daemons + [n.daemon for n in sc.nodes]:
             if p.poll() is not None:
                 raise RuntimeError(f"a Slurm daemon exited {p.returncode}: {p.args}")
         r = sc.cluster.run(0, [_tool("sinfo"), "--noheader", "--Node", "--format=%N %t"],

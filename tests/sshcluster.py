@@ -35,15 +35,17 @@ def ssh_available() -> Optional[str]:
 
 
 @dataclass
-class SshNode:
+class ServedNode:
+    """A node of the cluster, and the daemon in its namespaces (sshd here, slurmd in
+    tests/slurmcluster.py)."""
     name: str
     address: str
     index: int                      # in the VirtualCluster
-    sshd: Optional[subprocess.Popen] = None
+    daemon: Optional[subprocess.Popen] = None
 
     def path(self, dest: str) -> Path:
-        """`dest` as this node sees it (its mount namespace, through its sshd)."""
-        return Path(f"/proc/{self.sshd.pid}/root") / dest.lstrip("/")
+        """`dest` as this node sees it (its mount namespace, through its daemon)."""
+        return Path(f"/proc/{self.daemon.pid}/root") / dest.lstrip("/")
 
 
 @dataclass
@@ -52,7 +54,7 @@ class SshCluster:
     workdir: Path
     dest: str
     ssh_config: Path
-    nodes: List[SshNode] = field(default_factory=list)
+    nodes: List[ServedNode] = field(default_factory=list)
 
     def head_run(self, argv: List[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         """A command on the head node (namespace 0), output captured."""
@@ -61,7 +63,7 @@ class SshCluster:
     def head_popen(self, argv: List[str], **kw) -> subprocess.Popen:
         return self.cluster.popen(0, argv, **kw)
 
-    def by_name(self) -> Dict[str, SshNode]:
+    def by_name(self) -> Dict[str, ServedNode]:
         return {n.name: n for n in self.nodes}
 
 
@@ -94,7 +96,7 @@ def start(cluster, workdir: Path, *, names: List[str],
     hosts = []
     live = [n for n in names if n not in unreachable]
     for i, name in enumerate(live, start=1):
-        sc.nodes.append(SshNode(name=name, address=cluster.node(i).addr, index=i))
+        sc.nodes.append(ServedNode(name=name, address=cluster.node(i).addr, index=i))
         hosts.append(f"Host {name}\n  HostName {cluster.node(i).addr}\n")
     for name in unreachable:
         hosts.append(f"Host {name}\n  HostName {UNREACHABLE}\n")
@@ -121,7 +123,7 @@ def start(cluster, workdir: Path, *, names: List[str],
         bind = f"touch {dest}/disk; mount --bind {device} {dest}/disk; " if device else ""
         script = (f"set -e; hostname {node.name}; mount -t tmpfs -o size=256m{ro} kdp-dest {dest}; "
                   f"{bind}exec {SSHD} -D -e -f {config}")
-        node.sshd = cluster.popen(node.index, ["unshare", "--uts", "--mount", "--propagation", "private",
+        node.daemon = cluster.popen(node.index, ["unshare", "--uts", "--mount", "--propagation", "private",
                                                "sh", "-c", script],
                                   stdout=subprocess.DEVNULL, stderr=open(workdir / f"sshd_{node.name}.log", "w"))
     for node in sc.nodes:
@@ -140,7 +142,7 @@ def head_resolves(cluster, owner, addresses: Dict[str, str]) -> None:
         f.write("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in addresses.items()))
 
 
-def _wait_listening(cluster, node: SshNode, timeout: float = 15.0) -> None:
+def _wait_listening(cluster, node: ServedNode, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
 
     def probe() -> bool:
@@ -151,8 +153,8 @@ def _wait_listening(cluster, node: SshNode, timeout: float = 15.0) -> None:
             return False
 
     while time.monotonic() < deadline:
-        if node.sshd.poll() is not None:
-            raise RuntimeError(f"sshd of {node.name} exited {node.sshd.returncode}")
+        if node.daemon.poll() is not None:
+            raise RuntimeError(f"sshd of {node.name} exited {node.daemon.returncode}")
         if cluster.node(0).call(probe):
             return
         time.sleep(0.1)

@@ -5,10 +5,8 @@ every node's copy checked."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 import deploy
 import slurmcluster
 from kadeploy.lab.treedigest import diff_manifests, tree_manifest
-from test_push_netns import assert_result, leftovers, make_source
+from test_push_netns import assert_result, leftovers, make_source, workdir  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.netns
 BIN = Path(sys.executable).parent
@@ -28,15 +26,6 @@ def _need_slurm():
     reason = slurmcluster.slurm_available()
     if reason is not None:
         pytest.skip(f"needs Slurm: {reason}")
-
-
-@pytest.fixture
-def workdir():
-    path = Path(tempfile.mkdtemp(prefix="kdp-slurm-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
