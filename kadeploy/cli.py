@@ -147,7 +147,7 @@ def read_hosts_file(path: str) -> List[str]:
 @click.option("--max-connections", type=POSITIVE, default=defaults.MAX_CONNECTIONS, show_default=True,
               help="Control connections open at once; more are closed at once and counted (floods).")
 @click.option("--compress", metavar="none|zstd[:LEVEL]|auto", default="none", show_default=True,
-              help="Compress the stream once on the server (zstd, LEVEL 1-19, default 3; on every core); "
+              help="Compress the stream once on the server (zstd, LEVEL 1-19, default 3; on every core, up to 8 threads); "
                    "relays forward it as it is and each node decompresses for its consumer. auto "
                    "compresses only when the link is slower than compressing and decompressing.")
 @install_cli.server_options

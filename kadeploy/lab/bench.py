@@ -177,7 +177,7 @@ def plan_sweep(nodes, arities, buffers, backends, methods, size, repeat,
               help="kadeploy relay backends to sweep.")
 @click.option("--integrity", default="on", show_default=True,
               callback=lambda ctx, p, v: [x == "on" for x in choice_list(["on", "off"])(ctx, p, v)],
-              help="kadeploy with its digests and repair spool (on), without them (off), or both (on,off).")
+              help="kadeploy with its digests and repair window (on), without them (off), or both (on,off).")
 @click.option("--compress", "compress", default="none", show_default=True, callback=compress_list,
               help="kadeploy --compress values to sweep (none, zstd, zstd:LEVEL, auto).")
 @click.option("--source", type=click.Path(file_okay=False, exists=True), default=None,
