@@ -359,7 +359,7 @@ def code_environment_variables() -> set[str]:
 
 # Not ours, but read: kadeploy (bench, demo) makes its scratch files in $TMPDIR.
 EXTRA_ENV = {"ka-d-server.1": set(), "ka-d-client.1": set(), "kadeploy.1": {"TMPDIR"},
-             "kadeploy-push.1": {"TMPDIR", "SSH_CONNECTION", "SLURM_JOB_ID"}}
+             "kadeploy-push.1": {"TMPDIR", "SSH_CONNECTION", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"}}
 
 
 def test_environment_scan_finds_the_known_variables():

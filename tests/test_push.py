@@ -217,6 +217,7 @@ def run(*args, env=None):
 
 @pytest.mark.parametrize("args, status, fragment", [
     (["push", "/etc/hostname", "-w", "n[1-", "--dest", "/tmp"], 64, "bad node set 'n[1-'"),
+    (["push", "/etc/hostname", "--dest", "/tmp"], 64, "no nodes: give -w NODESET"),
     (["push", "/nonexistent-kdp", "-w", "n1", "--dest", "/tmp"], 64, "source /nonexistent-kdp does not exist"),
     (["push", "/etc", "--file", "-w", "n1", "--dest", "/tmp"], 64, "neither a regular file nor a block device"),
     (["push", "/etc", "-w", "n1", "--dest", "tmp"], 64, "must be an absolute path"),

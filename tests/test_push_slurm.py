@@ -49,10 +49,11 @@ def push(sc, *args, allocated=None):
                              "--server-address", sc.cluster.node(0).addr], timeout=120, nodes=allocated)
 
 
-def test_push_through_srun_inside_an_allocation(slurm_nodes, workdir):
+def test_push_through_srun_inside_an_allocation_to_its_nodes(slurm_nodes, workdir):
+    """Without -w, the nodes are the allocation's ($SLURM_JOB_NODELIST)."""
     sc = slurm_nodes(["kds-n1", "kds-n2", "kds-n3"])
     src = make_source(workdir)
-    proc = push(sc, str(src), "-w", "kds-n[1-3]", "--dest", sc.dest, "--preserve")
+    proc = push(sc, str(src), "--dest", sc.dest, "--preserve")
     assert_result(proc, 0, "kds-n[1-3] (3 node(s))", "- (0 node(s))")
     want = tree_manifest(src)
     for node in sc.nodes:

@@ -41,8 +41,9 @@ class OrderType(click.ParamType):
 
 @click.command("push", context_settings=CONTEXT)
 @click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
-@click.option("-w", "--nodes", metavar="NODESET", required=True,
-              help="The nodes, as a ClusterShell node set: node[001-512], @group, a,b,c.")
+@click.option("-w", "--nodes", metavar="NODESET",
+              help="The nodes, as a ClusterShell node set: node[001-512], @group, a,b,c "
+                   "(with --launcher srun inside an allocation, by default its nodes).")
 @click.option("--dest", metavar="DIR", required=True,
               help="Absolute path on the nodes: each SOURCE becomes DIR/NAME; with --file, the file's path or directory.")
 @click.option("--file", "single_file", is_flag=True,

@@ -39,7 +39,7 @@ LAUNCHER_GRACE = 30.0          # seconds an attached launcher (srun) may take to
 @dataclass
 class PushConfig:
     sources: List[str]
-    nodes: str
+    nodes: Optional[str]   # None: nodes_asked() finds them
     dest: str
     single_file: bool = False
     excludes: List[str] = field(default_factory=list)
@@ -309,9 +309,21 @@ def plan_lines(cfg: PushConfig, order: List[str], launcher: launchers_mod.Launch
     return lines
 
 
+def nodes_asked(cfg: PushConfig) -> str:
+    """-w's node set; with the srun launcher inside an allocation, by default the
+    allocation's nodes ($SLURM_JOB_NODELIST, a node set Slurm writes as ClusterShell reads)."""
+    if cfg.nodes:
+        return cfg.nodes
+    allocated = os.environ.get("SLURM_JOB_NODELIST")
+    if cfg.launcher == "srun" and allocated:
+        return allocated
+    raise UsageError("no nodes: give -w NODESET (with --launcher srun, inside an allocation, "
+                     "the default is its nodes)")
+
+
 def prepare(cfg: PushConfig) -> Tuple[List[str], List[str], launchers_mod.Launcher, List[str]]:
     """Everything that can be checked before anything starts; UsageError otherwise."""
-    names = parse_nodeset(cfg.nodes)
+    names = parse_nodeset(nodes_asked(cfg))
     check_sources(cfg)
     if not os.path.isabs(cfg.dest):
         raise UsageError(f"--dest {cfg.dest} must be an absolute path (it is a path on the nodes)")
