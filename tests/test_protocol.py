@@ -225,3 +225,20 @@ def test_state_machines_fuzzed_with_message_sequences(script):
         ends[receiver].receive_data(data)
         assert ends[receiver].next_event() == msg
         assert ends[receiver].state == ends[sender].state
+
+
+def test_messages_compare_hash_and_print_by_value():
+    """Message writes __eq__ and __repr__ once for every type (dataclass's per-type
+    ones cost start-up): they behave as dataclass's would."""
+    a, b = P.Place(1, 1, 2, 1, "10.0.0.1", 30764), P.Place(1, 1, 2, 1, "10.0.0.1", 30764)
+    assert a == b and not a != b and a is not b
+    b.children.append(2)
+    assert a != b
+    assert P.Refuse(reason="x") != P.Abort(reason="x")          # same fields, other type
+    assert P.Refuse(reason="x").__eq__("x") is NotImplemented
+    with pytest.raises(TypeError):
+        hash(P.Refuse(reason="x"))
+    assert repr(P.Refuse(reason="no")) == "Refuse(reason='no')"
+    assert repr(P.Welcome(node_id=3, software="kadeploy/2")) == "Welcome(node_id=3, software='kadeploy/2')"
+    for cls in P.MESSAGE_TYPES.values():
+        assert "__eq__" not in vars(cls) and "__repr__" not in vars(cls), cls.__name__

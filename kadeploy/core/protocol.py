@@ -52,15 +52,33 @@ class RemoteProtocolError(ProtocolError):
 
 # ---------------------------------------------------------------- messages
 
-@dataclass
+# The messages' __eq__ and __repr__ are Message's, written once: dataclass would
+# generate (exec) both for each of the 20 types, ~5 ms of every process's start-up.
+_message = dataclass(eq=False, repr=False)
+
+
+@_message
 class Message:
     CODE = 0
+    __hash__ = None     # compared by value, as dataclass's eq would make them
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
-@dataclass
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({shown})"
+
+
+@_message
 class Hello(Message):
     """Client -> server: register as a node of the session."""
     CODE = 1
@@ -75,7 +93,7 @@ class Hello(Message):
     nonce: Optional[str] = None
 
 
-@dataclass
+@_message
 class Go(Message):
     """Client -> server: start now with the nodes registered so far (ka-d-client -g)."""
     CODE = 2
@@ -84,21 +102,21 @@ class Go(Message):
     nonce: Optional[str] = None
 
 
-@dataclass
+@_message
 class Welcome(Message):
     CODE = 3
     node_id: int
     software: str
 
 
-@dataclass
+@_message
 class Refuse(Message):
     """Either side, then close: why the connection is not wanted."""
     CODE = 4
     reason: str
 
 
-@dataclass
+@_message
 class GoAck(Message):
     CODE = 5
     started: bool
@@ -106,7 +124,7 @@ class GoAck(Message):
     message: str
 
 
-@dataclass
+@_message
 class Place(Message):
     """Server -> client: the node's place in the tree, sent once the tree is built."""
     CODE = 6
@@ -127,13 +145,13 @@ class Place(Message):
     window: int = 0                # bytes of repair window to keep, to serve adopted children
 
 
-@dataclass
+@_message
 class Progress(Message):
     CODE = 7
     bytes: int
 
 
-@dataclass
+@_message
 class End(Message):
     """Server -> client: the producer finished; what a complete stream is."""
     CODE = 8
@@ -144,7 +162,7 @@ class End(Message):
     content_bytes: Optional[int] = None   # what each consumer must get, when the stream is encoded
 
 
-@dataclass
+@_message
 class Done(Message):
     """Client -> server: the node's completion report."""
     CODE = 9
@@ -161,19 +179,19 @@ class Done(Message):
     decode_seconds: Optional[float] = None   # time this node spent decoding it
 
 
-@dataclass
+@_message
 class Finish(Message):
     """Server -> client: release a client waiting with -w."""
     CODE = 10
 
 
-@dataclass
+@_message
 class Abort(Message):
     CODE = 11
     reason: str
 
 
-@dataclass
+@_message
 class DataHello(Message):
     """Child -> parent, first frame on a data connection."""
     CODE = 12
@@ -182,13 +200,13 @@ class DataHello(Message):
     offset: int = 0        # where the stream resumes, for a re-attached node
 
 
-@dataclass
+@_message
 class DataWelcome(Message):
     """Parent -> child: accepted; raw stream bytes follow this frame."""
     CODE = 13
 
 
-@dataclass
+@_message
 class Challenge(Message):
     """The answerer's nonce and its proof that it knows the key (see kadeploy.control.auth)."""
     CODE = 14
@@ -196,14 +214,14 @@ class Challenge(Message):
     proof: str
 
 
-@dataclass
+@_message
 class Auth(Message):
     """The asker's proof, over both nonces."""
     CODE = 15
     proof: str
 
 
-@dataclass
+@_message
 class Digest(Message):
     """Server -> client: the digest of one chunk of the stream."""
     CODE = 16
@@ -211,13 +229,13 @@ class Digest(Message):
     digest: str
 
 
-@dataclass
+@_message
 class Ping(Message):
     """Server -> client, every second: the server is alive."""
     CODE = 17
 
 
-@dataclass
+@_message
 class Reattach(Message):
     """Server -> client: your parent is gone; resume from this parent at your offset."""
     CODE = 18
@@ -226,14 +244,14 @@ class Reattach(Message):
     reason: str = ""
 
 
-@dataclass
+@_message
 class DropChild(Message):
     """Server -> client: stop feeding this child (it is gone)."""
     CODE = 19
     node_id: int
 
 
-@dataclass
+@_message
 class Adopt(Message):
     """Server -> client: a lost node's child will connect to you; feed it from your
     repair window, from the offset it asks for."""
