@@ -307,3 +307,20 @@ def test_dhcp_rack_benchmark_at_smoke_size():
     result = json.loads(p.stdout)
     assert result["no_ping"]["unknown_leased"] == 2 and result["no_ping"]["known_leased"]
     assert set(result["ping_check"]) == set(result["no_ping"])
+
+
+def test_import_cost_benchmark_at_smoke_size():
+    """bench/import_cost.py times a module's import in two trees, round by round; here
+    both trees are this one, so only the plumbing is checked."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "import_cost.py"), "--baseline", REPO,
+                        "--rounds", "1"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    assert result["module"] == "kadeploy.core.protocol"
+    assert result["this_ms"]["median"] > 0 and result["baseline_ms"]["median"] > 0
+    assert result["this_to_baseline_median"] == result["this_ms"]["median"] / result["baseline_ms"]["median"]
+    for args, fragment in ((["--rounds", "0"], "--rounds must be at least 1"),
+                           (["--baseline", "/nonexistent-kdb"], "no kadeploy package there")):
+        bad = subprocess.run([sys.executable, os.path.join(REPO, "bench", "import_cost.py"),
+                              "--baseline", REPO, *args], capture_output=True, text=True, timeout=60, env=ENV)
+        assert bad.returncode != 0 and fragment in bad.stderr, bad.stderr

@@ -53,7 +53,8 @@ class RemoteProtocolError(ProtocolError):
 # ---------------------------------------------------------------- messages
 
 # The messages' __eq__ and __repr__ are Message's, written once: dataclass would
-# generate (exec) both for each of the 20 types, ~5 ms of every process's start-up.
+# generate (exec) both for each of the 20 types, and every process imports this module
+# on its way to the first byte (bench/import_cost.py: 0.55-0.63 x the import time).
 _message = dataclass(eq=False, repr=False)
 
 
