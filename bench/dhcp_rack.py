@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import netbootlab as lab  # noqa: E402
 from test_netboot_netns import NODE1_MAC, Serve, udhcpc  # noqa: E402
+
+from kadeploy.lab.benchlib import output  # noqa: E402
 
 
 def rack(n: int, extra) -> dict:
@@ -61,9 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nodes", type=int, default=20, help="unknown nodes (plus one of the table)")
     args = ap.parse_args(argv)
     result = {
-        "command": " ".join(["bench/dhcp_rack.py"] + (argv or sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, load {os.getloadavg()[0]:.1f}",
+        **output.run_header("bench/dhcp_rack.py", argv),
         "no_ping": rack(args.nodes, []),
         "ping_check": rack(args.nodes, ["--ping-check"]),
     }

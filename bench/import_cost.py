@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = os.path.dirname(HERE)
+sys.path.insert(0, TREE)
+from kadeploy.lab.benchlib import output  # noqa: E402
 PRELOAD = ("kadeploy.asyncio_without_tls", "dataclasses", "json", "hashlib", "hmac", "typing",
            "ipaddress", "kadeploy.core.fields", "kadeploy.core.frame", "kadeploy.core.states",
            "kadeploy.defaults")
 TIMER = ("import importlib, sys, time\n"
          "for name in sys.argv[2:]: importlib.import_module(name)\n"
          "t = time.perf_counter(); importlib.import_module(sys.argv[1])\n"
-         "print(1000 * (time.perf_counter() - t))\n")
+         "print(time.perf_counter() - t)\n")
 
 
 def time_import(tree: str, module: str, preload) -> float:
@@ -39,11 +38,7 @@ def time_import(tree: str, module: str, preload) -> float:
     env["PYTHONPATH"] = tree
     out = subprocess.run([sys.executable, "-c", TIMER, module, *preload], env=env, cwd="/",
                          capture_output=True, text=True, check=True).stdout
-    return float(out)
-
-
-def summary(ms) -> dict:
-    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms)}
+    return float(out)     # seconds
 
 
 def main(argv=None) -> int:
@@ -68,13 +63,10 @@ def main(argv=None) -> int:
         for name, tree in trees.items():
             times[name].append(time_import(tree, args.module, preload))
     result = {
-        "command": " ".join(["bench/import_cost.py"] + (argv if argv is not None else sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, "
-                   f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}",
+        **output.run_header("bench/import_cost.py", argv),
         "module": args.module,
-        "this_ms": summary(times["this"]),
-        "baseline_ms": summary(times["baseline"]),
+        "this_ms": output.spread_ms(times["this"]),
+        "baseline_ms": output.spread_ms(times["baseline"]),
     }
     result["this_to_baseline_median"] = result["this_ms"]["median"] / result["baseline_ms"]["median"]
     text = json.dumps(result, indent=2)

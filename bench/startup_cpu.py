@@ -19,10 +19,8 @@ kadeploy.entry) and with the interpreter's full teardown (`exit_wall_teardown_ms
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from kadeploy import defaults  # noqa: E402
-from kadeploy.lab.benchlib import startup  # noqa: E402
+from kadeploy.lab.benchlib import output, startup  # noqa: E402
 
 
 def client_argv():
@@ -74,10 +72,7 @@ def main(argv=None) -> int:
     to_hello = sorted(r.cpu_total for r in killed)
     keyed_cpu = sorted(r.cpu_total for r in keyed)
     result = {
-        "command": " ".join(["bench/startup_cpu.py"] + (argv or sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, "
-                   f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}",
+        **output.run_header("bench/startup_cpu.py", argv),
         "rounds": args.rounds,
         "cpu_to_exit_ms": {"min": 1000 * totals[0], "median": 1000 * statistics.median(totals),
                            "max": 1000 * totals[-1]},

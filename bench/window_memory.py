@@ -15,16 +15,16 @@ The exit time is from its line to its reaping. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from kadeploy.lab.benchlib import output  # noqa: E402
+
 KINDS = ("window", "shared", "none")
 
 CHILD = """
@@ -63,11 +63,6 @@ def one(kind: str, size: int, env) -> "tuple[float, float]":
     return float(line), ended - said
 
 
-def spread(values) -> dict:
-    ms = sorted(1000 * v for v in values)
-    return {"min": ms[0], "median": statistics.median(ms), "max": ms[-1]}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=256)
@@ -85,16 +80,13 @@ def main(argv=None) -> int:
         for kind in kinds:
             runs[kind].append(one(kind, size, env))
     result = {
-        "command": " ".join(["bench/window_memory.py"] + (argv if argv is not None else sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, "
-                   f"Linux {platform.release()}, load {os.getloadavg()[0]:.1f}",
+        **output.run_header("bench/window_memory.py", argv),
         "size_mib": args.size_mib,
         "rounds": args.rounds,
     }
     for kind in kinds:
-        result[f"{kind}_fill_ms"] = spread(fill for fill, _ in runs[kind])
-        result[f"{kind}_exit_ms"] = spread(freed for _, freed in runs[kind])
+        result[f"{kind}_fill_ms"] = output.spread_ms(fill for fill, _ in runs[kind])
+        result[f"{kind}_exit_ms"] = output.spread_ms(freed for _, freed in runs[kind])
     for what in ("fill", "exit"):
         result[f"window_to_shared_{what}_median"] = (result[f"window_{what}_ms"]["median"]
                                                      / result[f"shared_{what}_ms"]["median"])

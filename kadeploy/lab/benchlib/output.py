@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
+import os
+import platform
 import statistics
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 KEY = ("rate_mbit", "method", "n", "arity", "buffer_size", "backend", "integrity", "compress", "start")
@@ -13,6 +17,22 @@ CSV_FIELDS = [*KEY, "size", "repeat", "ok", "wall_s", "stream_s", "throughput_mb
               "cpu_per_gb_client", "backend_used", "compression", "error"]
 MEASURES = ("wall_s", "stream_s", "link_fraction", "stream_link_fraction",
             "cpu_per_gb_server", "cpu_per_gb_client")
+
+
+def run_header(script: str, argv: Optional[Sequence[str]]) -> dict:
+    """What a benchmark's JSON opens with: the command as typed, the date, the machine."""
+    return {
+        "command": " ".join([script] + list(argv if argv is not None else sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, Linux {platform.release()}, "
+                   f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}",
+    }
+
+
+def spread_ms(seconds) -> dict:
+    """Median, least and most of durations in seconds, as milliseconds."""
+    ms = sorted(1000 * v for v in seconds)
+    return {"min": ms[0], "median": statistics.median(ms), "max": ms[-1]}
 
 
 def key(row: dict) -> Tuple:
