@@ -68,11 +68,8 @@ class SlurmCluster:
         return {n.name: n for n in self.nodes}
 
     def close(self) -> None:
-        for node in self.nodes:
-            if node.daemon is not None:
-                self.daemons.append(node.daemon)
-                node.daemon = None
-        for p in reversed(self.daemons):   # the nodes, then slurmctld, then munged
+        nodes = [n.daemon for n in self.nodes if n.daemon is not None]
+        for p in nodes + self.daemons[::-1]:   # the nodes, then slurmctld, then munged
             if p.poll() is None:
                 p.terminate()
             try:
@@ -80,7 +77,6 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.daemons.clear()
 
 
 def start(cluster, workdir: Path, *, names: List[str], no_kadeploy=(), read_only=()) -> SlurmCluster:

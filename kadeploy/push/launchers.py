@@ -206,9 +206,10 @@ class SrunErrors:
         line = line.rstrip("\n")
         m = _SRUN_TASK.match(line)
         if m:
-            node, task = m.group("node"), m.group("task") or ""
+            node, task = m.group("node"), m.group("task") or ""   # "": "tasks 0-3", no one task
             first = node not in self.failed
-            self._node_of[task] = node
+            if task:
+                self._node_of[task] = node
             self.failed[node] = self._said.get(task) or m.group("text")
             return node if first else None
         m = _SRUN_LABEL.match(line)
