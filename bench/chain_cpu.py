@@ -31,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment, free_port, load_report  # noqa: E402
+from kadeploy.lab.benchlib import bytecode  # noqa: E402
 from tables import chain_cpu_markdown, record  # noqa: E402
 
 VARIANTS = {   # name -> the server's options (None: the C relay)
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=os.path.join(HERE, "chain_cpu.csv"))
     args = ap.parse_args()
+    bytecode.as_installed()
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:

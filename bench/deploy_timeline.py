@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kadeploy import defaults  # noqa: E402
-from kadeploy.lab.benchlib import execute  # noqa: E402
+from kadeploy.lab.benchlib import bytecode, execute  # noqa: E402
 from kadeploy.lab.benchlib.methods import SERVER_ADDR, STARTS  # noqa: E402
 from kadeploy.lab.vcluster import VirtualCluster  # noqa: E402
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                     help="as kadeploy bench --start: the clock runs from the start of the side started last")
     args = ap.parse_args(argv)
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, byte code {bytecode.as_installed()}")
     with VirtualCluster(args.nodes, prefix="kdtl", rate=args.rate) as cluster:
         for r in range(args.rounds):
             print(f"round {r + 1}:", end=" ")

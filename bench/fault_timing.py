@@ -30,6 +30,7 @@ from deploy import Deployment, load_report  # noqa: E402
 from tables import fault_markdown, record  # noqa: E402
 
 from kadeploy.lab import vcluster as vc  # noqa: E402
+from kadeploy.lab.benchlib import bytecode  # noqa: E402
 
 NODES = 8
 STALL = 3.0
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out", default=os.path.join(HERE, "fault_timing.csv"))
     args = ap.parse_args()
+    bytecode.as_installed()
     reason = vc.netns_support()
     if reason is not None:
         raise SystemExit(f"needs network namespaces: {reason}")

@@ -14,7 +14,6 @@ milliseconds (median, min, max) and the ratio of the medians, this tree / baseli
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = os.path.dirname(HERE)
 sys.path.insert(0, TREE)
-from kadeploy.lab.benchlib import output  # noqa: E402
+from kadeploy.lab.benchlib import bytecode, output  # noqa: E402
 PRELOAD = ("kadeploy.asyncio_without_tls", "dataclasses", "json", "hashlib", "hmac", "typing",
            "ipaddress", "kadeploy.core.fields", "kadeploy.core.frame", "kadeploy.core.states",
            "kadeploy.defaults")
@@ -34,8 +33,7 @@ TIMER = ("import importlib, sys, time\n"
 
 
 def time_import(tree: str, module: str, preload) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = tree
+    env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run([sys.executable, "-c", TIMER, module, *preload], env=env, cwd="/",
                          capture_output=True, text=True, check=True).stdout
     return float(out)     # seconds
@@ -56,14 +54,16 @@ def main(argv=None) -> int:
         ap.error(f"--baseline {args.baseline}: no kadeploy package there")
     preload = [m for m in args.preload.split(",") if m]
     trees = {"this": TREE, "baseline": os.path.abspath(args.baseline)}
-    for tree in trees.values():
-        compileall.compile_dir(os.path.join(tree, "kadeploy"), quiet=2)
+    byte_code = bytecode.as_installed()
+    if not bytecode.compile_tree(os.path.join(trees["baseline"], "kadeploy")):
+        byte_code += "; the baseline's partly from source"
     times = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():
             times[name].append(time_import(tree, args.module, preload))
     result = {
         **output.run_header("bench/import_cost.py", argv),
+        "byte_code": byte_code,
         "module": args.module,
         "this_ms": output.spread_ms(times["this"]),
         "baseline_ms": output.spread_ms(times["baseline"]),

@@ -27,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment, free_port, load_report  # noqa: E402
+from kadeploy.lab.benchlib import bytecode  # noqa: E402
 from tables import ceiling_markdown, record  # noqa: E402
 
 CONFIGS = {
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=os.path.join(HERE, "loopback_ceiling.csv"))
     args = ap.parse_args()
+    bytecode.as_installed()
     if shutil.which("iperf3") is None:
         raise SystemExit("iperf3 is not installed (Debian: apt-get install iperf3)")
     size = args.size_mib << 20

@@ -16,6 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from deploy import Deployment, free_port  # noqa: E402
+from kadeploy.lab.benchlib import bytecode  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -54,6 +55,7 @@ def digest_speed() -> str:
 
 def main() -> None:
     size = (int(sys.argv[1]) if len(sys.argv) > 1 else 2048) << 20
+    bytecode.as_installed()
     work = tempfile.mkdtemp(prefix="kd-threads-")
     dep = Deployment(work)
     try:

@@ -8,9 +8,8 @@ from rounds where the stand-in server kills the client as soon as its Hello arri
 `keyed_cpu_to_registration_ms` the same for a client with --key-file, killed as soon as
 its Auth (its answer to the stand-in's Challenge) arrives. Other rounds refuse a keyless
 client instead and check that it exits 3 ("could not join"); their `cpu_to_exit_ms`
-includes what the client imports after its Hello. Byte code is cached as in an installed
-copy (pip compiles it at install time): the run clears PYTHONDONTWRITEBYTECODE and does
-one warm-up round first. It also clears the variables that choose a key or a relay
+includes what the client imports after its Hello. Byte code is compiled first, as in an installed
+copy (kadeploy.lab.benchlib.bytecode), and one warm-up round runs first. It also clears the variables that choose a key or a relay
 backend: the figures are with defaults. Each round also times a ka-d-server from exec
 to listening (`server_wall_to_listen_ms`), and a client's end after a real 16 MiB
 deployment, the wall time from its last line to its exit: as it ends (`exit_wall_ms`,
@@ -28,7 +27,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from kadeploy import defaults  # noqa: E402
-from kadeploy.lab.benchlib import output, startup  # noqa: E402
+from kadeploy.lab.benchlib import bytecode, output, startup  # noqa: E402
 
 
 def client_argv():
@@ -41,7 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
-    cleared = ("PYTHONDONTWRITEBYTECODE", defaults.ENV_KEY, defaults.ENV_KEY_FILE,
+    byte_code = bytecode.as_installed()
+    cleared = (defaults.ENV_KEY, defaults.ENV_KEY_FILE,
                defaults.ENV_BACKEND, defaults.ENV_REQUIRE)
     env = {k: v for k, v in os.environ.items() if k not in cleared}
     cmd = client_argv() + ["--discard"]
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     keyed_cpu = sorted(r.cpu_total for r in keyed)
     result = {
         **output.run_header("bench/startup_cpu.py", argv),
+        "byte_code": byte_code,
         "rounds": args.rounds,
         "cpu_to_exit_ms": {"min": 1000 * totals[0], "median": 1000 * statistics.median(totals),
                            "max": 1000 * totals[-1]},

@@ -5,6 +5,7 @@ Correctness only: no timing is asserted (other tests share this machine's cores)
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from deploy import Deployment, load_report
 from kadeploy import cli
 from kadeploy.lab import bench
 from kadeploy.lab import vcluster as vc
-from kadeploy.lab.benchlib import methods, output
+from kadeploy.lab.benchlib import bytecode, methods, output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KD = [sys.executable, "-m", "kadeploy"]
@@ -155,6 +156,25 @@ def test_plots_are_pngs(tmp_path):
 # ------------------------------------------------------- in namespaces, root
 
 @pytest.mark.netns
+def test_benchmarks_run_kadeploy_from_byte_code_as_an_installed_copy_does(tmp_path, monkeypatch):
+    """Under PYTHONDONTWRITEBYTECODE (set on these machines) a source tree has no byte
+    code, and every process a benchmark starts would compile kadeploy from source."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for rel in ("__init__.py", "sub/__init__.py", "sub/mod.py"):
+        (pkg / rel).write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert bytecode.compile_tree(str(pkg))
+    for rel in ("__init__.py", "sub/__init__.py", "sub/mod.py"):
+        assert os.path.exists(importlib.util.cache_from_source(str(pkg / rel))), rel
+    assert bytecode.as_installed() == "compiled"
+    assert "PYTHONDONTWRITEBYTECODE" not in os.environ      # the processes started next
+    for root, _, files in os.walk(bytecode.PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                assert os.path.exists(importlib.util.cache_from_source(os.path.join(root, name))), name
+
+
 def test_tiny_sweep_writes_csv_json_png(tmp_path):
     out = tmp_path / "out"
     args = ["bench", "--nodes", "2,3", "--size", "4M", "--methods", "kadeploy,diy",
@@ -175,6 +195,7 @@ def test_tiny_sweep_writes_csv_json_png(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert {"command", "date", "machine", "runs", "summary", "ratios", "reference"} <= set(doc)
     assert doc["machine"]["nproc"] == os.cpu_count()
+    assert doc["byte_code"] == "compiled"
     assert len(doc["runs"]) == 4 and len(doc["summary"]) == 4
     assert {(r["n"], r["baseline"]) for r in doc["ratios"]} == {(2, "diy"), (3, "diy")}
     for name in ("time_vs_n.png", "cpu_per_gb.png"):      # matplotlib is in the bench extra

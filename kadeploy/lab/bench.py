@@ -31,7 +31,7 @@ import click
 
 from kadeploy import defaults
 from kadeploy.errors import EXIT_USAGE, KadeployError
-from kadeploy.lab.benchlib import execute, output
+from kadeploy.lab.benchlib import bytecode, execute, output
 from kadeploy.lab.benchlib.methods import METHODS, NEEDS, SENDER_FIRST, STARTS, Experiment
 from kadeploy.lab.benchlib.progress import Progress
 from kadeploy.options import (
@@ -229,10 +229,12 @@ def bench_command(nodes, arities, buffers, backends, integrity, compress, source
                              compress, source, starts)
     reference = {"arity": arities[0], "buffer_size": buffers[0], "backend": backends[0],
                  "integrity": integrity[0], "compress": compress[0]}
+    byte_code = bytecode.as_installed()
     rows = run_sweep(experiments, rates, delay, loss, timeout, plain, outdir)
     summary = output.aggregate(rows)
     doc = {"command": "kadeploy bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
            "date": started.isoformat(timespec="seconds"), "machine": machine(),
+           "byte_code": byte_code,
            "size": size, "delay": delay, "loss": loss, "reference": reference,
            "runs": rows, "summary": summary, "ratios": output.ratios(summary, reference)}
     output.write_csv(os.path.join(outdir, "results.csv"), rows)
