@@ -72,6 +72,26 @@ MACHINES = [("node1", "52:54:00:6b:64:01", "198.18.0.11", "bios"),
             ("node2", "52:54:00:6b:64:02", "198.18.0.12", "uefi")]
 
 
+def test_the_image_runs_kadeploy_and_its_dependencies_from_byte_code(image):
+    """Every Python module of kadeploy and of the dependencies copied beside it has its
+    byte code in the initrd, and so has the standard library's asyncio: a node's first
+    ka-d-client compiles nothing before it registers."""
+    listing = subprocess.run(["sh", "-c", 'zstd -dc "$1" | cpio -t --quiet', "sh", str(image / "initrd.img")],
+                             capture_output=True, text=True, check=True).stdout
+    names = {n[2:] if n.startswith("./") else n for n in listing.split()}
+    init = next(n for n in names if n.endswith("/dist-packages/kadeploy/__init__.py"))
+    site = init[:-len("/kadeploy/__init__.py")]
+    tag = "cpython-3" + re.search(r"python3\.(\d+)/", site)[1]
+    sources = [n for n in names if n.startswith(site + "/") and n.endswith(".py")]
+    sources.append(next(n for n in names if re.fullmatch(r"usr/lib/python3\.\d+/asyncio/base_events\.py", n)))
+
+    def byte_code(source: str) -> str:
+        head, name = source.rsplit("/", 1)
+        return f"{head}/__pycache__/{name[:-3]}.{tag}.pyc"
+    missing = [s for s in sources if byte_code(s) not in names]
+    assert len(sources) > 100 and not missing, missing[:10]
+
+
 def test_two_machines_pxe_boot_the_install_system_and_reach_ka_d_client(image, net, scratch):
     accel = lab.qemu_accel(image / "vmlinuz")
     nodes = scratch / "nodes.csv"

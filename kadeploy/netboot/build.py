@@ -10,8 +10,8 @@ Steps, each timed into ``build.json`` beside the image: debootstrap (or cache),
 extract into a private tmpfs, prune what an installer never uses (docs, locales,
 drivers for graphics/sound/media), add kadeploy (a wheel of its source tree built and
 installed by pip, and its Python dependencies copied as they are installed for this
-Python, so the build needs no package index), check that ``ka-d-client --version``
-runs in the image, pack. Needs root (debootstrap, chroot, mount).
+Python, so the build needs no package index, then byte-compiled by the image's
+Python), check that ``ka-d-client --version`` runs in the image, pack. Needs root (debootstrap, chroot, mount).
 """
 from __future__ import annotations
 
@@ -218,6 +218,11 @@ def _install_kadeploy(root: Path, work: Path, source: Optional[Path], wheel: Opt
           "--no-warn-script-location", "--target", str(site), str(wheel)], "installing kadeploy into the image")
     copy_dependencies(site)
     shutil.rmtree(site / "bin", ignore_errors=True)   # their shebangs name this machine's Python
+    # Byte code, by the image's own Python and for the image's paths (pip's would name
+    # this machine's): without it each node's first ka-d-client compiles kadeploy and
+    # its dependencies from source before it registers.
+    _run(["chroot", str(root), "python3", "-m", "compileall", "-q", f"/usr/local/lib/python{image_py}/dist-packages"],
+         "compiling the byte code of kadeploy and its dependencies in the image")
     bindir = root / "usr/local/bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for prog, entry in (("ka-d-client", "client_main"), ("ka-d-server", "server_main"),
