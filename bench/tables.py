@@ -10,6 +10,7 @@ table: the configuration columns that vary, the runs that succeeded, the wall-cl
 a user sees (sender's start to the last receiver's exit) and kadeploy's own stream time
 (placement to the last verdict), each a mean with its min–max over the repeats, the
 link rate each of the two amounts to (mean over the repeats), and the CPU per GB.
+With --median: medians instead of means.
 With --ratios: kadeploy's wall time and CPU per receiver against each baseline. Nothing is computed here that the CSV does not hold.
 """
 from __future__ import annotations
@@ -52,9 +53,10 @@ def _num(v: Optional[float], spec: str, scale: float = 1.0) -> str:
     return "-" if v is None else format(v * scale, spec)
 
 
-def _seconds(s: Dict, measure: str) -> str:
-    """The mean, and the range when there were several good repeats."""
-    text = _num(s[measure], ".2f")
+def _seconds(s: Dict, measure: str, center: str = "") -> str:
+    """The mean (or, center "_median", the median), and the range when there were
+    several good repeats."""
+    text = _num(s[measure + center], ".2f")
     if s["ok_runs"] > 1 and s[measure] is not None:
         text += f" ({s[measure + '_min']:.2f}–{s[measure + '_max']:.2f})"
     return text
@@ -75,7 +77,9 @@ def _config(field: str, v) -> str:
     return str(v)
 
 
-def markdown(summary: List[Dict]) -> str:
+def markdown(summary: List[Dict], center: str = "") -> str:
+    """One row per configuration; each measure the mean over the good repeats, or with
+    center "_median" their median (for a machine whose hiccups make outliers)."""
     shown = [(f, title) for f, title in CONFIG if len({s.get(f) for s in summary}) > 1 or f == "n"]
     head = [title for _, title in shown] + [
         "runs ok", "wall s", "stream s", "% of link (wall)", "% of link (stream)",
@@ -86,9 +90,9 @@ def markdown(summary: List[Dict]) -> str:
     for s in summary:
         cells = [_config(f, s.get(f)) for f, _ in shown] + [
             f"{s['ok_runs']}/{s['runs']}",
-            _seconds(s, "wall_s"), _seconds(s, "stream_s"),
-            _num(s["link_fraction"], ".1f", 100), _num(s["stream_link_fraction"], ".1f", 100),
-            _num(s["cpu_per_gb_client"], ".2f"), _num(s["cpu_per_gb_server"], ".2f")]
+            _seconds(s, "wall_s", center), _seconds(s, "stream_s", center),
+            _num(s["link_fraction" + center], ".1f", 100), _num(s["stream_link_fraction" + center], ".1f", 100),
+            _num(s["cpu_per_gb_client" + center], ".2f"), _num(s["cpu_per_gb_server" + center], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -214,6 +218,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("csv", help="a results.csv of `kadeploy bench`")
     ap.add_argument("--ratios", action="store_true",
                     help="print kadeploy's time and CPU against each baseline instead")
+    ap.add_argument("--median", action="store_true",
+                    help="each measure's median over the repeats instead of its mean")
     args = ap.parse_args(argv)
     try:
         other = render_other(args.csv)
@@ -225,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bench/tables.py: cannot read {args.csv}: {e}", file=sys.stderr)
         return 1
     summary = sorted(aggregate(runs), key=lambda s: (s["rate_mbit"], s["n"]))
-    print(ratio_markdown(summary) if args.ratios else markdown(summary))
+    print(ratio_markdown(summary) if args.ratios else markdown(summary, "_median" if args.median else ""))
     return 0
 
 

@@ -52,6 +52,7 @@ def aggregate(rows: Sequence[dict]) -> List[dict]:
         for m in MEASURES:
             vals = [r[m] for r in good if r.get(m) is not None]
             agg[m] = statistics.fmean(vals) if vals else None
+            agg[m + "_median"] = statistics.median(vals) if vals else None
             agg[m + "_min"] = min(vals) if vals else None
             agg[m + "_max"] = max(vals) if vals else None
         out.append(agg)
