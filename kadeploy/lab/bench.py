@@ -14,7 +14,8 @@ Measured per experiment: wall time (sender start to last receiver exit), the kad
 report's time, throughput as a fraction of the link rate, and CPU seconds per GB of
 each node's process tree. Written to --out: results.csv (one row per run),
 results.json (runs, summary over repeats, ratios against the baselines, the machine
-and the command), and PNG plots when matplotlib is installed.
+and the command), and PNG plots when matplotlib is installed. kadeploy runs from byte
+code, as an installed copy does (benchlib.bytecode).
 """
 from __future__ import annotations
 
