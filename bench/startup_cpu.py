@@ -11,9 +11,10 @@ client instead and check that it exits 3 ("could not join"); their `cpu_to_exit_
 includes what the client imports after its Hello. Byte code is compiled first, as in
 an installed copy (kadeploy.lab.benchlib.bytecode), and one warm-up round runs first.
 It also clears the variables that choose a key or a relay backend: the figures are
-with defaults. Each round also times a ka-d-server from exec to listening (`server_wall_to_listen_ms`), and a client's end after a real 16 MiB
-deployment, the wall time from its last line to its exit: as it ends (`exit_wall_ms`,
-kadeploy.entry) and with the interpreter's full teardown (`exit_wall_teardown_ms`).
+with defaults. Each round also times a ka-d-server from exec to listening
+(`server_wall_to_listen_ms`), and a client's end after a real 16 MiB deployment, the
+wall time from its last line to its exit: as it ends (`exit_wall_ms`, kadeploy.entry)
+and with the interpreter's full teardown (`exit_wall_teardown_ms`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ extract into a private tmpfs, prune what an installer never uses (docs, locales,
 drivers for graphics/sound/media), add kadeploy (a wheel of its source tree built and
 installed by pip, and its Python dependencies copied as they are installed for this
 Python, so the build needs no package index, then byte-compiled by the image's
-Python), check that ``ka-d-client --version`` runs in the image, pack. Needs root (debootstrap, chroot, mount).
+Python), check that ``ka-d-client --version`` runs in the image, pack. Needs root
+(debootstrap, chroot, mount).
 """
 from __future__ import annotations
 

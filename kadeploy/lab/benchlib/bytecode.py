@@ -3,8 +3,8 @@
 pip compiles a package's modules when it installs it. A source tree (an editable
 install, a worktree on PYTHONPATH) has byte code only where an earlier import wrote it,
 and none at all under PYTHONDONTWRITEBYTECODE: then every process a benchmark starts
-compiles each kadeploy module it imports, 20-45 ms of CPU on a 2-CPU machine, which
-no installed node pays.
+compiles each kadeploy module it imports (18-49 ms more for a server's imports here,
+bench/RESULTS.md), which no installed node pays.
 """
 from __future__ import annotations
 
