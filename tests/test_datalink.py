@@ -159,3 +159,20 @@ def test_a_node_that_never_opens_its_data_connection_is_given_up(tmp_path):
         assert "did not open its data connection within 5 s" in server.err
     finally:
         dep.close()
+
+
+def test_a_parent_that_never_answers_the_handshake_times_out_saying_so():
+    """A frozen parent's kernel still accepts the connection; the child gives up after
+    its timeout with a message that says so (asyncio's TimeoutError has no text)."""
+    from kadeploy.data.datalink import connect_parent
+    from kadeploy.errors import NotJoined
+
+    async def scenario():
+        listener = _listener()
+        try:
+            await connect_parent("127.0.0.1", listener.getsockname()[1], 3, KEY, timeout=0.2, sockbuf=None)
+        except NotJoined as e:
+            return str(e)
+        finally:
+            listener.close()
+    assert asyncio.run(scenario()).endswith("failed: timed out")

@@ -82,6 +82,24 @@ def test_node_lost_while_it_is_being_repaired(net, tmp_path):
     assert moved(server.err, 5, 2), server.err
 
 
+@pytest.mark.parametrize("then", ["kill", "stay frozen"])
+def test_an_adopter_lost_before_its_orphan_connects(net, tmp_path, then):
+    """Node 3 frozen, its child 4 killed: the server re-attaches 5 under 3, which it
+    still believes alive. 3 is then killed (5's connection is refused or reset) or
+    stays frozen (5's handshake hangs until the server gives 3 up): either way the
+    server's next Reattach, under 2, is followed, not taken for a failure."""
+    cluster, dep, server, clients, report = start(net, tmp_path, 6, 1)
+    wait_until_produced(tmp_path, server, 0.35)
+    t3 = fault("freeze", cluster, clients, 3, tmp_path)
+    t4 = fault("kill", cluster, clients, 4, tmp_path)
+    wait_for(lambda: moved(server.err, 5, 3))
+    if then == "kill":
+        t3 = fault("kill", cluster, clients, 3, tmp_path)
+    check_survivors(tmp_path, server, clients, report, {3, 4}, {3: t3, 4: t4})
+    assert moved(server.err, 5, 2), server.err
+    assert "to the server" not in server.err
+
+
 @pytest.mark.parametrize("n,arity,victim,child,grandparent", [(7, 2, 3, 7, 1), (8, 3, 2, 8, 0)])
 def test_trees_heal_in_place(net, tmp_path, n, arity, victim, child, grandparent):
     cluster, dep, server, clients, report = start(net, tmp_path, n, arity)

@@ -329,9 +329,9 @@ class Client:
             step = None
         if step is None:
             return error
-        from kadeploy.data.node import reconnect_to_adopter
+        from kadeploy.data.node import follow_reattach
         try:
-            return await reconnect_to_adopter(reconnect, step.host, step.port, 0, link.stall)
+            return await follow_reattach(link, reconnect, step, 0)
         except NotJoined as e:
             return e
 

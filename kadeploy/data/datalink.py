@@ -45,7 +45,7 @@ async def connect_parent(host: str, port: int, node_id: int, key: bytes, *,
     except (ConnectionError, asyncio.TimeoutError, P.ProtocolError) as e:
         sock.close()
         raise NotJoined(f"data connection to parent {format_hostport(host, port)} failed: "
-                        f"{e or 'timed out'}")
+                        f"{str(e) or 'timed out'}")
     except BaseException:
         sock.close()
         raise

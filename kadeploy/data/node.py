@@ -130,6 +130,26 @@ class ServerLink:
                 if self.bar is not None:
                     self.bar.tick()
 
+    async def newer_reattach(self, patience: Optional[float] = None) -> Optional[P.Reattach]:
+        """The server's next Reattach (taken), or None once the server is lost, or
+        after `patience` seconds without one."""
+        loop = asyncio.get_running_loop()
+        deadline = None if patience is None else loop.time() + patience
+        while True:
+            if self.reattach is not None:
+                step, self.reattach = self.reattach, None
+                return step
+            if self.lost is not None:
+                return None
+            wait = 0.5 if deadline is None else min(0.5, deadline - loop.time())
+            if wait <= 0:
+                return None
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
     async def next_step(self, total: int) -> Optional[P.Reattach]:
         """After a source ended: a Reattach to follow, or None when there is nothing
         more to wait for (the stream is complete, or cannot be)."""
@@ -170,6 +190,50 @@ async def reconnect_to_adopter(reconnect, host: str, port: int, offset: int,
                 raise
         await asyncio.sleep(pause)
         pause = min(2 * pause, 0.2)
+
+
+async def follow_reattach(link: ServerLink, reconnect, step: P.Reattach,
+                          offset: int) -> socket.socket:
+    """The data connection to the parent a Reattach names, from byte `offset`.
+
+    That parent may be lost itself just after the server chose it (two adjacent
+    nodes lost together, seen in either order). The server then re-attaches its
+    children, us too: a newer Reattach replaces the attempt, and a failed attempt
+    waits for one, as long as the server takes to notice a loss. NotJoined when
+    none comes."""
+    while True:
+        attempt = asyncio.ensure_future(
+            reconnect_to_adopter(reconnect, step.host, step.port, offset, link.stall))
+        newer = asyncio.ensure_future(link.newer_reattach())
+        await asyncio.wait({attempt, newer}, return_when=asyncio.FIRST_COMPLETED)
+        if newer.done():
+            attempt.cancel()
+            await _close_if_connected(attempt)
+            if newer.result() is None:
+                raise NotJoined(link.lost or "lost the server")
+            step = newer.result()
+            log.warning("re-attaching again, to %s: %s", step.host, step.reason or "parent lost")
+            continue
+        newer.cancel()
+        try:
+            sock = attempt.result()
+        except NotJoined as e:
+            log.warning("%s; waiting for the server to re-attach this node", e)
+            later = await link.newer_reattach(2 * link.stall + 2)
+            if later is None:
+                raise
+            step = later
+            continue
+        if link.reattach is None:
+            return sock
+        sock.close()           # the server moved us on while we connected
+        step, link.reattach = link.reattach, None
+
+
+async def _close_if_connected(attempt: asyncio.Future) -> None:
+    await asyncio.wait({attempt})
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
 
 
 class DataPhase:
@@ -303,12 +367,12 @@ class DataPhase:
                 step = await link.next_step(self.total)
                 if step is None:
                     break
-                self.repairs += 1
                 try:
-                    self.source = await self._reconnect(step.host, step.port)
+                    self.source = await follow_reattach(link, self.reconnect, step, self.total)
                 except NotJoined as e:
-                    link.lost = f"re-attaching failed: {e}"
+                    link.lost = link.lost or f"re-attaching failed: {e}"
                     break
+                self.repairs += 1
                 log.info("resumed at byte %d from %s", self.total, step.host)
         except BaseException:
             kill_group(consumer)   # interrupted: the consumer must not go on alone
@@ -361,9 +425,6 @@ class DataPhase:
                        repairs=self.repairs,
                        content_bytes=hasher.content if encoded else None,
                        decode_seconds=round(hasher.decode_seconds, 6) if encoded else None)
-
-    async def _reconnect(self, host: str, port: int) -> socket.socket:
-        return await reconnect_to_adopter(self.reconnect, host, port, self.total, self.link.stall)
 
     def _digest_verdict(self) -> Optional[str]:
         """Why the bytes received are not the server's (None: they are, chunk by chunk
