@@ -6,8 +6,8 @@ building ssl's enums costs 13-24 ms of a process's start-up (`python -X importti
 bench/RESULTS.md), on the
 wall clock of every deployment: the server's start comes before its first byte.
 Imported here with ssl hidden, asyncio takes TLS as absent; an `import ssl` later works
-as ever. The command line imports this first; where asyncio or ssl is already loaded,
-nothing changes.
+as ever. The server and the client import this first; where asyncio or ssl is already
+loaded, nothing changes.
 """
 from __future__ import annotations
 

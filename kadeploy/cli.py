@@ -7,7 +7,6 @@ documented exit status (kadeploy.errors), never a traceback.
 """
 from __future__ import annotations
 
-from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
 import logging
 import os
 import sys
@@ -163,7 +162,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
-    from kadeploy.control.server import ServerConfig, exit_status, serve
+    from kadeploy.control.server_config import ServerConfig
     from kadeploy.data.commands import DEFAULT_PRODUCER
 
     setup_logging("ka-d-server", quiet, verbose)
@@ -190,7 +189,15 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
         key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
     cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
     cfg.encrypt = server_encrypts(cfg.key, encrypt)
-    report = asyncio.run(serve(cfg))
+    # Every check of the command line has passed, so a node that connects now is not
+    # left by a server that exits over it. Listening before the control plane's
+    # imports (asyncio among them), a node started first connects during them and its
+    # Hello waits in the socket, instead of retrying a refused connection until then.
+    from kadeploy.control.listeners import listen
+    listeners = listen(cfg.control_port, cfg.bind), listen(cfg.data_port, cfg.bind)
+    from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
+    from kadeploy.control.server import exit_status, serve
+    report = asyncio.run(serve(cfg, listeners))
     click.echo(report.table())
     if report_file:
         report.write_json(report_file)
@@ -234,6 +241,7 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
                    handshake_timeout, discovery_port, key_file, quiet, verbose, insecure_no_verify):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
+    from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
     from kadeploy.control.client import config_from, go_now, run_node
     from kadeploy.control.discovery import check_session_name
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from kadeploy.control import early, netio
 from kadeploy.defaults import CONNECT_RETRY_CAP
+from kadeploy.errors import EXIT_USAGE
 from kadeploy.core import protocol as P
 from kadeploy.lab.benchlib import startup
 
@@ -179,3 +181,58 @@ print(" ".join(sorted(m for m in sys.modules if m.startswith("cryptography"))) o
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "none", out.stdout
+
+
+def _server_under_probe(args, probe):
+    """Run ka-d-server with `args` in a process where `probe` (Python source defining
+    find_spec(name)) sees every import first; its output and status."""
+    code = (f"import sys, socket\n{probe}\n"
+            "class Probe:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        find_spec(name)\n"
+            "sys.meta_path.insert(0, Probe())\n"
+            f"sys.argv = ['ka-d-server', *{list(args)!r}]\n"
+            "from kadeploy.entry import server_main\n"
+            "server_main()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_server_listens_before_it_imports_its_control_plane():
+    """A node started first connects while the server still imports asyncio and the
+    control plane, and its Hello waits in the socket: it does not retry a refused
+    connection until they are loaded."""
+    port, data_port = _free_port(), _free_port()
+    probe = ("def find_spec(name):\n"
+             "    if name == 'asyncio' and not hasattr(sys, 'probed'):\n"
+             "        sys.probed = True\n"
+             "        with socket.socket() as s:\n"
+             f"            print('connected' if s.connect_ex(('127.0.0.1', {port})) == 0 else 'refused',"
+             " flush=True)\n")
+    p = _server_under_probe(["-p", str(port), "-P", str(data_port), "--bind", "127.0.0.1",
+                             "--synthetic", "1K", "--wait-timeout", "0.2", "-q"], probe)
+    assert p.stdout.splitlines()[:1] == ["connected"], p.stdout + p.stderr
+    assert "no client registered within 0.2 s" in p.stderr and p.returncode != 0, p.stderr
+
+
+@pytest.mark.parametrize("bad", [["--hosts", "/nonexistent/hosts"], ["--compress", "lz4"],
+                                 ["--key-file", "/nonexistent/key"], ["-a", "0"]])
+def test_the_server_listens_only_for_a_command_line_it_has_checked(bad):
+    """A node connected to a server that then exits over its command line would fail:
+    every check comes first, and a bad command line never opens a port."""
+    probe = ("from kadeploy.control import early\n"
+             "bound = early.bound_listener\n"
+             "def listening(*args, **kwargs):\n"
+             "    print('listening', flush=True)\n"
+             "    return bound(*args, **kwargs)\n"
+             "early.bound_listener = listening\n"
+             "def find_spec(name):\n"
+             "    pass\n")
+    p = _server_under_probe(["-p", str(_free_port()), "--synthetic", "1K", *bad], probe)
+    assert p.returncode == EXIT_USAGE and "listening" not in p.stdout, p.stdout + p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr

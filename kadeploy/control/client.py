@@ -7,7 +7,7 @@ go on feeding the others and the consumer.
 """
 from __future__ import annotations
 
-import asyncio
+from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
 import logging
 import os
 import socket

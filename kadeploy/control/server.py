@@ -17,10 +17,10 @@ that holds no lock the loop needs. Life of a deployment:
 """
 from __future__ import annotations
 
-import asyncio
+from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
 import logging
+import socket
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from kadeploy import relay as relay_mod
@@ -33,22 +33,9 @@ from kadeploy.core import protocol as P
 from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
 from kadeploy.core.states import RECEIVING, NodeState, Verdict
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
-from kadeploy.data.commands import DEFAULT_PRODUCER
 from kadeploy.data.server_phase import ServerDataPhase
-from kadeploy.defaults import (
-    BUFFER_SIZE,
-    CONNECT_TIMEOUT,
-    CONTROL_PORT,
-    DATA_PORT,
-    DISCOVERY_PORT,
-    HANDSHAKE_TIMEOUT,
-    MAX_CONNECTIONS,
-    LATE_CHILD_GRACE,
-    TREE_LOG_NODES,
-    PROGRESS_INTERVAL,
-    REPAIR_WINDOW,
-    STALL_TIMEOUT,
-)
+from kadeploy.control.server_config import ServerConfig  # noqa: F401 (kadeploy.control.server's too)
+from kadeploy.defaults import LATE_CHILD_GRACE, TREE_LOG_NODES
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
 from kadeploy.view.progress import (
@@ -63,40 +50,6 @@ if TYPE_CHECKING:
     from kadeploy.view.report import Report
 
 log = logging.getLogger("kadeploy.server")
-
-
-@dataclass
-class ServerConfig:
-    n_clients: int = 1
-    arity: int = 1
-    session: Optional[str] = None
-    producer: str = DEFAULT_PRODUCER
-    finish_delay: float = 0.0          # seconds between Finish messages (-d is tenths)
-    control_port: int = CONTROL_PORT
-    data_port: int = DATA_PORT
-    bind: Optional[str] = None
-    wait_timeout: Optional[float] = None
-    hosts: Optional[List[str]] = None
-    relay_backend: Optional[str] = None
-    buffer_size: int = BUFFER_SIZE
-    sockbuf: Optional[int] = None
-    connect_timeout: float = CONNECT_TIMEOUT
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-    discovery_port: int = DISCOVERY_PORT
-    progress_interval: float = PROGRESS_INTERVAL
-    live: Optional[bool] = None        # live table; None: when stderr is a terminal
-    expected_size: Optional[int] = None
-    key: Optional[bytes] = None
-    max_connections: int = MAX_CONNECTIONS
-    verify: bool = True                # chunk digests beside the data, checked by every node
-    repair: bool = True                # keep a repair window; re-attach the orphans of a lost node
-    spool_dir: Optional[str] = None    # a spool file there instead of the in-memory window
-    window: int = REPAIR_WINDOW        # bytes of the stream kept in memory for repairs
-    stall_timeout: float = STALL_TIMEOUT  # a node silent this long is given up
-    install: Optional[object] = None   # a kadeploy.install.serve.ServerInstall
-    compress: str = "none"             # --compress: none, zstd[:LEVEL] or auto (kadeploy.data.codec)
-    encrypt: bool = False              # --encrypt: AES-256-GCM of the stream (kadeploy.core.encryption)
-    boot_states: Optional[str] = None  # --boot-states: the netboot kit's nodes, shown while they boot
 
 
 class Server:
@@ -126,10 +79,12 @@ class Server:
 
     # ------------------------------------------------------------------- run
 
-    async def run(self) -> Report:
+    async def run(self, listeners: Optional[Tuple[socket.socket, socket.socket]] = None) -> Report:
+        """listeners: the control and data listeners, when the caller bound them
+        already (kadeploy.cli, before importing this module)."""
         cfg = self.cfg
-        ctrl_sock = listen(cfg.control_port, cfg.bind)
-        data_sock = listen(cfg.data_port, cfg.bind)
+        ctrl_sock, data_sock = listeners or (listen(cfg.control_port, cfg.bind),
+                                             listen(cfg.data_port, cfg.bind))
         srv = await asyncio.start_server(self.registry.handle_control, sock=ctrl_sock)
         responder = None
         watchdog = asyncio.ensure_future(self.healer.watch())
@@ -387,5 +342,5 @@ def exit_status(report: Report) -> int:
     return EXIT_FAILED if failed == len(report.nodes) else EXIT_SOME_FAILED
 
 
-async def serve(config: ServerConfig) -> Report:
-    return await Server(config).run()
+async def serve(config: ServerConfig, listeners=None) -> Report:
+    return await Server(config).run(listeners)

@@ -71,22 +71,6 @@ class NodeView:
     step: str = ""     # a node still booting (kadeploy.netboot.progress): its boot step
 
 
-class StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time, so that log lines go above a
-    live table (rich redirects sys.stderr while it draws)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):  # StreamHandler.__init__ assigns it; we always look it up
-        pass
-
-
 class ServerProgress:
     """Runs beside the deployment; `snapshot()` gives (header, rows) when called."""
 
