@@ -193,8 +193,8 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
     # left by a server that exits over it. Listening before the control plane's
     # imports (asyncio among them), a node started first connects during them and its
     # Hello waits in the socket, instead of retrying a refused connection until then.
-    from kadeploy.control.listeners import listen
-    listeners = listen(cfg.control_port, cfg.bind), listen(cfg.data_port, cfg.bind)
+    from kadeploy.control.listeners import server_listeners
+    listeners = server_listeners(cfg)
     from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
     from kadeploy.control.server import exit_status, serve
     report = asyncio.run(serve(cfg, listeners))
@@ -241,7 +241,7 @@ def client_command(host, session, consumer, target, wait_finish, go, advertise, 
                    handshake_timeout, discovery_port, key_file, quiet, verbose, insecure_no_verify):
     """Receive the stream into a local consumer (by default tar extracting into
     --target) and forward it to this node's children."""
-    from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
+    from kadeploy.asyncio_without_tls import asyncio
     from kadeploy.control.client import config_from, go_now, run_node
     from kadeploy.control.discovery import check_session_name
 

@@ -14,7 +14,7 @@ import pytest
 from kadeploy import cli, defaults, options
 from kadeploy import relay as relay_mod
 from kadeploy.control.client import ClientConfig
-from kadeploy.control.server import ServerConfig
+from kadeploy.control.server_config import ServerConfig
 from kadeploy.core import protocol as P
 from kadeploy.lab.bench import bench_command
 from kadeploy.lab.demo import demo_command

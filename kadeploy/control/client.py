@@ -18,7 +18,8 @@ from typing import Optional
 
 from kadeploy.control import auth
 from kadeploy.control.early import Registered
-from kadeploy.control.netio import ControlChannel, connect, listen
+from kadeploy.control.listeners import listen
+from kadeploy.control.netio import ControlChannel, connect
 from kadeploy.control.policy import refuse_place
 from kadeploy.core import protocol as P
 from kadeploy.core.addresses import format_hostport
@@ -324,7 +325,7 @@ class Client:
         notices within its stall timeout), or the error stands."""
         log.warning("%s; waiting for the server to re-attach this node", error)
         try:
-            step = await asyncio.wait_for(link.next_step(0), 2 * link.stall + 2)
+            step = await asyncio.wait_for(link.next_step(0), link.repair_patience)
         except asyncio.TimeoutError:
             step = None
         if step is None:

@@ -35,3 +35,8 @@ def _bind_target(bind: Optional[str]) -> Tuple[int, str]:
         infos = socket.getaddrinfo(bind, None, type=socket.SOCK_STREAM)
         return infos[0][0], infos[0][4][0]
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), bind
+
+
+def server_listeners(cfg) -> Tuple[socket.socket, socket.socket]:
+    """The server's control and data listeners, for its ServerConfig."""
+    return listen(cfg.control_port, cfg.bind), listen(cfg.data_port, cfg.bind)

@@ -6,7 +6,6 @@ import socket
 from typing import Optional
 
 from kadeploy.control import early
-from kadeploy.control.listeners import listen  # noqa: F401 (the client's, from here)
 from kadeploy.core import protocol
 from kadeploy.core.addresses import format_hostport, normalize_address
 from kadeploy.errors import NotJoined

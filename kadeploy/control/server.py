@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 from kadeploy import relay as relay_mod
 from kadeploy.control import auth
 from kadeploy.control.healing import Healer
-from kadeploy.control.netio import listen
+from kadeploy.control.listeners import server_listeners
 from kadeploy.control.registry import Node, Registry
+from kadeploy.control.server_config import ServerConfig
 from kadeploy.core import encryption
 from kadeploy.core import protocol as P
 from kadeploy.core.integrity import CHUNK_SIZE, default_algorithm
 from kadeploy.core.states import RECEIVING, NodeState, Verdict
 from kadeploy.core.topology import Tree, build_tree, order_nodes, render
 from kadeploy.data.server_phase import ServerDataPhase
-from kadeploy.control.server_config import ServerConfig  # noqa: F401 (kadeploy.control.server's too)
 from kadeploy.defaults import LATE_CHILD_GRACE, TREE_LOG_NODES
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, SOFTWARE, __version__
@@ -83,8 +83,7 @@ class Server:
         """listeners: the control and data listeners, when the caller bound them
         already (kadeploy.cli, before importing this module)."""
         cfg = self.cfg
-        ctrl_sock, data_sock = listeners or (listen(cfg.control_port, cfg.bind),
-                                             listen(cfg.data_port, cfg.bind))
+        ctrl_sock, data_sock = listeners or server_listeners(cfg)
         srv = await asyncio.start_server(self.registry.handle_control, sock=ctrl_sock)
         responder = None
         watchdog = asyncio.ensure_future(self.healer.watch())

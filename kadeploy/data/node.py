@@ -130,6 +130,23 @@ class ServerLink:
                 if self.bar is not None:
                     self.bar.tick()
 
+    @property
+    def repair_patience(self) -> float:
+        """How long to wait for a Reattach: the server notices a loss within its
+        stall timeout, or never."""
+        return 2 * self.stall + 2
+
+    def take_reattach(self) -> Optional[P.Reattach]:
+        step, self.reattach = self.reattach, None
+        return step
+
+    async def _changed_within(self, seconds: float) -> None:
+        self.changed.clear()
+        try:
+            await asyncio.wait_for(self.changed.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
     async def newer_reattach(self, patience: Optional[float] = None) -> Optional[P.Reattach]:
         """The server's next Reattach (taken), or None once the server is lost, or
         after `patience` seconds without one."""
@@ -137,18 +154,13 @@ class ServerLink:
         deadline = None if patience is None else loop.time() + patience
         while True:
             if self.reattach is not None:
-                step, self.reattach = self.reattach, None
-                return step
+                return self.take_reattach()
             if self.lost is not None:
                 return None
             wait = 0.5 if deadline is None else min(0.5, deadline - loop.time())
             if wait <= 0:
                 return None
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            await self._changed_within(wait)
 
     async def next_step(self, total: int) -> Optional[P.Reattach]:
         """After a source ended: a Reattach to follow, or None when there is nothing
@@ -157,8 +169,7 @@ class ServerLink:
         deadline = None
         while True:
             if self.reattach is not None:
-                step, self.reattach = self.reattach, None
-                return step
+                return self.take_reattach()
             if self.lost is not None:
                 return None
             if self.end is not None:
@@ -168,11 +179,7 @@ class ServerLink:
                 deadline = deadline or loop.time() + 2 * self.stall + 1
             if deadline is not None and loop.time() > deadline:
                 return None
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await self._changed_within(0.5)
 
 
 async def reconnect_to_adopter(reconnect, host: str, port: int, offset: int,
@@ -210,16 +217,15 @@ async def follow_reattach(link: ServerLink, reconnect, step: P.Reattach,
             attempt.cancel()
             await _close_if_connected(attempt)
             if newer.result() is None:
-                raise NotJoined(link.lost or "lost the server")
-            step = newer.result()
-            log.warning("re-attaching again, to %s: %s", step.host, step.reason or "parent lost")
+                raise NotJoined(link.lost)
+            step = newer.result()     # ServerLink logged it
             continue
         newer.cancel()
         try:
             sock = attempt.result()
         except NotJoined as e:
             log.warning("%s; waiting for the server to re-attach this node", e)
-            later = await link.newer_reattach(2 * link.stall + 2)
+            later = await link.newer_reattach(link.repair_patience)
             if later is None:
                 raise
             step = later
@@ -227,7 +233,7 @@ async def follow_reattach(link: ServerLink, reconnect, step: P.Reattach,
         if link.reattach is None:
             return sock
         sock.close()           # the server moved us on while we connected
-        step, link.reattach = link.reattach, None
+        step = link.take_reattach()
 
 
 async def _close_if_connected(attempt: asyncio.Future) -> None:

@@ -18,7 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from kadeploy.control.server import Server, ServerConfig
+from kadeploy.control.server import Server
+from kadeploy.control.server_config import ServerConfig
 from kadeploy.core.topology import address_key
 from kadeploy.defaults import CONTROL_PORT, DATA_PORT
 from kadeploy.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, KadeployError, UsageError
