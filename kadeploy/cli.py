@@ -19,9 +19,7 @@ from kadeploy import relay as relay_mod
 from kadeploy.control.auth import load_key
 from kadeploy.control.policy import (
     security_options,
-    server_encrypts,
     server_security_options,
-    server_verifies,
 )
 from kadeploy.data import synthetic
 from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError, failure_status, interrupt_on_sigterm
@@ -33,9 +31,9 @@ from kadeploy.options import (
     SECONDS,
     Size,
     arity_option,
-    check_backend,
     network_options,
 )
+from kadeploy.relay import check_backend
 from kadeploy.version import PROTOCOL_NAME, PROTOCOL_VERSION, __version__
 from kadeploy.view.logs import setup_logging
 
@@ -95,18 +93,6 @@ def check_compress(text: str) -> str:
 
 # ------------------------------------------------------------------- server
 
-def read_hosts_file(path: str) -> List[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.split("#", 1)[0].strip() for line in f]
-    except OSError as e:
-        raise KadeployError(f"cannot read hosts file {path}: {e.strerror}", exit_code=EXIT_USAGE)
-    hosts = [h for h in lines if h]
-    if not hosts:
-        raise KadeployError(f"hosts file {path} names no host", exit_code=EXIT_USAGE)
-    return hosts
-
-
 @click.command("server", context_settings=CONTEXT)
 @click.option("-n", "--clients", "n_clients", type=POSITIVE, default=None,
               help="Number of clients to wait for before the tree is built (default 1, or the number of --hosts).")
@@ -162,8 +148,7 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
                    connect_timeout, handshake_timeout, discovery_port, key_file, quiet, verbose):
     """Send a stream (by default a tar of this machine's root) to clients
     arranged in a chain or tree, and report how every node fared."""
-    from kadeploy.control.server_config import ServerConfig
-    from kadeploy.data.commands import DEFAULT_PRODUCER
+    from kadeploy.control import server_run
 
     setup_logging("ka-d-server", quiet, verbose)
     if session is not None:
@@ -172,36 +157,9 @@ def server_command(n_clients, arity, session, producer, delay, last_reports, wai
     check_backend(relay_backend)
     producer = synthetic.server_producer(producer)
     producer, install = install_cli.server_install(install_manifest, nodes_table, reboot, strict, producer)
-    hosts = read_hosts_file(hosts_file) if hosts_file else None
-    if n_clients is None:
-        n_clients = len(hosts) if hosts else 1
-    cfg = ServerConfig(
-        n_clients=n_clients, arity=arity, session=session, producer=producer or DEFAULT_PRODUCER,
-        finish_delay=delay / 10, control_port=control_port, data_port=data_port, bind=bind,
-        wait_timeout=wait_timeout, hosts=hosts, relay_backend=relay_backend,
-        buffer_size=buffer_size, sockbuf=sockbuf, connect_timeout=connect_timeout,
-        discovery_port=discovery_port,
-        progress_interval=progress_interval, expected_size=expected_size,
-        live=False if quiet else None, max_connections=max_connections,
-        handshake_timeout=handshake_timeout, repair=not no_repair,
-        spool_dir=spool_dir, window=window, stall_timeout=stall_timeout, install=install,
-        compress=check_compress(compress), boot_states=boot_states,
-        key=load_key(key_file, warn=logging.getLogger("kadeploy").warning))
-    cfg.verify = server_verifies(cfg.key, no_verify, insecure_no_verify)
-    cfg.encrypt = server_encrypts(cfg.key, encrypt)
-    # Every check of the command line has passed, so a node that connects now is not
-    # left by a server that exits over it. Listening before the control plane's
-    # imports (asyncio among them), a node started first connects during them and its
-    # Hello waits in the socket, instead of retrying a refused connection until then.
-    from kadeploy.control.listeners import server_listeners
-    listeners = server_listeners(cfg)
-    from kadeploy.asyncio_without_tls import asyncio  # first: asyncio without ssl's start-up
-    from kadeploy.control.server import exit_status, serve
-    report = asyncio.run(serve(cfg, listeners))
-    click.echo(report.table())
-    if report_file:
-        report.write_json(report_file)
-    return exit_status(report)
+    params = click.get_current_context().params
+    cfg = server_run.configure(params, producer, install, check_compress(compress))
+    return server_run.deploy(cfg, report_file)
 
 
 # ------------------------------------------------------------------- client

@@ -1,5 +1,6 @@
 """The console entry points. ka-d-client (and `kadeploy client`) may register with the
-server before the command line machinery is even imported (kadeploy.control.early);
+server before the command line machinery is even imported (kadeploy.control.early), and
+ka-d-server (and `kadeploy server`) may run without it (kadeploy.control.early_server);
 everything else goes straight to kadeploy.cli. Each ends its process through _run."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def client_main() -> None:
 
 def server_main() -> None:
     def server() -> None:
+        _serve_early("ka-d-server", sys.argv[1:])
         from kadeploy.cli import server_main as main
         main()
     _run(server)
@@ -28,6 +30,8 @@ def kadeploy_main() -> None:
         if sys.argv[1:2] == ["client"]:
             _register_early("kadeploy", sys.argv[2:])
             _run_registered("kadeploy")
+        elif sys.argv[1:2] == ["server"]:
+            _serve_early("kadeploy", sys.argv[2:])
         from kadeploy.cli import kadeploy_main as main
         main()
     _run(kadeploy)
@@ -81,6 +85,18 @@ def _register_early(prog: str, argv) -> None:
         early.abandon()
         if os.environ.get("KADEPLOY_DEBUG"):
             raise
+
+
+def _serve_early(prog: str, argv) -> None:
+    """A server command line known to its last parameter runs without click."""
+    from kadeploy.control import early_server
+    params = early_server.scan(argv)
+    if params is not None:
+        import _signal   # signal.py would build its IntEnum tables
+
+        from kadeploy.errors import interrupt_on_sigterm
+        _signal.signal(_signal.SIGTERM, interrupt_on_sigterm)
+        sys.exit(early_server.run(prog, params))
 
 
 def _run_registered(prog: str) -> None:

@@ -17,7 +17,6 @@ import click
 from kadeploy import defaults
 from kadeploy import relay as relay_mod
 from kadeploy.control.auth import ENV_KEY, ENV_KEY_FILE
-from kadeploy.errors import EXIT_USAGE, KadeployError
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
@@ -73,14 +72,6 @@ def relay_option(f: Callable) -> Callable:
     """--relay BACKEND, passed on as `relay_backend` (None: $KADEPLOY_RELAY, else auto)."""
     return click.option("--relay", "relay_backend", type=click.Choice(RELAY_CHOICES), default=None,
                         help=RELAY_HELP)(f)
-
-
-def check_backend(name: Optional[str]) -> None:
-    """A backend that is asked for and does not load is a usage error, said before anything starts."""
-    try:
-        relay_mod.resolve(name)
-    except relay_mod.BackendUnavailable as e:
-        raise KadeployError(str(e), exit_code=EXIT_USAGE)
 
 
 # ----------------------------------------------------------------- the tree

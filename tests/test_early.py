@@ -508,6 +508,7 @@ def test_a_registration_click_agrees_with_is_handed_over(stand_in):
 
 
 EARLY_MODULES = {"kadeploy", "kadeploy.version", "kadeploy.entry", "kadeploy.control", "kadeploy.control.early",
+                 "kadeploy.control.cmdline",
                  "kadeploy.defaults", "kadeploy.core", "kadeploy.core.frame", "struct", "_struct", "_json",
                  "_socket", "errno", "time", "__future__"}
 

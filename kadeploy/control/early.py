@@ -27,6 +27,7 @@ import time
 import _socket   # socket.py would import enum, selectors and its IntEnum tables
 
 from kadeploy import defaults
+from kadeploy.control import cmdline
 from kadeploy.core import frame
 from kadeploy.version import SOFTWARE
 
@@ -63,7 +64,7 @@ ABSENT = {
     "connect_timeout": defaults.CONNECT_TIMEOUT, "handshake_timeout": defaults.HANDSHAKE_TIMEOUT,
     "discovery_port": defaults.DISCOVERY_PORT, "key_file": None, "quiet": False, "verbose": False,
 }
-_SPELLINGS = {spelling: entry for spellings, entry in OPTIONS.items() for spelling in spellings}
+_SPELLINGS = cmdline.spellings_of(OPTIONS)
 # The codes of Hello, Challenge and Auth; the Hello's fields, in protocol order, are
 # hello_fields(). The client (kadeploy.control.client) checks them once the protocol
 # is loaded: each frame sent must be the one protocol.encode writes.
@@ -78,64 +79,10 @@ _registered = None   # what start() did, for take()
 def scan(argv) -> "dict | None":
     """The parameters click would give for `argv` (only those it names, and `discard`),
     or None when the early path cannot be sure of them. Pure: no I/O."""
-    params = {}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        spelling, value = arg, None
-        if arg.startswith("--") and "=" in arg:
-            spelling, value = arg.split("=", 1)
-        entry = _SPELLINGS.get(spelling)
-        if entry is None:
-            return None              # unknown, positional, combined short flags, --help...
-        name, kind = entry
-        if name in params:
-            return None              # given twice: leave the rule to click
-        if kind == "flag":
-            if value is not None:
-                return None
-            params[name] = True
-            continue
-        if value is None:
-            if not args:
-                return None
-            value = args.pop(0)
-        converted = _convert(kind, value)
-        if converted is None:
-            return None
-        params[name] = converted
-    if "host" not in params or (params.get("discard") and "consumer" in params):
+    params = cmdline.read(argv, _SPELLINGS)
+    if params is None or "host" not in params or (params.get("discard") and "consumer" in params):
         return None                  # -s discovery, or a usage error click will name
     return params
-
-
-def _convert(kind: str, value: str):
-    """The value as click converts it, or None when it might not accept it."""
-    if not value or value.startswith("-") or not value.isprintable():
-        return None
-    if kind in ("text", "directory"):
-        return value
-    if kind == "file":      # click's Path(dir_okay=False); the key must load too (start)
-        return value if os.path.isfile(value) and os.access(value, os.R_OK) else None
-    if kind == "address":   # the Hello's rule, which click's --advertise checks too
-        from kadeploy.core.fields import RULES
-        return value if RULES["Hello"]["advertise"](value) is None else None
-    if kind == "backend":
-        from kadeploy import relay
-        return value if value in ("auto", *relay.BACKENDS) else None
-    if kind == "size":   # digits and an optional K, M or G: a part of what options.Size reads
-        shift = defaults.SIZE_SHIFTS.get(value[-1:].lower(), 0)
-        digits = value[:-1] if shift else value
-        n = int(digits) << shift if digits.isascii() and digits.isdigit() else 0
-        return n if n > 0 else None
-    if kind == "port":
-        return int(value) if value.isascii() and value.isdigit() and 1 <= int(value) <= 65535 else None
-    # seconds: digits with at most one point, above zero (click's FloatRange(min=0, min_open))
-    digits = value.replace(".", "", 1)
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    seconds = float(value)
-    return seconds if seconds > 0 else None
 
 
 def start(argv, environ=os.environ) -> None:
@@ -188,6 +135,8 @@ def take(params: dict, discard: bool, key: "bytes | None" = None) -> "Registered
 
 
 def _environment_allows(params: dict, environ) -> bool:
+    if not cmdline.environment_is_plain(environ, "ka-d-client", "kadeploy"):
+        return False
     asked = params.get("relay_backend")
     if asked or environ.get(defaults.ENV_BACKEND) or environ.get(defaults.ENV_REQUIRE):
         # The normal path refuses a backend asked for that does not load, before it

@@ -38,10 +38,10 @@ from kadeploy.lab.benchlib.progress import Progress
 from kadeploy.options import (
     CONTEXT,
     RELAY_CHOICES,
-    check_backend,
     format_size,
     parse_size,
 )
+from kadeploy.relay import check_backend
 
 
 def _split(text: str) -> List[str]:

@@ -96,6 +96,15 @@ def resolve(name: Optional[str] = None) -> str:
     raise BackendUnavailable("no relay backend loads")  # copy always does
 
 
+def check_backend(name: Optional[str]) -> None:
+    """A backend that is asked for and does not load is a usage error, said before anything starts."""
+    from kadeploy.errors import EXIT_USAGE, KadeployError
+    try:
+        resolve(name)
+    except BackendUnavailable as e:
+        raise KadeployError(str(e), exit_code=EXIT_USAGE)
+
+
 def relay(src_fd: int, sink_fds: Sequence[int], *, backend: Optional[str] = None,
           buffer_size: int = DEFAULT_BUFFER_SIZE, stop_fd: int = -1,
           counters=None) -> RelayResult:
