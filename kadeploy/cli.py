@@ -22,7 +22,7 @@ from kadeploy.control.policy import (
     server_security_options,
 )
 from kadeploy.data import synthetic
-from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, KadeployError, failure_status, interrupt_on_sigterm
+from kadeploy.errors import EXIT_INTERRUPTED, EXIT_USAGE, failure_status, interrupt_on_sigterm
 from kadeploy.install import cli as install_cli
 from kadeploy.netboot import options as netboot_options
 from kadeploy.options import (

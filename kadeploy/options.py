@@ -10,7 +10,7 @@ never kadeploy.cli, so that the layers stay apart.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Callable
 
 import click
 

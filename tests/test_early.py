@@ -25,8 +25,9 @@ from kadeploy.core import frame, proofs
 from kadeploy.core import handshake as H
 from kadeploy.core import protocol as P
 from kadeploy.data import synthetic
-from kadeploy.options import PORT, SECONDS, Size
 from kadeploy.version import SOFTWARE
+
+import clickmatch
 
 CLIENT = [sys.executable, "-m", "kadeploy", "client"]
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
@@ -34,26 +35,9 @@ KEY, OTHER_KEY = b"k" * 32, b"o" * 32
 
 # ------------------------------------------------------------------ the scan
 
-def _click_param(spelling: str) -> click.Parameter:
-    for param in cli.client_command.params:
-        if spelling in param.opts:
-            return param
-    raise AssertionError(f"ka-d-client has no option {spelling}")
-
-
 def test_every_early_option_is_the_clients_own():
-    kinds = {"flag": lambda p: p.is_flag, "port": lambda p: p.type is PORT,
-             "seconds": lambda p: p.type is SECONDS,
-             "directory": lambda p: isinstance(p.type, click.Path) and not p.type.file_okay,
-             "file": lambda p: isinstance(p.type, click.Path) and not p.type.dir_okay,
-             "text": lambda p: p.type is click.STRING, "address": lambda p: p.type is click.STRING,
-             "size": lambda p: isinstance(p.type, Size), "backend": lambda p: isinstance(p.type, click.Choice)}
-    for spellings, (name, kind) in early.OPTIONS.items():
-        params = {_click_param(s) for s in spellings}
-        assert len(params) == 1, spellings
-        param, = params
-        assert param.name == name and set(param.opts) | set(param.secondary_opts) == set(spellings), spellings
-        assert kinds[kind](param), (spellings, kind)
+    clickmatch.assert_options_are_the_commands(cli.client_command, early.OPTIONS,
+                                               callbacks_read=("discard", "advertise"))
 
 
 def _parse(argv):
@@ -83,24 +67,14 @@ OTHER_OPTIONS = ["-s", "-g", "--bind", "--discovery-port", "--install", "--help"
 TOKENS = [s for spellings in early.OPTIONS for s in spellings] + OTHER_OPTIONS
 
 
-@given(st.lists(st.one_of(st.sampled_from(TOKENS), st.sampled_from(VALUES),
-                          st.builds(lambda o, v: f"{o}={v}", st.sampled_from(TOKENS), st.sampled_from(VALUES))),
-                max_size=9))
+@given(clickmatch.command_lines(TOKENS, VALUES))
 def test_the_scan_reads_a_command_line_as_click_does_or_not_at_all(places, argv):
     argv = [a.format(**places) for a in argv]
     mine = early.scan(argv)
     if mine is None:
         return                                    # the normal path reads it
-    theirs = _parse(argv)
-    assert theirs is not None, f"click refuses {argv}, the early path took it as {mine}"
-    params, discard = theirs
-    mine = dict(mine)
-    assert mine.pop("discard", False) == discard
-    for name, value in mine.items():
-        assert params[name] == value and type(params[name]) is type(value), (argv, name)
-    # Every parameter, as the node runs without click (kadeploy.control.early_client):
-    # what the scan did not name is click's default.
-    assert {**early.ABSENT, **mine} == params, argv
+    # Every parameter, as the node runs without click (kadeploy.control.early_client).
+    clickmatch.assert_read_as_click(argv, mine, _parse(argv), early.ABSENT, "discard", False)
 
 
 def test_absent_holds_every_parameter_of_the_client_and_clicks_default():
@@ -329,7 +303,7 @@ def test_a_keyed_client_registers_early_with_a_real_server_and_deploys(tmp_path,
     shadow.mkdir()
     (shadow / "asyncio.py").write_text(GATED_ASYNCIO)
     gate, got = tmp_path / "gate", tmp_path / "got"
-    port, data_port = _closed_port(), _closed_port()
+    port, data_port = clickmatch.closed_port(), clickmatch.closed_port()
     log = tmp_path / "server.log"
     server = subprocess.Popen([sys.executable, "-m", "kadeploy", "server", "-n", "1", "-p", str(port),
                                "-P", str(data_port), "--key-file", str(key_file), "-e", "echo keyed"],
@@ -356,18 +330,13 @@ def test_a_keyed_client_registers_early_with_a_real_server_and_deploys(tmp_path,
         client.stderr.close()
 
 
-def _click_loaded(importtime_log: str) -> bool:
-    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] == "click"
-               for line in importtime_log.splitlines() if line.startswith("import time:"))
-
-
 @pytest.mark.parametrize("early_path", [True, False])
 def test_a_node_registered_early_deploys_without_loading_click(tmp_path, early_path):
     """A real server and a real node: registered early, the node runs its deployment
     without importing click (its command line is known), ends verified and prints the
     original's closing lines; an option the early path leaves to click takes the normal
     path, which loads it (so the check sees click when it is there)."""
-    port, data_port = _closed_port(), _closed_port()
+    port, data_port = clickmatch.closed_port(), clickmatch.closed_port()
     got = tmp_path / "got"
     server = subprocess.Popen([sys.executable, "-m", "kadeploy", "server", "-n", "1", "-p", str(port),
                                "-P", str(data_port), "-q", "-e", "seq 1 20000"],
@@ -388,7 +357,7 @@ def test_a_node_registered_early_deploys_without_loading_click(tmp_path, early_p
     log = [line for line in client.stderr.splitlines() if not line.startswith("import time:")]
     assert any(line.startswith("Total data received = ") for line in log), log
     assert any("every chunk verified" in line for line in log), log
-    assert _click_loaded(client.stderr) is not early_path
+    assert clickmatch.click_loaded(client.stderr) is not early_path
 
 
 @pytest.mark.parametrize("case", ["other key", "keyless server", "silent server"])
@@ -442,15 +411,10 @@ def test_a_bad_command_line_is_never_registered(stand_in, bad):
     assert stand_in.nobody_called(), f"{bad}: registered before the error"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("where", ["refused", "unresolvable"])
 def test_the_early_path_fails_to_join_as_the_normal_path_does(where):
-    host, port = ("127.0.0.1", _closed_port()) if where == "refused" else ("no-such-host.invalid", 1)
+    host, port = ("127.0.0.1", clickmatch.closed_port()) if where == "refused" else ("no-such-host.invalid", 1)
     argv = CLIENT + ["-h", host, "-p", str(port), "--discard", "--connect-timeout", "0.3"]
     normal_only = ["--discovery-port", "4957"]    # an option the early path leaves to click
     assert early.scan(argv[4:]) is not None and early.scan(argv[4:] + normal_only) is None
@@ -470,7 +434,7 @@ def _catches(pid: int, signum: int) -> bool:
 
 
 def test_sigterm_while_the_early_path_waits_for_the_server():
-    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(_closed_port()), "--discard",
+    proc = subprocess.Popen(CLIENT + ["-h", "127.0.0.1", "-p", str(clickmatch.closed_port()), "--discard",
                                       "--connect-timeout", "30"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60              # until it handles SIGTERM: in early's retries
     while not _catches(proc.pid, signal.SIGTERM):
@@ -485,7 +449,7 @@ def test_sigterm_while_the_early_path_waits_for_the_server():
 def test_a_registration_click_reads_otherwise_is_withdrawn(stand_in):
     """take() hands over only what click read the same way; otherwise the server sees the
     node leave before the start, and the normal path registers it again."""
-    early.start(["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard", "-P", str(_closed_port())])
+    early.start(["-h", "127.0.0.1", "-p", str(stand_in.port), "--discard", "-P", str(clickmatch.closed_port())])
     conn, hello = stand_in.hello(timeout=10)
     with conn:
         assert early.take({"host": "elsewhere"}, discard=True) is None
@@ -553,7 +517,7 @@ def test_a_client_started_before_the_server_loads_the_rest_while_it_waits(tmp_pa
     shadow.mkdir()
     (shadow / "asyncio.py").write_text(MARKED_ASYNCIO)
     mark = tmp_path / "mark"
-    port = _closed_port()
+    port = clickmatch.closed_port()
     env = dict(os.environ, PYTHONPATH=str(shadow), KD_TEST_MARK=str(mark))
     with _client(port, env) as proc:
         deadline = time.monotonic() + 60

@@ -5,53 +5,32 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import click
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from kadeploy import cli, defaults
 from kadeploy.control import cmdline, early_server
 from kadeploy.data import synthetic
-from kadeploy.options import PORT, POSITIVE, SECONDS, Size
+
+import clickmatch
 
 SERVER = [sys.executable, "-m", "kadeploy", "server"]
 CLIENT = [sys.executable, "-m", "kadeploy", "client"]
 LEFT_TO_CLICK = ["--discovery-port", "4957"]     # changes nothing here; the early path leaves it to click
 
 
-def _click_param(spelling: str) -> click.Parameter:
-    for param in cli.server_command.params:
-        if spelling in param.opts:
-            return param
-    raise AssertionError(f"ka-d-server has no option {spelling}")
-
-
-def _int_range(low, high):
-    return lambda p: (isinstance(p.type, click.IntRange) and (p.type.min, p.type.max) == (low, high)
-                      and not p.type.min_open and not p.type.max_open)
-
-
 def test_every_early_option_is_the_servers_own():
-    kinds = {"flag": lambda p: p.is_flag, "port": lambda p: p.type is PORT,
-             "count": lambda p: p.type is POSITIVE, "count0": _int_range(0, None),
-             "seconds": lambda p: p.type is SECONDS,
-             "file": lambda p: isinstance(p.type, click.Path) and not p.type.dir_okay and not p.type.exists,
-             "output": lambda p: isinstance(p.type, click.Path) and not p.type.dir_okay and p.type.writable,
-             "text": lambda p: p.type is click.STRING, "compress": lambda p: p.type is click.STRING,
-             "size": lambda p: isinstance(p.type, Size), "backend": lambda p: isinstance(p.type, click.Choice)}
-    assert _int_range(1, None)(_click_param("-n")) and _int_range(1, 65535)(_click_param("-p"))
-    for spellings, (name, kind) in early_server.OPTIONS.items():
-        params = {_click_param(s) for s in spellings}
-        assert len(params) == 1, spellings
-        param, = params
-        assert param.name == name and set(param.opts) | set(param.secondary_opts) == set(spellings), spellings
-        assert kinds[kind](param), (spellings, kind)
-        assert param.callback is None or name == "synthetic", spellings   # no check of click's skipped
+    assert clickmatch.KINDS["count"](_param("-n")) and clickmatch.KINDS["port"](_param("-p"))
+    assert clickmatch.KINDS["count0"](_param("-d")) and not clickmatch.KINDS["count"](_param("-d"))
+    clickmatch.assert_options_are_the_commands(cli.server_command, early_server.OPTIONS, callbacks_read=("synthetic",))
+
+
+def _param(spelling: str) -> click.Parameter:
+    return next(p for p in cli.server_command.params if spelling in p.opts)
 
 
 def _parse(argv):
@@ -90,24 +69,13 @@ OTHER_OPTIONS = ["-s", "--bind", "--spool", "--install", "--nodes-table", "--reb
 TOKENS = [s for spellings in early_server.OPTIONS for s in spellings] + OTHER_OPTIONS
 
 
-@given(st.lists(st.one_of(st.sampled_from(TOKENS), st.sampled_from(VALUES),
-                          st.builds(lambda o, v: f"{o}={v}", st.sampled_from(TOKENS), st.sampled_from(VALUES))),
-                max_size=9))
+@given(clickmatch.command_lines(TOKENS, VALUES))
 def test_the_scan_reads_a_command_line_as_click_does_or_not_at_all(places, argv):
     argv = [a.format(**places) for a in argv]
     mine = early_server.scan(argv, environ={})
     if mine is None:
         return                                    # click reads it
-    theirs = _parse(argv)
-    assert theirs is not None, f"click refuses {argv}, the early path took it as {mine}"
-    params, size = theirs
-    mine = dict(mine)
-    assert mine.pop("synthetic", None) == size, argv
-    for name, value in mine.items():
-        assert params[name] == value and type(params[name]) is type(value), (argv, name)
-    # Every parameter, as the server runs without click: what the scan did not name
-    # is click's default.
-    assert {**early_server.ABSENT, **mine} == params, argv
+    clickmatch.assert_read_as_click(argv, mine, _parse(argv), early_server.ABSENT, "synthetic")
 
 
 def test_absent_holds_every_parameter_of_the_server_and_clicks_default():
@@ -137,17 +105,6 @@ def test_shell_completion_or_a_bad_key_file_in_the_environment_is_clicks(environ
 
 # ------------------------------------------------------------- real processes
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _click_loaded(importtime_log: str) -> bool:
-    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] == "click"
-               for line in importtime_log.splitlines() if line.startswith("import time:"))
-
-
 @pytest.mark.parametrize("early_path", [True, False])
 @pytest.mark.parametrize("prog", ["kadeploy server", "ka-d-server"])
 def test_a_server_deploys_without_loading_click(tmp_path, early_path, prog):
@@ -155,7 +112,7 @@ def test_a_server_deploys_without_loading_click(tmp_path, early_path, prog):
     server deploys without importing click, prints its report and writes it as JSON;
     with an option left to click it takes the normal path, which loads click (so the
     check sees click when it is there)."""
-    port, data_port = _closed_port(), _closed_port()
+    port, data_port = clickmatch.closed_port(), clickmatch.closed_port()
     got, report = tmp_path / "got", tmp_path / "report.json"
     argv = ["-n", "1", "-p", str(port), "-P", str(data_port), "-e", "seq 1 20000", "--report", str(report),
             *([] if early_path else LEFT_TO_CLICK)]
@@ -176,7 +133,7 @@ def test_a_server_deploys_without_loading_click(tmp_path, early_path, prog):
     assert got.read_text() == "".join(f"{i}\n" for i in range(1, 20001))
     assert "VERIFIED" in out and " yes " in out, out
     assert '"verified": true' in report.read_text()
-    assert _click_loaded(err) is not early_path
+    assert clickmatch.click_loaded(err) is not early_path
 
 
 def _untimed(log: str):
@@ -195,7 +152,7 @@ def _key(tmp_path, name: str, content: bytes, mode: int = 0o600) -> str:
 def test_the_early_path_fails_as_the_normal_path_does(tmp_path, case):
     """The same one line on stderr and the same exit status as click's path, and (but
     for a warning that lets the server go on) no listener opened before it."""
-    port = _closed_port()
+    port = clickmatch.closed_port()
     env = dict(os.environ)
     argv = ["-n", "1", "-p", str(port), "--synthetic", "1K", "--wait-timeout", "0.2", "-q"]
     extra = {"short key": ["--key-file", _key(tmp_path, "short", b"abc")],
